@@ -1,0 +1,139 @@
+"""The ``manifest.json`` of an output directory: options, and one completion entry per shard.
+
+A shard is complete only when its entry is in the manifest (written after the shard file
+was renamed into place). Re-running with the same options skips complete shards; re-running
+with other options refuses unless ``overwrite``. Several processes (``--num-shards``) may
+share one output directory: entries are merged under an exclusive file lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from tokedit import __version__
+from tokedit.errors import OutputError
+from tokedit.io.write import write_json
+
+MANIFEST_NAME = "manifest.json"
+
+
+@contextlib.contextmanager
+def _locked(out_dir: Path):
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".manifest.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    path = Path(out_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise OutputError(
+            f"{path}: corrupt manifest ({e})",
+            remedy="delete the output directory, or rerun with --overwrite",
+        ) from e
+
+
+class Manifest:
+    """Open (or create) the manifest of ``out_dir`` for ``command`` run with ``options``.
+
+    ``options`` must hold everything that changes the output bytes; ``info`` holds facts
+    recorded for readers (for example the tool version) that do not decide reuse.
+    """
+
+    def __init__(
+        self,
+        out_dir: str | os.PathLike,
+        command: str,
+        options: dict[str, Any],
+        *,
+        info: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ):
+        self.out_dir = Path(out_dir)
+        self.path = self.out_dir / MANIFEST_NAME
+        self.command = command
+        self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
+        with _locked(self.out_dir):
+            existing = read_manifest(self.out_dir)
+            if existing is not None and overwrite:
+                self._remove_outputs(existing)
+                existing = None
+            if existing is not None:
+                self._check_compatible(existing)
+                self.data = existing
+            else:
+                self.data = {
+                    "tool": "tokedit",
+                    "version": __version__,
+                    "command": command,
+                    "options": self.options,
+                    "info": info or {},
+                    "shards": {},
+                }
+                write_json(self.path, self.data)
+
+    def _check_compatible(self, existing: dict) -> None:
+        if existing.get("command") != self.command:
+            raise OutputError(
+                f"{self.out_dir} holds the output of `tokedit {existing.get('command')}`, not `{self.command}`",
+                remedy="choose another --out",
+            )
+        old = existing.get("options", {})
+        changed = sorted(
+            k for k in set(old) | set(self.options) if old.get(k) != self.options.get(k)
+        )
+        if changed:
+            diffs = "; ".join(
+                f"{k}: {old.get(k)!r} -> {self.options.get(k)!r}" for k in changed[:6]
+            )
+            raise OutputError(
+                f"{self.out_dir} was written with other options ({diffs})",
+                remedy="rerun with the same options to resume, pass --overwrite to replace it, or choose another --out",
+            )
+
+    def _remove_outputs(self, existing: dict) -> None:
+        for entry in existing.get("shards", {}).values():
+            for rel in entry.get("outputs", []):
+                (self.out_dir / rel).unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
+
+    def is_complete(self, shard_rel: str) -> bool:
+        """True when the shard has an entry and all its output files exist."""
+        entry = self.data["shards"].get(shard_rel)
+        return entry is not None and all(
+            (self.out_dir / rel).is_file() for rel in entry.get("outputs", [])
+        )
+
+    def mark_complete(self, shard_rel: str, entry: dict[str, Any]) -> None:
+        """Record a finished shard (after its files were renamed into place)."""
+        with _locked(self.out_dir):
+            current = read_manifest(self.out_dir) or self.data
+            current["shards"][shard_rel] = json.loads(json.dumps(entry))
+            current["shards"] = dict(sorted(current["shards"].items()))
+            write_json(self.path, current)
+            self.data = current
+
+    def update(self, **fields: Any) -> None:
+        """Set top-level fields (for example totals) under the lock."""
+        with _locked(self.out_dir):
+            current = read_manifest(self.out_dir) or self.data
+            current.update(json.loads(json.dumps(fields)))
+            write_json(self.path, current)
+            self.data = current
+
+    @property
+    def shards(self) -> dict[str, dict]:
+        return self.data["shards"]

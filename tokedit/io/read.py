@@ -1,0 +1,267 @@
+"""Streaming reads of shards in record batches.
+
+Memory is bounded by ``batch_rows`` rows whatever the shard size: parquet and arrow files
+are read batch by batch, JSON lines line by line through a (de)compressing stream.
+A :class:`RowBatch` keeps every original column, so editors can write rows back unchanged.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokedit.errors import InputError
+from tokedit.io.shards import Shard
+
+DEFAULT_BATCH_ROWS = 512
+
+# Row statuses for documents that are kept but not processed (documented in the README).
+STATUS_OK = "ok"
+STATUS_EMPTY = "empty"
+STATUS_NULL = "null_text"
+STATUS_NOT_STRING = "not_string"
+
+
+@dataclass
+class RowBatch:
+    """Consecutive rows ``start .. start+len-1`` of one shard, all columns kept.
+
+    JSON lines arrive as ``records`` (a list of dicts, written back as they came);
+    parquet / arrow as a ``table``.
+    """
+
+    shard: Shard
+    start: int
+    table: pa.Table | None = None
+    records: list[dict] | None = None
+    line_numbers: list[int] = field(default_factory=list)  # 1-based, for jsonl messages
+
+    def __len__(self) -> int:
+        return len(self.records) if self.records is not None else self.table.num_rows
+
+    def column_names(self) -> list[str]:
+        if self.table is not None:
+            return self.table.column_names
+        names: dict[str, None] = {}
+        for r in self.records:
+            names.update(dict.fromkeys(r))
+        return list(names)
+
+    def has_column(self, name: str) -> bool:
+        if self.table is not None:
+            return name in self.table.column_names
+        return any(name in r for r in self.records)
+
+    def column(self, name: str) -> list:
+        if self.table is not None:
+            return self.table.column(name).to_pylist()
+        return [r.get(name) for r in self.records]
+
+    def where(self, i: int) -> str:
+        """Human location of row ``i`` of this batch: ``file:line N`` or ``file row N``."""
+        if self.line_numbers:
+            return f"{self.shard.path}:{self.line_numbers[i]}"
+        return f"{self.shard.path} row {self.start + i}"
+
+
+@dataclass
+class Documents:
+    """The text and id view of a :class:`RowBatch` that scorers and editors work on."""
+
+    batch: RowBatch
+    ids: list[str]
+    texts: list[str]  # "" where the row is not processable (see statuses)
+    statuses: list[str]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def iter_batches(shard: Shard, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[RowBatch]:
+    """Yield the rows of ``shard`` in order, ``batch_rows`` at a time."""
+    path = shard.path
+    if path.is_file() and path.stat().st_size == 0:
+        raise InputError(
+            f"{path}: file is empty (0 bytes)",
+            remedy="remove the empty file, or re-create it; an upstream write probably failed",
+        )
+    if shard.fmt == "parquet":
+        yield from _parquet_batches(shard, batch_rows)
+    elif shard.fmt == "arrow":
+        yield from _arrow_batches(shard, batch_rows)
+    else:
+        yield from _jsonl_batches(shard, batch_rows)
+
+
+def _parquet_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
+    try:
+        pf = pq.ParquetFile(shard.path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(
+            f"{shard.path}: not a readable parquet file ({e})",
+            remedy="re-create the shard, or move it out of the dataset directory",
+        ) from e
+    start = 0
+    for rb in pf.iter_batches(batch_size=batch_rows):
+        yield RowBatch(shard, start, table=pa.Table.from_batches([rb]))
+        start += rb.num_rows
+
+
+def _arrow_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
+    # datasets' save_to_disk writes Arrow IPC *stream* files; memory-map and slice them.
+    try:
+        with pa.memory_map(str(shard.path)) as source:
+            reader = pa.ipc.open_stream(source)
+            start = 0
+            pending: list[pa.RecordBatch] = []
+            pending_rows = 0
+            for rb in reader:
+                pending.append(rb)
+                pending_rows += rb.num_rows
+                while pending_rows >= batch_rows:
+                    table = pa.Table.from_batches(pending)
+                    yield RowBatch(shard, start, table=table.slice(0, batch_rows))
+                    start += batch_rows
+                    rest = table.slice(batch_rows)
+                    pending, pending_rows = rest.to_batches(), rest.num_rows
+            if pending_rows:
+                yield RowBatch(shard, start, table=pa.Table.from_batches(pending))
+    except pa.ArrowInvalid as e:
+        raise InputError(
+            f"{shard.path}: not a readable Arrow stream ({e})",
+            remedy="re-save the dataset with datasets' save_to_disk",
+        ) from e
+
+
+def _open_text_stream(shard: Shard) -> io.BufferedIOBase:
+    raw = open(shard.path, "rb")
+    if shard.fmt == "jsonl.gz":
+        return gzip.GzipFile(fileobj=raw)
+    if shard.fmt == "jsonl.zst":
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
+    return raw
+
+
+def _jsonl_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
+    records: list[dict] = []
+    lines: list[int] = []
+    row = 0
+    lineno = 0
+    with _open_text_stream(shard) as stream:
+        try:
+            for raw_line in stream:
+                lineno += 1
+                if not raw_line.strip():
+                    continue  # blank lines (often a trailing newline) are not rows
+                records.append(_parse_json_line(shard, lineno, raw_line))
+                lines.append(lineno)
+                if len(records) == batch_rows:
+                    yield RowBatch(shard, row, records=records, line_numbers=lines)
+                    row += len(records)
+                    records, lines = [], []
+        except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as e:
+            raise InputError(
+                f"{shard.path}: the compressed stream is corrupt or truncated after line {lineno} ({e})",
+                remedy="re-create the file; a partial download or an interrupted write leaves truncated archives",
+            ) from e
+        except Exception as e:  # zstandard raises its own ZstdError
+            if type(e).__name__ == "ZstdError":
+                raise InputError(
+                    f"{shard.path}: the zstd stream is corrupt or truncated after line {lineno} ({e})",
+                    remedy="re-create the file",
+                ) from e
+            raise
+    if records:
+        yield RowBatch(shard, row, records=records, line_numbers=lines)
+
+
+def _parse_json_line(shard: Shard, lineno: int, raw_line: bytes) -> dict:
+    try:
+        line = raw_line.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InputError(
+            f"{shard.path}:{lineno}: invalid UTF-8 at byte {e.start} of the line",
+            remedy="re-encode the file as UTF-8 (for example with iconv) or remove the line",
+        ) from e
+    try:
+        value = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise InputError(
+            f"{shard.path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})",
+            remedy="fix or remove that line; each line must be one JSON object",
+        ) from e
+    except RecursionError as e:
+        raise InputError(
+            f"{shard.path}:{lineno}: JSON nested too deeply to parse",
+            remedy="flatten or remove that line",
+        ) from e
+    if not isinstance(value, dict):
+        raise InputError(
+            f"{shard.path}:{lineno}: a JSON line must be an object, found {type(value).__name__}",
+            remedy='write one object per line, e.g. {"text": "..."}',
+        )
+    return value
+
+
+def to_documents(batch: RowBatch, text_column: str, id_column: str | None = None) -> Documents:
+    """Extract ids and texts; rows that cannot be processed are kept with a status.
+
+    A missing text (or id) column is an error naming the file and the columns it has.
+    ``null`` text, non-string text and empty text are *kept* rows with the statuses
+    ``null_text``, ``not_string`` and ``empty``: they pass through unchanged and are counted.
+    """
+    if not batch.has_column(text_column):
+        have = ", ".join(batch.column_names()[:20]) or "(none)"
+        raise InputError(
+            f"{batch.shard.path}: no column {text_column!r} (columns: {have})",
+            remedy="pick the text column with --text-column",
+        )
+    values = batch.column(text_column)
+    if id_column is not None and not batch.has_column(id_column):
+        have = ", ".join(batch.column_names()[:20])
+        raise InputError(
+            f"{batch.shard.path}: no id column {id_column!r} (columns: {have})",
+            remedy="pick the id column with --id-column, or leave it out to use '<shard>:<row>' ids",
+        )
+    raw_ids = batch.column(id_column) if id_column else [None] * len(values)
+    ids, texts, statuses = [], [], []
+    for i, (value, raw_id) in enumerate(zip(values, raw_ids, strict=True)):
+        ids.append(
+            default_id(batch.shard, batch.start + i)
+            if raw_id is None or raw_id == ""
+            else str(raw_id)
+        )
+        if value is None:
+            texts.append("")
+            statuses.append(STATUS_NULL)
+        elif not isinstance(value, str):
+            texts.append("")
+            statuses.append(STATUS_NOT_STRING)
+        else:
+            texts.append(value)
+            statuses.append(STATUS_OK if value else STATUS_EMPTY)
+    return Documents(batch, ids, texts, statuses)
+
+
+def default_id(shard: Shard, row: int) -> str:
+    """Stable id of a row without one: ``"{shard relative path}:{row index}"``."""
+    return f"{shard.rel}:{row}"
+
+
+def iter_documents(
+    shard: Shard,
+    text_column: str = "text",
+    id_column: str | None = None,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+) -> Iterator[Documents]:
+    for batch in iter_batches(shard, batch_rows):
+        yield to_documents(batch, text_column, id_column)

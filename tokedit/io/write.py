@@ -1,0 +1,140 @@
+"""Atomic, deterministic shard writes.
+
+Every output is written to a temporary file beside its destination and renamed into place,
+so a reader (or a rerun after ``kill -9``) never sees a partial shard. Writers set no
+timestamps (gzip ``mtime=0``), so the same rows always give the same bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from tokedit.errors import OutputError
+
+TMP_SUFFIX = ".tmp"
+
+
+def temp_path_for(dest: Path) -> Path:
+    return dest.with_name(f".{dest.name}.{os.getpid()}{TMP_SUFFIX}")
+
+
+@contextlib.contextmanager
+def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path; on success fsync it and rename it to ``dest``."""
+    dest = Path(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(
+            f"{dest.parent}: cannot create the output directory ({e.strerror})",
+            remedy="choose a writable --out",
+        ) from e
+    tmp = temp_path_for(dest)
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dest)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise OutputError(
+            f"{dest}: cannot write ({e.strerror or e})",
+            remedy="check free disk space and permissions of the output directory",
+        ) from e
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_json(dest: str | os.PathLike, data: dict) -> None:
+    with atomic_path(dest) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+
+
+class ParquetShardWriter:
+    """Stream record batches into one parquet shard, renamed into place on ``close``."""
+
+    def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+        self._ctx = atomic_path(dest)
+        self._tmp = self._ctx.__enter__()
+        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        self._writer.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class JsonlShardWriter:
+    """Stream dict rows into ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``, atomically."""
+
+    def __init__(self, dest: str | os.PathLike, fmt: str):
+        self._ctx = atomic_path(dest)
+        self._tmp = self._ctx.__enter__()
+        self._raw = open(self._tmp, "wb")
+        if fmt == "jsonl.gz":
+            self._out = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
+        elif fmt == "jsonl.zst":
+            import zstandard
+
+            self._out = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
+        else:
+            self._out = self._raw
+        self.rows = 0
+
+    def write_records(self, records: list[dict]) -> None:
+        for r in records:
+            self._out.write(
+                json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+            )
+        self.rows += len(records)
+
+    def close(self) -> None:
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        self._raw.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class ArrowStreamShardWriter:
+    """Arrow IPC stream files, the format of ``datasets`` ``save_to_disk`` shards."""
+
+    def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+        self._ctx = atomic_path(dest)
+        self._tmp = self._ctx.__enter__()
+        self._sink = pa.OSFile(str(self._tmp), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, schema)
+        self.rows = 0
+
+    def write(self, table: pa.Table) -> None:
+        self._writer.write_table(table)
+        self.rows += table.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        self._sink.close()
+        self._tmp.unlink(missing_ok=True)

@@ -1,0 +1,179 @@
+"""The ``hf`` backend: a ``transformers`` causal LM scoring windows with teacher forcing.
+
+The model's decoder runs once per batch; the LM head and the log-softmax run only on the
+positions being scored, a chunk of positions at a time and upcast to float32 there, so a
+full float32 ``[tokens, vocab]`` log-softmax never exists at once (nor logits on padding).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokedit.errors import InputError
+from tokedit.scoring.windows import Window
+
+LOGIT_CHUNK_POSITIONS = 2048
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(model: str, revision: str | None = None):
+    from transformers import AutoTokenizer
+
+    _check_model_path(model)
+    try:
+        tok = AutoTokenizer.from_pretrained(model, revision=revision)
+    except Exception as e:
+        raise InputError(f"cannot load the tokenizer of {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+    if not getattr(tok, "is_fast", False):
+        raise InputError(
+            f"{model!r} has no fast tokenizer; tokedit needs character offsets",
+            remedy="use a model with a tokenizer.json (a `tokenizers` fast tokenizer)",
+        )
+    return tok
+
+
+_LOAD_REMEDY = "pass a local directory saved with save_pretrained (e.g. from `tokedit train --from-scratch`), or a hub name on a machine that can reach the hub"
+
+
+def _check_model_path(model: str) -> None:
+    # Hub names are "name" or "org/name"; anything else that does not exist is a bad path.
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and not Path(model).expanduser().exists():
+        raise InputError(f"model path {model!r} does not exist", remedy=_LOAD_REMEDY)
+
+
+def tokenizer_hash(tokenizer) -> str:
+    """sha256 of the tokenizer's full serialisation: same hash, same token ids and offsets."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+@dataclass
+class WindowScores:
+    """Scores of one window's scored positions ``score_from .. end-1``."""
+
+    logprob: np.ndarray  # float32 [n]
+    topk_ids: np.ndarray  # int32 [n, k]; rows where the actual token has P < min_p are unused
+    topk_logprobs: np.ndarray  # float32 [n, k]
+    has_topk: np.ndarray  # bool [n]
+
+
+class HFBackend:
+    name = "hf"
+
+    def __init__(
+        self, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None
+    ):
+        from transformers import AutoModelForCausalLM
+
+        _check_model_path(model)
+        self.device = resolve_device(device)
+        self.dtype = resolve_dtype(dtype, self.device)
+        try:
+            self.model = AutoModelForCausalLM.from_pretrained(
+                model, revision=revision, dtype=self.dtype, attn_implementation="sdpa"
+            )
+        except Exception as e:
+            raise InputError(f"cannot load model {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+        self.model.to(self.device).eval()
+        self.decoder = self.model.get_decoder()
+        self.head = self.model.get_output_embeddings()
+        self.revision = getattr(self.model.config, "_commit_hash", None) or revision
+        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
+
+    @torch.inference_mode()
+    def score_batch(
+        self, seqs: list[np.ndarray], windows: list[Window], *, top_k: int, min_p: float
+    ) -> list[WindowScores]:
+        """Score ``windows`` (one batch) of the documents ``seqs``; one result per window."""
+        longest = max(w.length for w in windows)
+        ids = torch.zeros((len(windows), longest), dtype=torch.long)
+        mask = torch.zeros((len(windows), longest), dtype=torch.long)
+        for row, w in enumerate(windows):
+            ids[row, : w.length] = torch.from_numpy(seqs[w.doc][w.start : w.end].astype(np.int64))
+            mask[row, : w.length] = 1
+        padded = bool((mask == 0).any())
+        hidden = self.decoder(
+            input_ids=ids.to(self.device), attention_mask=mask.to(self.device) if padded else None
+        ).last_hidden_state
+
+        # Position q of a window is predicted from the hidden state at q-1.
+        rows, cols, targets, sizes = [], [], [], []
+        for row, w in enumerate(windows):
+            q = np.arange(w.score_from - w.start, w.length)
+            rows.append(np.full(len(q), row))
+            cols.append(q - 1)
+            targets.append(seqs[w.doc][w.start + q])
+            sizes.append(len(q))
+        rows_t = torch.from_numpy(np.concatenate(rows)).to(self.device)
+        cols_t = torch.from_numpy(np.concatenate(cols)).to(self.device)
+        targets_t = torch.from_numpy(np.concatenate(targets).astype(np.int64)).to(self.device)
+        h = hidden[rows_t, cols_t]
+        logprob, topk_ids, topk_lp, has_topk = score_positions(
+            h, targets_t, self.head, top_k=top_k, min_p=min_p
+        )
+        out, at = [], 0
+        for n in sizes:
+            out.append(
+                WindowScores(
+                    logprob[at : at + n],
+                    topk_ids[at : at + n],
+                    topk_lp[at : at + n],
+                    has_topk[at : at + n],
+                )
+            )
+            at += n
+        return out
+
+
+def score_positions(
+    hidden: torch.Tensor,
+    targets: torch.Tensor,
+    head: torch.nn.Module,
+    *,
+    top_k: int,
+    min_p: float,
+    chunk: int = LOGIT_CHUNK_POSITIONS,
+):
+    """Log-prob of each target and top-k candidates, computed ``chunk`` positions at a time.
+
+    Returns numpy arrays: logprob [n] float32, topk ids [n, k] int32, topk log-probs [n, k]
+    float32, and has_topk [n] bool (``P(target) >= min_p``; rows where it is False are zeros).
+    """
+    n = hidden.shape[0]
+    log_min_p = math.log(min_p) if min_p > 0 else -math.inf
+    logprob = np.empty(n, dtype=np.float32)
+    topk_ids = np.zeros((n, top_k), dtype=np.int32)
+    topk_lp = np.zeros((n, top_k), dtype=np.float32)
+    has_topk = np.zeros(n, dtype=bool)
+    for a in range(0, n, chunk):
+        logits = head(hidden[a : a + chunk]).float()
+        lse = torch.logsumexp(logits, dim=-1)
+        lp = logits.gather(1, targets[a : a + chunk, None]).squeeze(1) - lse
+        logprob[a : a + chunk] = lp.cpu().numpy()
+        if top_k > 0:
+            keep = lp >= log_min_p
+            if keep.any():
+                sel = keep.nonzero().squeeze(1)
+                values, idx = torch.topk(logits[sel], top_k, dim=-1)
+                sel_np = sel.cpu().numpy() + a
+                topk_ids[sel_np] = idx.to(torch.int32).cpu().numpy()
+                topk_lp[sel_np] = (values - lse[sel, None]).cpu().numpy()
+                has_topk[sel_np] = True
+    return logprob, topk_ids, topk_lp, has_topk

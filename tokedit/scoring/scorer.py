@@ -1,0 +1,216 @@
+"""Documents in, score tables out: tokenization, windows, batches, a backend, stitching.
+
+The scorer never writes files; :mod:`tokedit.scoring.run` streams its tables to ``io``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from tokedit.io.read import STATUS_OK, Documents
+from tokedit.scoring.windows import padding_stats, partition_starts, plan_batches, plan_windows
+
+# Column order and types of a scores shard (a contract: see README "Scores directory").
+SCORES_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("status", pa.string()),
+        ("n_tokens", pa.int32()),
+        ("mean_logprob", pa.float64()),
+        ("ppl", pa.float64()),
+        ("token_ids", pa.list_(pa.int32())),
+        ("offsets", pa.list_(pa.int32())),
+        ("logprob", pa.list_(pa.float32())),
+        ("topk_ids", pa.list_(pa.list_(pa.int32()))),
+        ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+    ]
+)
+
+
+@dataclass(frozen=True)
+class ScoreOptions:
+    max_len: int = 512
+    overlap: int = 128
+    batch_tokens: int = 8192
+    top_k: int = 8
+    candidates_min_p: float = 0.9
+    add_bos: bool = True
+
+
+@dataclass
+class ScoreStats:
+    documents: int = 0
+    tokens: int = 0
+    computed_positions: int = 0
+    padding_positions: int = 0
+    statuses: dict[str, int] = field(default_factory=dict)
+
+    def add(self, other: ScoreStats) -> None:
+        self.documents += other.documents
+        self.tokens += other.tokens
+        self.computed_positions += other.computed_positions
+        self.padding_positions += other.padding_positions
+        for k, v in other.statuses.items():
+            self.statuses[k] = self.statuses.get(k, 0) + v
+
+
+@dataclass
+class DocTokens:
+    """A tokenized document: ``seq`` is what the model reads (BOS first if used)."""
+
+    token_ids: np.ndarray  # int32 [n]
+    starts: np.ndarray  # int32 [n], partition char starts
+    seq: np.ndarray  # int32 [n + bos]
+    bos: int  # 1 if seq starts with BOS
+
+
+def tokenize_documents(tokenizer, texts: list[str], add_bos: bool) -> list[DocTokens]:
+    """Tokenize with character offsets (no special tokens inside the text)."""
+    bos_id = tokenizer.bos_token_id if add_bos else None
+    enc = tokenizer(
+        texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
+    )
+    docs = []
+    for ids, offs in zip(enc["input_ids"], enc["offset_mapping"], strict=True):
+        token_ids = np.asarray(ids, dtype=np.int32)
+        pairs = np.asarray(offs, dtype=np.int64).reshape(-1, 2)
+        seq = (
+            token_ids if bos_id is None else np.concatenate([[bos_id], token_ids]).astype(np.int32)
+        )
+        docs.append(DocTokens(token_ids, partition_starts(pairs), seq, 0 if bos_id is None else 1))
+    return docs
+
+
+class Scorer:
+    """Score :class:`Documents` with a backend; returns one scores table row per input row."""
+
+    def __init__(self, backend, tokenizer, options: ScoreOptions):
+        self.backend = backend
+        self.tokenizer = tokenizer
+        self.options = options
+        if options.max_len <= options.overlap:
+            raise ValueError("--max-length must be larger than --overlap")
+
+    def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, ScoreStats]:
+        opts = self.options
+        ok = [i for i, s in enumerate(docs.statuses) if s == STATUS_OK]
+        tokens = tokenize_documents(self.tokenizer, [docs.texts[i] for i in ok], opts.add_bos)
+        windows = [
+            w
+            for j, t in enumerate(tokens)
+            for w in plan_windows(len(t.seq), opts.max_len, opts.overlap, doc=j)
+        ]
+        batches = plan_batches(windows, opts.batch_tokens)
+        seqs = [t.seq for t in tokens]
+        results: dict[tuple[int, int], object] = {}
+        for batch in batches:
+            for w, r in zip(
+                batch,
+                self.backend.score_batch(
+                    seqs, batch, top_k=opts.top_k, min_p=opts.candidates_min_p
+                ),
+                strict=True,
+            ):
+                results[(w.doc, w.start)] = r
+            if on_tokens is not None:
+                on_tokens(sum(w.end - w.score_from for w in batch))
+        per_doc: list[list] = [[] for _ in tokens]
+        for w in windows:  # windows are in document, then position order
+            per_doc[w.doc].append(results[(w.doc, w.start)])
+
+        stats = ScoreStats(documents=len(docs))
+        stats.computed_positions, stats.padding_positions = padding_stats(batches)
+        for s in docs.statuses:
+            stats.statuses[s] = stats.statuses.get(s, 0) + 1
+        table = build_scores_table(docs, ok, tokens, per_doc, opts.top_k)
+        stats.tokens = int(sum(len(t.token_ids) for t in tokens))
+        return table, stats
+
+
+def build_scores_table(
+    docs: Documents, ok: list[int], tokens: list[DocTokens], per_doc: list[list], top_k: int
+) -> pa.Table:
+    """Assemble the scores table with flat numpy buffers and list offsets (no per-token Python)."""
+    n_rows = len(docs)
+    n_tok = np.zeros(n_rows, dtype=np.int64)
+    tok_parts, start_parts, lp_parts, lp_valid_parts, kid_parts, klp_parts, kcount_parts = (
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+        [],
+    )
+    mean_lp = np.full(n_rows, np.nan)
+    ok_set = {row: j for j, row in enumerate(ok)}
+    for row in range(n_rows):
+        j = ok_set.get(row)
+        if j is None:
+            continue
+        t = tokens[j]
+        n = len(t.token_ids)
+        n_tok[row] = n
+        scored = per_doc[j]
+        lp = np.concatenate([r.logprob for r in scored]) if scored else np.zeros(0, np.float32)
+        has = np.concatenate([r.has_topk for r in scored]) if scored else np.zeros(0, bool)
+        kid = (
+            np.concatenate([r.topk_ids for r in scored])
+            if scored
+            else np.zeros((0, top_k), np.int32)
+        )
+        klp = (
+            np.concatenate([r.topk_logprobs for r in scored])
+            if scored
+            else np.zeros((0, top_k), np.float32)
+        )
+        missing = n - len(lp)  # 1 when there is no BOS: the first token has no context
+        lp_full = np.concatenate([np.zeros(missing, np.float32), lp])
+        valid = np.concatenate([np.zeros(missing, bool), np.ones(len(lp), bool)])
+        has_full = np.concatenate([np.zeros(missing, bool), has])
+        tok_parts.append(t.token_ids)
+        start_parts.append(t.starts)
+        lp_parts.append(lp_full)
+        lp_valid_parts.append(valid)
+        kid_parts.append(kid[has])
+        klp_parts.append(klp[has])
+        kcount_parts.append(np.where(has_full, top_k, 0))
+        if len(lp):
+            mean_lp[row] = float(lp.astype(np.float64).mean())
+
+    def cat(parts, dtype):
+        return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
+
+    row_offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(n_tok, out=row_offsets[1:])
+    valid = cat(lp_valid_parts, bool)
+    kcount = cat(kcount_parts, np.int32)
+    inner_offsets = np.zeros(len(kcount) + 1, dtype=np.int32)
+    np.cumsum(kcount, out=inner_offsets[1:])
+
+    def lists(values: pa.Array) -> pa.Array:
+        return pa.ListArray.from_arrays(pa.array(row_offsets), values)
+
+    topk_ids = pa.ListArray.from_arrays(
+        pa.array(inner_offsets), pa.array(cat(kid_parts, np.int32).reshape(-1))
+    )
+    topk_lps = pa.ListArray.from_arrays(
+        pa.array(inner_offsets), pa.array(cat(klp_parts, np.float32).reshape(-1))
+    )
+    mean_valid = ~np.isnan(mean_lp)
+    columns = {
+        "id": pa.array(docs.ids, pa.string()),
+        "status": pa.array(docs.statuses, pa.string()),
+        "n_tokens": pa.array(n_tok.astype(np.int32)),
+        "mean_logprob": pa.array(mean_lp, mask=~mean_valid),
+        "ppl": pa.array(np.exp(-np.where(mean_valid, mean_lp, 0.0)), mask=~mean_valid),
+        "token_ids": lists(pa.array(cat(tok_parts, np.int32))),
+        "offsets": lists(pa.array(cat(start_parts, np.int32))),
+        "logprob": lists(pa.array(cat(lp_parts, np.float32), mask=~valid)),
+        "topk_ids": lists(topk_ids),
+        "topk_logprobs": lists(topk_lps),
+    }
+    return pa.Table.from_pydict(columns, schema=SCORES_SCHEMA)

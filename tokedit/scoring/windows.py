@@ -1,0 +1,94 @@
+"""Pure planning of windows and batches (no model, no files).
+
+A document is the token sequence ``seq`` (BOS first when the tokenizer has one). Position
+``p >= 1`` is scored as ``log P(seq[p] | seq[:p])``. Documents longer than ``max_len`` are
+cut into overlapping windows such that every position is scored exactly once and, beyond
+the first window, with at least ``overlap`` tokens of real context. Nothing is truncated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Window:
+    doc: int  # index of the document in its batch
+    start: int  # first sequence position fed to the model
+    end: int  # one past the last position fed to the model
+    score_from: int  # first position scored by this window (earlier ones are context)
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def plan_windows(seq_len: int, max_len: int, overlap: int, doc: int = 0) -> list[Window]:
+    """Windows covering positions ``1 .. seq_len-1`` once each.
+
+    >>> [(w.start, w.end, w.score_from) for w in plan_windows(10, 4, 2)]
+    [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
+    """
+    if not 0 <= overlap < max_len:
+        raise ValueError(
+            f"overlap must be in [0, max_len), got overlap={overlap}, max_len={max_len}"
+        )
+    if seq_len <= 1:
+        return []
+    windows = [Window(doc, 0, min(seq_len, max_len), 1)]
+    while windows[-1].end < seq_len:
+        score_from = windows[-1].end
+        start = score_from - overlap
+        windows.append(Window(doc, start, min(start + max_len, seq_len), score_from))
+    return windows
+
+
+def plan_batches(windows: list[Window], batch_tokens: int) -> list[list[Window]]:
+    """Group windows into batches of similar length, each with ``rows * longest <= batch_tokens``.
+
+    Windows are sorted by length (longest first, ties by document order for determinism),
+    so padding within a batch is only the difference between neighbours in that order.
+    A window longer than ``batch_tokens`` gets a batch of its own.
+    """
+    order = sorted(range(len(windows)), key=lambda i: (-windows[i].length, i))
+    batches: list[list[Window]] = []
+    current: list[Window] = []
+    longest = 0
+    for i in order:
+        w = windows[i]
+        new_longest = max(longest, w.length)
+        if current and new_longest * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current, new_longest = [], w.length
+        current.append(w)
+        longest = new_longest
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padding_stats(batches: list[list[Window]]) -> tuple[int, int]:
+    """(computed positions, of which padding) over ``batches``."""
+    computed = sum(len(b) * max(w.length for w in b) for b in batches)
+    real = sum(w.length for b in batches for w in b)
+    return computed, computed - real
+
+
+def partition_starts(offset_pairs: np.ndarray) -> np.ndarray:
+    """Char starts that make the tokens a partition of the text.
+
+    ``offset_pairs`` is the tokenizer's ``[n, 2]`` (start, end) mapping. Tokenizers may trim
+    a leading space out of a token's span (``trim_offsets``) or give several byte-level
+    tokens of one multi-byte character the same span; neither is a partition. Here token
+    ``i`` starts where token ``i-1`` ended (the first at 0), so token ``i``'s text is
+    ``text[starts[i]:starts[i+1]]`` (the last one ends at ``len(text)``): characters that
+    no span covers (a trimmed space) belong to the token after them, and a token that shares
+    a character with its predecessor gets an empty span (the editor never splices those).
+    """
+    n = len(offset_pairs)
+    starts = np.zeros(n, dtype=np.int32)
+    if n > 1:
+        starts[1:] = np.maximum.accumulate(offset_pairs[:-1, 1])
+    return starts

@@ -1,0 +1,277 @@
+"""``tokedit train``: a causal LM on any dataset directory, through ``transformers.Trainer``.
+
+Documents are tokenized, joined with EOS and packed into fixed-length blocks. The loss is
+pluggable (``compute_loss_func``), so cross entropy and Truncated Cross Entropy share one
+trainer. Held-out perplexity is measured with plain cross entropy whatever the loss.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from tokedit.errors import InputError
+from tokedit.io.read import STATUS_OK, iter_documents
+from tokedit.io.shards import discover_shards
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class TrainConfig:
+    preset: str = "small"
+    block_size: int = 256
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 2e-3
+    weight_decay: float = 0.1
+    warmup_steps: int = 20
+    max_steps: int = 200
+    time_budget_s: float | None = None
+    eval_every_nth_doc: int = 20  # documents i % n == n-1 are held out
+    seed: int = 0
+    loss: str = "ce"
+    gamma: float = 0.99
+    tce_normalize: str = "real"
+
+
+def read_texts(data_dir: str, text_column: str = "text", id_column: str | None = None) -> list[str]:
+    """All processable texts of a dataset directory, in shard then row order."""
+    texts = []
+    for shard in discover_shards(data_dir):
+        for docs in iter_documents(shard, text_column, id_column):
+            texts.extend(
+                t for t, s in zip(docs.texts, docs.statuses, strict=True) if s == STATUS_OK
+            )
+    if not texts:
+        raise InputError(
+            f"{data_dir}: no non-empty documents to train on", remedy="check --text-column"
+        )
+    return texts
+
+
+def split_held_out(texts: list[str], every_nth: int) -> tuple[list[str], list[str]]:
+    """Deterministic document-level split: every ``every_nth`` document is held out."""
+    if every_nth <= 1 or len(texts) < 2:
+        return texts, []
+    train = [t for i, t in enumerate(texts) if i % every_nth != every_nth - 1]
+    held = [t for i, t in enumerate(texts) if i % every_nth == every_nth - 1]
+    return train, held
+
+
+def pack_blocks(
+    docs: Iterable[np.ndarray], block_size: int, eos_id: int, pad_id: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Join documents with EOS after each and cut into ``[n, block_size]`` blocks.
+
+    Returns ``(input_ids, labels)``; the last partial block is padded, its padding labelled
+    ``IGNORE_INDEX`` so no token is dropped and no padding is learned.
+    """
+    parts = [np.append(np.asarray(d, dtype=np.int64), eos_id) for d in docs]
+    stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
+    n_blocks = max(1, math.ceil(len(stream) / block_size))
+    ids = np.full(n_blocks * block_size, pad_id, dtype=np.int64)
+    labels = np.full(n_blocks * block_size, IGNORE_INDEX, dtype=np.int64)
+    ids[: len(stream)] = stream
+    labels[: len(stream)] = stream
+    return ids.reshape(n_blocks, block_size), labels.reshape(n_blocks, block_size)
+
+
+def tokenize_texts(tokenizer, texts: list[str]) -> list[np.ndarray]:
+    enc = tokenizer(texts, add_special_tokens=False, return_attention_mask=False)["input_ids"]
+    return [np.asarray(ids, dtype=np.int64) for ids in enc]
+
+
+class BlockDataset(torch.utils.data.Dataset):
+    def __init__(self, ids: np.ndarray, labels: np.ndarray):
+        self.ids = torch.from_numpy(ids)
+        self.labels = torch.from_numpy(labels)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> dict:
+        # No attention mask: padding exists only at the end of the last block, where causal
+        # attention cannot reach real tokens and the labels are IGNORE_INDEX.
+        return {"input_ids": self.ids[i], "labels": self.labels[i]}
+
+
+@torch.inference_mode()
+def evaluate_perplexity(model, ids: np.ndarray, labels: np.ndarray, batch_size: int = 16) -> float:
+    """Held-out perplexity: exp of the mean cross entropy over all labelled tokens."""
+    if len(ids) == 0:
+        return float("nan")
+    model.eval()
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    for a in range(0, len(ids), batch_size):
+        x = torch.from_numpy(ids[a : a + batch_size]).to(device)
+        y = torch.from_numpy(labels[a : a + batch_size]).to(device)
+        logits = model(input_ids=x).logits[:, :-1].float()
+        target = y[:, 1:]
+        loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            target.reshape(-1),
+            ignore_index=IGNORE_INDEX,
+            reduction="sum",
+        )
+        total += float(loss)
+        count += int((target != IGNORE_INDEX).sum())
+    return math.exp(total / count) if count else float("nan")
+
+
+def make_loss_func(config: TrainConfig) -> Callable | None:
+    """``None`` means the model's own cross entropy; TCE plugs in through this one place."""
+    if config.loss == "ce":
+        return None
+    if config.loss == "tce":
+        from tokedit.training.tce import make_compute_loss_func
+
+        return make_compute_loss_func(gamma=config.gamma, normalize=config.tce_normalize)
+    raise InputError(f"unknown loss {config.loss!r}", remedy="use --loss ce or --loss tce")
+
+
+class _TimeBudget:
+    """Trainer callback that stops training after ``seconds``."""
+
+    def __new__(cls, seconds: float):
+        from transformers import TrainerCallback
+
+        class TimeBudget(TrainerCallback):
+            def on_train_begin(self, args, state, control, **kw):
+                self.t0 = time.perf_counter()
+
+            def on_step_end(self, args, state, control, **kw):
+                if time.perf_counter() - self.t0 > seconds:
+                    control.should_training_stop = True
+                return control
+
+        return TimeBudget()
+
+
+def train_model(
+    data_dir: str,
+    out_dir: str,
+    *,
+    config: TrainConfig | None = None,
+    model_path: str | None = None,
+    from_scratch: bool = False,
+    vocab_size: int | None = None,
+    text_column: str = "text",
+    id_column: str | None = None,
+    texts: list[str] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict:
+    """Train (from scratch, or continue ``model_path``) and save to ``out_dir``; returns a summary."""
+    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+
+    from tokedit.training.prior import PRESETS, build_model, train_tokenizer
+
+    config = config or TrainConfig()
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if from_scratch == (model_path is not None):
+        raise InputError(
+            "pass exactly one of --model M (continue training) and --from-scratch",
+            remedy="tokedit train DATA --from-scratch --out MODEL",
+        )
+    texts = texts if texts is not None else read_texts(data_dir, text_column, id_column)
+    train_texts, held_texts = split_held_out(texts, config.eval_every_nth_doc)
+    t0 = time.perf_counter()
+    if from_scratch:
+        vocab = vocab_size or PRESETS[config.preset]["vocab_size"]
+        log(f"training a byte-level BPE tokenizer (vocab {vocab}) on {len(train_texts)} documents")
+        tokenizer = train_tokenizer(train_texts, vocab)
+        model = build_model(
+            tokenizer,
+            config.preset,
+            seed=config.seed,
+            max_position_embeddings=max(
+                config.block_size, PRESETS[config.preset]["max_position_embeddings"]
+            ),
+        )
+    else:
+        from tokedit.scoring.hf import load_tokenizer
+
+        tokenizer = load_tokenizer(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path)
+    eos, pad = (
+        tokenizer.eos_token_id,
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+    )
+    train_ids, train_labels = pack_blocks(
+        tokenize_texts(tokenizer, train_texts), config.block_size, eos, pad
+    )
+    held_ids, held_labels = (
+        pack_blocks(tokenize_texts(tokenizer, held_texts), config.block_size, eos, pad)
+        if held_texts
+        else (np.zeros((0, config.block_size), np.int64),) * 2
+    )
+    n_params = sum(p.numel() for p in model.parameters())
+    log(
+        f"model: {n_params / 1e6:.2f}M parameters; {train_ids.size} training tokens in {len(train_ids)} blocks of {config.block_size}; {held_ids.size} held out"
+    )
+
+    use_cuda = torch.cuda.is_available()
+    with tempfile.TemporaryDirectory() as scratch:
+        args = TrainingArguments(
+            output_dir=scratch,
+            per_device_train_batch_size=config.batch_size,
+            gradient_accumulation_steps=config.grad_accum,
+            learning_rate=config.learning_rate,
+            weight_decay=config.weight_decay,
+            warmup_steps=config.warmup_steps,
+            lr_scheduler_type="cosine",
+            max_steps=config.max_steps,
+            logging_steps=max(1, config.max_steps // 10),
+            save_strategy="no",
+            report_to=[],
+            use_cpu=not use_cuda,
+            bf16=use_cuda,
+            seed=config.seed,
+            data_seed=config.seed,
+            dataloader_num_workers=0,
+            disable_tqdm=not progress,
+        )
+        callbacks = [_TimeBudget(config.time_budget_s)] if config.time_budget_s else []
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=BlockDataset(train_ids, train_labels),
+            compute_loss_func=make_loss_func(config),
+            callbacks=callbacks,
+        )
+        result = trainer.train()
+    train_seconds = time.perf_counter() - t0
+    held_ppl = evaluate_perplexity(model, held_ids, held_labels)
+    summary = {
+        "parameters": n_params,
+        "vocab_size": len(tokenizer),
+        "train_tokens": int(train_ids.size),
+        "held_out_tokens": int((held_labels != IGNORE_INDEX).sum()),
+        "steps": int(result.global_step),
+        "tokens_seen": int(
+            result.global_step * config.batch_size * config.grad_accum * config.block_size
+        ),
+        "train_loss": float(result.training_loss),
+        "held_out_ppl": held_ppl,
+        "seconds": train_seconds,
+        "config": asdict(config),
+        "from_scratch": from_scratch,
+        "base_model": model_path,
+        "data": str(data_dir),
+    }
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "tokedit_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
