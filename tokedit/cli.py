@@ -98,16 +98,16 @@ def main():
 @click.option(
     "--max-length",
     type=int,
-    default=1024,
-    show_default=True,
-    help="Window length in tokens; longer documents are scored in overlapping windows.",
+    default=None,
+    help="Window length in tokens; longer documents are scored in overlapping windows."
+    "  [default: the model's positions, at most 1024]",
 )
 @click.option(
     "--overlap",
     type=int,
-    default=256,
-    show_default=True,
-    help="Minimum context (tokens) of every position beyond the first window.",
+    default=None,
+    help="Minimum context (tokens) of every position beyond the first window."
+    "  [default: max-length / 4]",
 )
 @click.option(
     "--batch-tokens",

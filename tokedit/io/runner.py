@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
+from tokedit.io.write import TMP_SUFFIX
 
 
 def run_shards(
@@ -25,6 +28,7 @@ def run_shards(
     point leaves either a complete shard or none.
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
+    remove_stale_temp_files(manifest.out_dir)
     done = skipped = 0
     for shard in shards:
         if manifest.is_complete(shard.rel):
@@ -38,3 +42,31 @@ def run_shards(
             f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
         )
     return {"processed": done, "skipped": skipped}
+
+
+def remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete temp files left by processes that died (``kill -9``) before renaming them.
+
+    Temp names carry the writer's pid (``.name.PID.tmp``); files of live processes (other
+    ``--shard-index`` workers sharing this directory) are left alone.
+    """
+    removed = 0
+    for tmp in Path(out_dir).rglob(f".*{TMP_SUFFIX}"):
+        try:
+            pid = int(tmp.name.rsplit(".", 2)[-2])
+        except ValueError:
+            continue
+        if pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

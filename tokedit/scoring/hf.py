@@ -59,6 +59,17 @@ def _check_model_path(model: str) -> None:
         raise InputError(f"model path {model!r} does not exist", remedy=_LOAD_REMEDY)
 
 
+def model_positions(model: str, revision: str | None = None) -> int | None:
+    """The model's number of positions, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    try:
+        config = AutoConfig.from_pretrained(model, revision=revision)
+    except Exception as e:
+        raise InputError(f"cannot load the config of {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+    return getattr(config, "max_position_embeddings", None)
+
+
 def tokenizer_hash(tokenizer) -> str:
     """sha256 of the tokenizer's full serialisation: same hash, same token ids and offsets."""
     return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
@@ -95,7 +106,6 @@ class HFBackend:
         self.decoder = self.model.get_decoder()
         self.head = self.model.get_output_embeddings()
         self.revision = getattr(self.model.config, "_commit_hash", None) or revision
-        self.max_positions = getattr(self.model.config, "max_position_embeddings", None)
 
     @torch.inference_mode()
     def score_batch(

@@ -67,9 +67,16 @@ def score_dataset(
     options = options or ScoreOptions()
     shards = discover_shards(input_dir, num_shards=num_shards, shard_index=shard_index)
     check_unique_outputs(shards, scores_rel)
-    from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
+    from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
 
     tokenizer = load_tokenizer(model, revision)
+    positions = model_positions(model, revision)
+    options = options.resolved(positions)
+    if positions and options.max_len > positions:
+        raise InputError(
+            f"--max-length {options.max_len} exceeds the model's {positions} positions",
+            remedy=f"pass --max-length {positions} or less",
+        )
     manifest_options = {
         "model": model,
         "revision": revision,
@@ -103,11 +110,6 @@ def score_dataset(
                 "model_revision": getattr(engine, "revision", None),
             }
         )
-        if engine.max_positions and options.max_len > engine.max_positions:
-            raise InputError(
-                f"--max-length {options.max_len} exceeds the model's {engine.max_positions} positions",
-                remedy=f"pass --max-length {engine.max_positions} or less",
-            )
     scorer = Scorer(engine, tokenizer, options) if engine else None
     run_stats = ScoreStats()
     bar = tqdm(

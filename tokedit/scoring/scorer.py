@@ -5,11 +5,12 @@ The scorer never writes files; :mod:`tokedit.scoring.run` streams its tables to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
 
+from tokedit.errors import InputError
 from tokedit.io.read import STATUS_OK, Documents
 from tokedit.scoring.windows import padding_stats, partition_starts, plan_batches, plan_windows
 
@@ -30,14 +31,23 @@ SCORES_SCHEMA = pa.schema(
 )
 
 
+DEFAULT_MAX_LEN = 1024
+
+
 @dataclass(frozen=True)
 class ScoreOptions:
-    max_len: int = 512
-    overlap: int = 128
+    max_len: int | None = None  # None: the model's positions, at most DEFAULT_MAX_LEN
+    overlap: int | None = None  # None: a quarter of max_len
     batch_tokens: int = 8192
     top_k: int = 8
     candidates_min_p: float = 0.9
     add_bos: bool = True
+
+    def resolved(self, model_positions: int | None) -> ScoreOptions:
+        """Fill ``max_len`` / ``overlap`` defaults from the model's number of positions."""
+        max_len = self.max_len or min(DEFAULT_MAX_LEN, model_positions or DEFAULT_MAX_LEN)
+        overlap = self.overlap if self.overlap is not None else max(1, max_len // 4)
+        return replace(self, max_len=max_len, overlap=overlap)
 
 
 @dataclass
@@ -91,8 +101,11 @@ class Scorer:
         self.backend = backend
         self.tokenizer = tokenizer
         self.options = options
-        if options.max_len <= options.overlap:
-            raise ValueError("--max-length must be larger than --overlap")
+        if not 1 <= options.overlap < options.max_len:
+            raise InputError(
+                f"--overlap {options.overlap} must be at least 1 and below --max-length {options.max_len}",
+                remedy="e.g. --max-length 1024 --overlap 256",
+            )
 
     def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, ScoreStats]:
         opts = self.options

@@ -31,9 +31,10 @@ def plan_windows(seq_len: int, max_len: int, overlap: int, doc: int = 0) -> list
     >>> [(w.start, w.end, w.score_from) for w in plan_windows(10, 4, 2)]
     [(0, 4, 1), (2, 6, 4), (4, 8, 6), (6, 10, 8)]
     """
-    if not 0 <= overlap < max_len:
+    if not 1 <= overlap < max_len:
+        # A window's first scored token is predicted from the token before it: overlap >= 1.
         raise ValueError(
-            f"overlap must be in [0, max_len), got overlap={overlap}, max_len={max_len}"
+            f"overlap must be in [1, max_len), got overlap={overlap}, max_len={max_len}"
         )
     if seq_len <= 1:
         return []
