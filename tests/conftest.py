@@ -8,6 +8,7 @@ same machine skip the ~10 s of training.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
@@ -35,8 +36,8 @@ def corpus_dir(tmp_path_factory, plays) -> Path:
     return out
 
 
-def _code_key() -> str:
-    h = hashlib.sha256()
+def _code_key(config) -> str:
+    h = hashlib.sha256(repr(config).encode())
     for module in (tokedit.training.prior, tokedit.training.trainer):
         h.update(Path(module.__file__).read_bytes())
     return h.hexdigest()[:12]
@@ -47,13 +48,25 @@ def tiny_prior(tmp_path_factory, corpus_dir) -> Path:
     """A ~0.1M-parameter Llama prior with a byte-level BPE-512 tokenizer, trained on the fixture plays."""
     from tokedit.training.trainer import TrainConfig, train_model
 
-    cached = cache_dir() / "fixtures" / f"tiny-prior-{_code_key()}"
+    config = TrainConfig(
+        preset="tiny", block_size=128, batch_size=16, max_steps=300, learning_rate=3e-3, seed=0
+    )
+    cached = cache_dir() / "fixtures" / f"tiny-prior-{_code_key(config)}"
     if not (cached / "config.json").is_file():
-        tmp = cached.with_name(cached.name + ".partial")
+        tmp = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        config = TrainConfig(preset="tiny", block_size=128, batch_size=16, max_steps=300, learning_rate=3e-3, seed=0)
-        train_model(str(corpus_dir), str(tmp), config=config, from_scratch=True, progress=False, log=lambda m: None)
-        tmp.rename(cached)
+        train_model(
+            str(corpus_dir),
+            str(tmp),
+            config=config,
+            from_scratch=True,
+            progress=False,
+            log=lambda m: None,
+        )
+        if not (cached / "config.json").is_file():  # a concurrent session may have finished first
+            shutil.rmtree(cached, ignore_errors=True)
+            tmp.rename(cached)
+        shutil.rmtree(tmp, ignore_errors=True)
     return cached
 
 
@@ -64,5 +77,12 @@ def tiny_scores(tmp_path_factory, corpus_dir, tiny_prior) -> Path:
     from tokedit.scoring.scorer import ScoreOptions
 
     out = tmp_path_factory.mktemp("scores")
-    score_dataset(str(corpus_dir), str(out), model=str(tiny_prior), options=ScoreOptions(max_len=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05), id_column="id", progress=False)
+    score_dataset(
+        str(corpus_dir),
+        str(out),
+        model=str(tiny_prior),
+        options=ScoreOptions(max_len=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05),
+        id_column="id",
+        progress=False,
+    )
     return out

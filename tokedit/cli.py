@@ -107,7 +107,7 @@ def main():
     type=int,
     default=None,
     help="Minimum context (tokens) of every position beyond the first window."
-    "  [default: max-length / 4]",
+    "  [default: max-length / 8]",
 )
 @click.option(
     "--batch-tokens",

@@ -37,7 +37,7 @@ DEFAULT_MAX_LEN = 1024
 @dataclass(frozen=True)
 class ScoreOptions:
     max_len: int | None = None  # None: the model's positions, at most DEFAULT_MAX_LEN
-    overlap: int | None = None  # None: a quarter of max_len
+    overlap: int | None = None  # None: an eighth of max_len
     batch_tokens: int = 8192
     top_k: int = 8
     candidates_min_p: float = 0.9
@@ -46,7 +46,7 @@ class ScoreOptions:
     def resolved(self, model_positions: int | None) -> ScoreOptions:
         """Fill ``max_len`` / ``overlap`` defaults from the model's number of positions."""
         max_len = self.max_len or min(DEFAULT_MAX_LEN, model_positions or DEFAULT_MAX_LEN)
-        overlap = self.overlap if self.overlap is not None else max(1, max_len // 4)
+        overlap = self.overlap if self.overlap is not None else max(1, max_len // 8)
         return replace(self, max_len=max_len, overlap=overlap)
 
 

@@ -1,0 +1,146 @@
+"""Benchmark `tokedit score` against its limit and against the common baseline, in one run.
+
+Prints, on the same ~4M-parameter Llama-style model (preset "small", random weights: speed
+does not depend on training) and the same Shakespeare documents:
+  1. raw forward: tokens/s of ``model(input_ids)`` on the same tokens packed into full
+     windows, no padding (the limit: no tokenization, no log-probs, no I/O);
+  2. ``tokedit score`` end to end (read, tokenize, window, batch, forward, log-probs,
+     top-k, write parquet);
+  3. a per-document, batch-size-1 Hugging Face loop (full logits, log_softmax, gather);
+  4. padding share of computed positions;
+  5. peak RSS of a ``tokedit score`` process on a corpus and on the same corpus 8x larger.
+Goals (issue 2): (2) >= 0.85 x (1); (2) >= 5 x (3); padding <= 10 %; RSS growth <= 20 %.
+
+    .venv/bin/python benchmarks/score.py [--docs 120] [--max-length 512]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from tokedit.demo import read_plays, split_documents
+from tokedit.scoring.run import score_dataset
+from tokedit.scoring.scorer import ScoreOptions
+from tokedit.training.prior import build_model, train_tokenizer
+
+
+def make_model(texts: list[str], workdir: Path, preset: str, vocab: int) -> Path:
+    tok = train_tokenizer(texts, vocab)
+    model = build_model(tok, preset)
+    path = workdir / f"model-{preset}"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@torch.inference_mode()
+def raw_forward_tokens_per_s(model, token_ids: np.ndarray, max_len: int, batch_rows: int) -> float:
+    n_blocks = len(token_ids) // max_len
+    blocks = torch.from_numpy(token_ids[: n_blocks * max_len].astype(np.int64)).view(n_blocks, max_len)
+    model(input_ids=blocks[:1])  # warm-up
+    t0 = time.perf_counter()
+    for a in range(0, n_blocks, batch_rows):
+        model(input_ids=blocks[a : a + batch_rows])
+    return blocks.numel() / (time.perf_counter() - t0)
+
+
+@torch.inference_mode()
+def per_document_loop_tokens_per_s(model, tokenizer, texts: list[str], max_len: int) -> float:
+    """The common baseline: one document at a time, full logits, log_softmax, gather."""
+    n = 0
+    t0 = time.perf_counter()
+    for text in texts:
+        ids = [tokenizer.bos_token_id] + tokenizer(text, add_special_tokens=False)["input_ids"]
+        for a in range(0, len(ids) - 1, max_len - 1):  # plain chunks, no overlap
+            chunk = torch.tensor(ids[a : a + max_len])[None]
+            logp = torch.log_softmax(model(input_ids=chunk).logits.float(), dim=-1)
+            logp[0, :-1].gather(1, chunk[0, 1:, None])
+            n += chunk.shape[1] - 1
+    return n / (time.perf_counter() - t0)
+
+
+def peak_rss_mb(corpus: Path, model: Path, out: Path) -> float:
+    code = (
+        "import resource, sys\n"
+        "from tokedit.scoring.run import score_dataset\n"
+        "from tokedit.scoring.scorer import ScoreOptions\n"
+        f"score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_len=256, overlap=64), progress=False)\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return float(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--docs", type=int, default=120, help="documents for the throughput part")
+    ap.add_argument("--max-length", type=int, default=1024)
+    ap.add_argument("--batch-tokens", type=int, default=16384)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    plays = read_plays()
+    docs = [d for text in plays.values() for d in split_documents(text)]
+    rng = np.random.default_rng(0)
+    sample = [docs[i] for i in sorted(rng.choice(len(docs), size=min(args.docs, len(docs)), replace=False))]
+
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        model_path = make_model(docs, work, "small", 4096)
+        corpus = work / "corpus"
+        corpus.mkdir()
+        pq.write_table(pa.Table.from_pylist([{"text": t} for t in sample]), corpus / "docs.parquet")
+
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
+        model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
+        n_params = sum(p.numel() for p in model.parameters())
+        all_ids = np.concatenate([[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in sample]).astype(np.int64)
+        print(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; corpus: {len(sample)} documents, {len(all_ids)} tokens; torch threads {torch.get_num_threads()}")
+
+        raw = raw_forward_tokens_per_s(model, all_ids, args.max_length, max(1, args.batch_tokens // args.max_length))
+        print(f"raw forward (packed, no padding):  {raw:10.0f} tokens/s")
+
+        opts = ScoreOptions(max_len=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens)
+        t0 = time.perf_counter()
+        s = score_dataset(str(corpus), str(work / "scores"), model=str(model_path), options=opts, progress=False)
+        e2e = s["run"]["tokens"] / (time.perf_counter() - t0)  # includes model loading
+        padding = s["totals"]["padding_share"]
+        overlap_extra = s["totals"]["computed_positions"] / s["run"]["tokens"] - 1
+        print(f"tokedit score end to end:          {e2e:10.0f} tokens/s   ({e2e / raw:.2f} x raw forward; goal >= 0.85)")
+        print(f"  padding: {100 * padding:.1f} % of computed positions (goal <= 10 %); window overlap adds {100 * (overlap_extra - padding):.1f} % positions")
+
+        loop_docs = sample[: max(10, len(sample) // 4)]
+        loop = per_document_loop_tokens_per_s(model, tokenizer, loop_docs, args.max_length)
+        print(f"per-document bs=1 HF loop:         {loop:10.0f} tokens/s   (tokedit = {e2e / loop:.1f} x; goal >= 5)")
+
+        if not args.skip_memory:
+            small = make_model(docs, work, "tiny", 512)
+            base = work / "mem1"
+            base.mkdir()
+            one = docs[: len(docs) // 8]
+            pq.write_table(pa.Table.from_pylist([{"text": t} for t in one]), base / "part-0.parquet")
+            big = work / "mem8"
+            big.mkdir()
+            for k in range(8):
+                shutil.copy(base / "part-0.parquet", big / f"part-{k}.parquet")
+            rss1 = peak_rss_mb(base, small, work / "o1")
+            rss8 = peak_rss_mb(big, small, work / "o8")
+            chars = sum(len(t) for t in one)
+            print(f"peak RSS: {rss1:.0f} MB on {chars / 1e6:.1f} M chars, {rss8:.0f} MB on 8 x that ({100 * (rss8 / rss1 - 1):+.1f} %; goal <= +20 %)")
+
+
+if __name__ == "__main__":
+    main()
