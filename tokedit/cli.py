@@ -390,5 +390,108 @@ def demo(out_dir, train_seconds, quiet):
     click.echo(json.dumps(summary, indent=2))
 
 
+@main.command()
+@click.argument("dirs", nargs=-1, required=True, metavar="DIR [DIR ...]")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    required=True,
+    help="Report directory (report.json, report.html, plots/).",
+)
+@click.option(
+    "--labels", default=None, help="Comma-separated names, one per DIR (default: directory names)."
+)
+@click.option(
+    "--reference",
+    default=None,
+    help="Corpus for tail coverage and divergences (default: the first DIR).",
+)
+@click.option(
+    "--target-edit-rate",
+    default="0.1",
+    show_default=True,
+    help="Comma-separated shares of tokens an edit should touch; the report suggests p for each.",
+)
+@click.option(
+    "--max-docs",
+    type=int,
+    default=None,
+    help="Use a uniform sample of at most this many documents per corpus.",
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="Seed of the --max-docs sample."
+)
+@click.option(
+    "--units",
+    type=click.Choice(["auto", "tokens", "words"]),
+    default="auto",
+    show_default=True,
+    help="n-gram units: model tokens (needs a tokenizer) or lower-cased words; auto: tokens when a tokenizer is known.",
+)
+@click.option(
+    "--tokenizer",
+    default=None,
+    help="Tokenizer (model directory or hub name) for token n-grams of text corpora (default: the scores' prior).",
+)
+@click.option(
+    "--rare-max-count",
+    type=int,
+    default=2,
+    show_default=True,
+    help="An n-gram is rare in the reference when it occurs at most this often.",
+)
+@click.option(
+    "--smoothing",
+    type=float,
+    default=0.5,
+    show_default=True,
+    help="Add-alpha smoothing of the KL divergences.",
+)
+@click.option(
+    "--text-column", default="text", show_default=True, help="Column holding the document text."
+)
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@friendly_errors
+def report(
+    dirs,
+    out_dir,
+    labels,
+    reference,
+    target_edit_rate,
+    max_docs,
+    seed,
+    units,
+    tokenizer,
+    rare_max_count,
+    smoothing,
+    text_column,
+    quiet,
+):
+    """Distribution report of one or more corpora (dataset, scores or edited directories)."""
+    from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
+
+    try:
+        rates = tuple(float(x) for x in target_edit_rate.split(",") if x.strip())
+    except ValueError as e:
+        raise click.BadParameter(
+            "comma-separated numbers, e.g. 0.05,0.1", param_hint="--target-edit-rate"
+        ) from e
+    options = ReportOptions(
+        labels=[x.strip() for x in labels.split(",")] if labels else None,
+        reference=reference,
+        max_docs=max_docs,
+        seed=seed,
+        target_edit_rates=rates,
+        units=units,
+        tokenizer=tokenizer,
+        text_column=text_column,
+        rare_max_count=rare_max_count,
+        smoothing_alpha=smoothing,
+    )
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    click.echo(format_report_summary(run_report(list(dirs), out_dir, options, log)))
+
+
 if __name__ == "__main__":
     main()

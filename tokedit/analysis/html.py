@@ -1,0 +1,378 @@
+"""``report.html`` and its PNG plots, rendered from the report dict alone.
+
+Plots go to ``plots/`` beside the HTML and are referenced by relative paths, so the folder
+can be moved or archived as a whole. matplotlib runs on the Agg backend (no display).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from tokedit.io.write import atomic_path  # noqa: E402
+
+PLOTS_DIR = "plots"
+TOP_SHOWN = 10
+
+
+def _fmt(v, pct: bool = False, digits: int = 4) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        if pct:
+            return f"{100 * v:.2f} %"
+        if v != 0 and (abs(v) >= 1e5 or abs(v) < 1e-3):
+            return f"{v:.3e}"
+        return f"{v:.{digits}g}"
+    return html.escape(str(v))
+
+
+def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+def _save(fig, out: Path, name: str) -> str:
+    rel = f"{PLOTS_DIR}/{name}.png"
+    fig.tight_layout()
+    fig.savefig(out / rel, dpi=110)
+    plt.close(fig)
+    return rel
+
+
+def _img(rel: str, alt: str) -> str:
+    return f'<figure><img src="{html.escape(rel)}" alt="{html.escape(alt)}"></figure>'
+
+
+# --- plots ------------------------------------------------------------------------------------
+
+
+def plot_prob_hist10(corpora: list[dict], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    width = 0.8 / len(corpora)
+    for j, c in enumerate(corpora):
+        h = c["probability"]["hist10"]
+        x = np.arange(len(h["shares"])) + j * width - 0.4 + width / 2
+        ax.bar(x, [100 * (s or 0) for s in h["shares"]], width=width, label=c["label"])
+    edges = corpora[0]["probability"]["hist10"]["edges"]
+    ax.set_xticks(range(len(edges) - 1))
+    ax.set_xticklabels(
+        [f"{a:.1f}-{b:.1f}" for a, b in zip(edges[:-1], edges[1:], strict=True)], fontsize=8
+    )
+    ax.set_xlabel("P(token | prefix)")
+    ax.set_ylabel("% of tokens")
+    ax.set_title("Token probability, 10 equal bins")
+    ax.legend()
+    return _save(fig, out, "prob_hist10")
+
+
+def plot_prob_fine(corpora: list[dict], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for c in corpora:
+        h = c["probability"]["hist_fine"]
+        shares = np.array([s or 0 for s in h["shares"]])
+        ax.stairs(np.maximum(shares, 1e-9), h["edges"], label=c["label"])
+    ax.set_yscale("log")
+    ax.set_xlabel("P(token | prefix)")
+    ax.set_ylabel("share of tokens")
+    ax.set_title(f"Token probability, {len(corpora[0]['probability']['hist_fine']['shares'])} bins")
+    ax.legend()
+    return _save(fig, out, "prob_fine")
+
+
+def plot_perplexity(corpora: list[dict], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for c in corpora:
+        h = c["perplexity"]["log10_hist"]
+        counts = np.asarray(h["counts"], dtype=float)
+        ax.stairs(counts / max(counts.sum(), 1), h["edges"], label=c["label"])
+    ax.set_xlabel("log10 perplexity of a document")
+    ax.set_ylabel("share of documents")
+    ax.set_title("Per-document perplexity")
+    ax.legend()
+    return _save(fig, out, "perplexity")
+
+
+def plot_concentration(corpora: list[dict], max_n: int, out: Path) -> str:
+    ns = list(range(1, max_n + 1))
+    metrics = [
+        ("distinct_ratio", "distinct-n (unique / total)"),
+        ("entropy_bits", "entropy (bits)"),
+        ("top1pct_share", "mass of the top 1 %"),
+    ]
+    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    for ax, (key, title) in zip(axes, metrics, strict=True):
+        for c in corpora:
+            ax.plot(ns, [c["ngrams"][str(n)][key] for n in ns], marker="o", label=c["label"])
+        ax.set_xticks(ns)
+        ax.set_xlabel("n")
+        ax.set_title(title)
+    axes[0].legend()
+    return _save(fig, out, "ngram_concentration")
+
+
+def plot_rank_frequency(corpora: list[dict], out: Path) -> str:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for ax, n in zip(axes, (1, 2), strict=True):
+        for c in corpora:
+            rf = c["ngrams"][str(n)]["rank_frequency"]
+            if rf["rank"]:
+                ax.loglog(rf["rank"], rf["count"], label=c["label"])
+        ax.set_xlabel("rank")
+        ax.set_ylabel("count")
+        ax.set_title(f"{n}-gram rank / frequency")
+    axes[0].legend()
+    return _save(fig, out, "rank_frequency")
+
+
+def plot_tail(corpora: list[dict], max_n: int, out: Path) -> str:
+    ns = list(range(1, max_n + 1))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    for ax, (key, title) in zip(
+        axes,
+        [
+            ("rare_coverage", "share of the reference's rare n-grams present"),
+            ("tail_mass", "mass on the reference's rare n-grams"),
+        ],
+        strict=True,
+    ):
+        for c in corpora:
+            vals = [c["tail"][str(n)][key] for n in ns]
+            ax.plot(ns, [np.nan if v is None else v for v in vals], marker="o", label=c["label"])
+        ax.set_xticks(ns)
+        ax.set_xlabel("n")
+        ax.set_title(title, fontsize=10)
+    axes[0].legend()
+    return _save(fig, out, "tail_coverage")
+
+
+def plot_edits(corpora: list[dict], out: Path) -> str:
+    fig, ax = plt.subplots(figsize=(7, 3.4))
+    keys = [("above_share", "above p"), ("changed_share", "changed"), ("skipped_share", "skipped")]
+    width = 0.8 / len(corpora)
+    for j, c in enumerate(corpora):
+        e = c["edits"]
+        x = np.arange(len(keys)) + j * width - 0.4 + width / 2
+        ax.bar(x, [100 * (e[k] or 0) for k, _ in keys], width=width, label=c["label"])
+    ax.set_xticks(range(len(keys)))
+    ax.set_xticklabels([t for _, t in keys])
+    ax.set_ylabel("% of scored tokens")
+    ax.set_title("Edits")
+    ax.legend()
+    return _save(fig, out, "edits")
+
+
+# --- page -------------------------------------------------------------------------------------
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+table{border-collapse:collapse;margin:.6em 0 1.2em;font-size:.9em}
+th,td{border:1px solid #ccc;padding:.25em .6em;text-align:right}
+th:first-child,td:first-child{text-align:left}
+thead th{background:#f2f2f2}
+figure{margin:.5em 0}img{max-width:100%}
+code{background:#f5f5f5;padding:0 .2em}.note{color:#555;font-size:.9em}
+"""
+
+
+def render_html(report: dict, out: Path) -> Path:
+    """Write the plots and ``report.html`` into ``out``; returns the HTML path."""
+    out = Path(out)
+    (out / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    corpora = report["corpora"]
+    labels = [html.escape(c["label"]) for c in corpora]
+    max_n = report["max_n"]
+    scored = [c for c in corpora if c["probability"] is not None]
+    edited = [c for c in corpora if c["edits"] is not None]
+    units = report["units"]
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>tokedit report</title>",
+        f"<style>{CSS}</style></head><body>",
+        "<h1>tokedit report</h1>",
+    ]
+    unit_desc = (
+        f"model tokens of <code>{html.escape(str(units.get('tokenizer')))}</code> (hash {html.escape(str(units.get('tokenizer_hash')))})"
+        if units["kind"] == "tokens"
+        else f"lower-cased words, pattern <code>{html.escape(units['pattern'])}</code>"
+    )
+    parts.append(
+        f"<p>n-grams are counted over {unit_desc}. Reference corpus for tail coverage: "
+        f"<b>{html.escape(report['reference'])}</b>. Definitions of every number: docs/report.md.</p>"
+    )
+    if report["sampled"]:
+        parts.append(
+            f"<p class='note'><b>Sampled:</b> at most {report['options']['max_docs']} documents per corpus "
+            f"(uniform without replacement, seed {report['options']['seed']}).</p>"
+        )
+    # overview
+    rows = [
+        ["kind"] + [c["kind"] for c in corpora],
+        ["path"] + [html.escape(c["path"]) for c in corpora],
+        ["documents used"] + [_fmt(c["documents"]["used"]) for c in corpora],
+        ["documents in corpus"] + [_fmt(c["documents"]["total"]) for c in corpora],
+        ["sampled"] + [_fmt(c["documents"]["sampled"]) for c in corpora],
+        [f"{units['kind']} counted"] + [_fmt(c["units"]) for c in corpora],
+        ["row statuses"]
+        + [", ".join(f"{k}={v}" for k, v in c["documents"]["statuses"].items()) for c in corpora],
+    ]
+    parts += ["<h2>Corpora</h2>", _table([""] + labels, rows)]
+
+    if scored:
+        slabels = [html.escape(c["label"]) for c in scored]
+        parts.append("<h2>Token probability</h2>")
+        edges = scored[0]["probability"]["hist10"]["edges"]
+        rows = [
+            [f"[{a:.1f}, {b:.1f}{']' if i == len(edges) - 2 else ')'}"]
+            + [_fmt(c["probability"]["hist10"]["shares"][i], pct=True) for c in scored]
+            for i, (a, b) in enumerate(zip(edges[:-1], edges[1:], strict=True))
+        ]
+        for t in scored[0]["probability"]["share_above"]:
+            rows.append(
+                [f"share with P &gt; {t}"]
+                + [_fmt(c["probability"]["share_above"][t], pct=True) for c in scored]
+            )
+        rows.append(
+            ["token perplexity"] + [_fmt(c["probability"]["token_perplexity"]) for c in scored]
+        )
+        rows.append(["scored tokens"] + [_fmt(c["probability"]["scored_tokens"]) for c in scored])
+        parts.append(_table(["P(token | prefix)"] + slabels, rows))
+        parts.append(_img(plot_prob_hist10(scored, out), "token probability, 10 bins"))
+        parts.append(_img(plot_prob_fine(scored, out), "token probability, fine bins"))
+        rows = [
+            [f"target rate {_fmt(s['target_rate'], pct=True)}"]
+            + [_fmt(c["thresholds"][i]["p"], digits=6) for c in scored]
+            for i, s in enumerate(scored[0]["thresholds"])
+        ]
+        parts += [
+            "<h3>Threshold suggestion</h3>",
+            "<p class='note'>The p at which an edit (P &gt; p) would touch the target share of tokens.</p>",
+            _table([""] + slabels, rows),
+        ]
+        parts.append("<h2>Per-document perplexity</h2>")
+        pct = scored[0]["perplexity"]["percentiles"] or {}
+        rows = [
+            [f"p{q}"] + [_fmt((c["perplexity"]["percentiles"] or {}).get(q)) for c in scored]
+            for q in pct
+        ]
+        rows.append(["mean"] + [_fmt(c["perplexity"]["mean"]) for c in scored])
+        rows.append(["documents"] + [_fmt(c["perplexity"]["documents"]) for c in scored])
+        parts.append(_table([""] + slabels, rows))
+        if all(c["perplexity"]["log10_hist"] for c in scored):
+            parts.append(_img(plot_perplexity(scored, out), "per-document perplexity"))
+    else:
+        parts.append(
+            "<h2>Token probability</h2><p class='note'>No scores directory among the corpora: "
+            "probability and perplexity need <code>tokedit score</code> output.</p>"
+        )
+
+    parts.append("<h2>n-gram concentration</h2>")
+    metrics = [
+        ("total", "n-grams", False),
+        ("distinct", "distinct", False),
+        ("distinct_ratio", "distinct-n", False),
+        ("entropy_bits", "entropy (bits)", False),
+        ("top1pct_share", "mass of top 1 %", True),
+        ("top100_share", "mass of top 100", True),
+        ("singleton_share", "distinct seen once", True),
+    ]
+    rows = [
+        [f"{n}-gram {title}"] + [_fmt(c["ngrams"][str(n)][key], pct=pct) for c in corpora]
+        for n in range(1, max_n + 1)
+        for key, title, pct in metrics
+    ]
+    parts.append(_table([""] + labels, rows))
+    parts.append(_img(plot_concentration(corpora, max_n, out), "n-gram concentration"))
+    parts.append(_img(plot_rank_frequency(corpora, out), "rank frequency"))
+    parts.append("<h3>Most frequent n-grams</h3>")
+    for n in range(1, max_n + 1):
+        rows = []
+        for i in range(TOP_SHOWN):
+            row = [str(i + 1)]
+            for c in corpora:
+                top = c["ngrams"][str(n)]["top"]
+                row.append(
+                    f"<code>{html.escape(repr(top[i]['text']))}</code> {_fmt(top[i]['share'], pct=True)}"
+                    if i < len(top)
+                    else ""
+                )
+            rows.append(row)
+        parts.append(
+            f"<details><summary>{n}-grams</summary>{_table(['#'] + labels, rows)}</details>"
+        )
+
+    parts.append(f"<h2>Tail coverage against {html.escape(report['reference'])}</h2>")
+    cutoff = report["options"]["rare_max_count"]
+    parts.append(
+        f"<p class='note'>Rare = at most {cutoff} occurrence(s) in the reference. KL with add-"
+        f"{report['options']['smoothing_alpha']} smoothing over the union of both supports; JS unsmoothed; bits.</p>"
+    )
+    tmetrics = [
+        ("reference_rare", "reference rare n-grams", False),
+        ("rare_coverage", "rare coverage", True),
+        ("tail_mass", "mass on reference tail", True),
+        ("distinct_coverage", "reference distinct covered", True),
+        ("reference_mass_covered", "reference mass covered", True),
+        ("novel_mass", "mass not in reference", True),
+        ("kl_ref_to_corpus", "KL(ref ‖ corpus)", False),
+        ("kl_corpus_to_ref", "KL(corpus ‖ ref)", False),
+        ("js", "JS divergence", False),
+    ]
+    rows = [
+        [f"{n}-gram {title}"] + [_fmt(c["tail"][str(n)].get(key), pct=pct) for c in corpora]
+        for n in range(1, max_n + 1)
+        for key, title, pct in tmetrics
+        if key in corpora[0]["tail"][str(n)]
+    ]
+    parts.append(_table([""] + labels, rows))
+    parts.append(_img(plot_tail(corpora, max_n, out), "tail coverage"))
+
+    if edited:
+        elabels = [html.escape(c["label"]) for c in edited]
+        parts.append("<h2>Edits</h2>")
+        emetrics = [
+            ("documents_changed", "documents changed", False),
+            ("scored_tokens", "scored tokens", False),
+            ("above", "tokens above p", False),
+            ("changed", "tokens changed", False),
+            ("skipped", "tokens skipped", False),
+            ("above_share", "share above p", True),
+            ("changed_share", "share changed", True),
+            ("skipped_share", "share skipped", True),
+            ("changed_per_above", "changed / above", True),
+        ]
+        rows = [[t] + [_fmt(c["edits"][k], pct=p) for c in edited] for k, t, p in emetrics]
+        parts.append(_table([""] + elabels, rows))
+        parts.append(_img(plot_edits(edited, out), "edit shares"))
+        for c in edited:
+            rows = [
+                [
+                    f"<code>{html.escape(repr(p['orig']))}</code>",
+                    f"<code>{html.escape(repr(p['new']))}</code>",
+                    _fmt(p["count"]),
+                    _fmt(p["share"], pct=True),
+                ]
+                for p in c["edits"]["top_pairs"][:TOP_SHOWN]
+            ]
+            parts.append(
+                f"<details><summary>{html.escape(c['label'])}: most frequent replacements</summary>"
+                + _table(["original", "replacement", "count", "share"], rows)
+                + "</details>"
+            )
+    parts.append(
+        f"<p class='note'>tokedit {html.escape(report['version'])}; {report['seconds']:.1f} s.</p></body></html>"
+    )
+    path = out / "report.html"
+    with atomic_path(path) as tmp:
+        tmp.write_text("\n".join(parts), encoding="utf-8")
+    return path

@@ -1,0 +1,412 @@
+"""``tokedit report``: distribution statistics of one or several corpora, side by side.
+
+:func:`build_report` streams every directory once and returns a JSON-able dict (every key is
+defined in ``docs/report.md``); :func:`write_report` writes ``report.json``, the PNG plots and
+``report.html``. The reference corpus (``--reference``, default the first) is read first and
+its n-gram tables are kept; every other corpus is compared with it and then dropped, so
+memory holds the distinct n-grams of two corpora at most.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tokedit import __version__
+from tokedit.analysis.corpus import (
+    DEFAULT_BATCH_ROWS,
+    KIND_EDITED,
+    KIND_SCORES,
+    CorpusSource,
+    CorpusStats,
+    accumulate,
+    open_corpus,
+)
+from tokedit.analysis.ngrams import (
+    MAX_N,
+    NgramTable,
+    concentration,
+    divergences,
+    rank_frequency,
+    tail_coverage,
+)
+from tokedit.analysis.units import TokenUnits, WordUnits
+from tokedit.errors import InputError
+from tokedit.io.manifest import read_manifest
+from tokedit.io.write import write_json
+
+DIVERGENCE_N = (1, 2)
+
+
+@dataclass
+class ReportOptions:
+    labels: list[str] | None = None
+    reference: str | None = None  # a directory; default: the first corpus
+    max_docs: int | None = None
+    seed: int = 0
+    target_edit_rates: tuple[float, ...] = (0.1,)
+    units: str = "auto"  # auto | tokens | words
+    tokenizer: str | None = None
+    text_column: str = "text"
+    rare_max_count: int = 2
+    smoothing_alpha: float = 0.5
+    top_ngrams: int = 20
+    batch_rows: int = DEFAULT_BATCH_ROWS
+
+
+# --- tokenizers -------------------------------------------------------------------------------
+
+
+class _Tokenizers:
+    """Tokenizers named by manifests or ``--tokenizer``, loaded once each."""
+
+    def __init__(self):
+        self._cache: dict[tuple, object] = {}
+
+    def load(self, model: str, revision: str | None = None):
+        key = (model, revision)
+        if key not in self._cache:
+            from tokedit.scoring.hf import load_tokenizer
+
+            self._cache[key] = load_tokenizer(model, revision)
+        return self._cache[key]
+
+
+def model_of(source: CorpusSource) -> tuple[str, str | None] | None:
+    """The prior named by a scores / edited manifest (an edit manifest may name its scores)."""
+    opts = source.options
+    if opts.get("model"):
+        return str(opts["model"]), opts.get("revision")
+    scores = opts.get("scores")
+    if scores:
+        m = read_manifest(scores) if Path(scores).is_dir() else None
+        if m and (m.get("options") or {}).get("model"):
+            return str(m["options"]["model"]), m["options"].get("revision")
+    return None
+
+
+def resolve_units(sources: list[CorpusSource], options: ReportOptions, tokenizers: _Tokenizers):
+    """Choose token or word units for every corpus of the report (see docs/report.md)."""
+    from tokedit.scoring.hf import tokenizer_hash
+
+    if options.units not in ("auto", "tokens", "words"):
+        raise InputError(f"unknown --units {options.units!r}", remedy="use auto, tokens or words")
+    scores = [s for s in sources if s.kind == KIND_SCORES]
+    hashes = {s.options.get("tokenizer_hash") for s in scores} - {None}
+    tok, name, load_error = None, None, None
+    if options.tokenizer:
+        tok, name = tokenizers.load(options.tokenizer), options.tokenizer
+    else:
+        for s in scores + [s for s in sources if s.kind == KIND_EDITED]:
+            m = model_of(s)
+            if m is None:
+                continue
+            try:
+                tok, name = tokenizers.load(*m), m[0]
+                break
+            except InputError as e:
+                load_error = e
+    h = tokenizer_hash(tok) if tok is not None else None
+    if options.tokenizer and hashes and hashes != {h}:
+        raise InputError(
+            f"--tokenizer {options.tokenizer} (hash {h}) is not the tokenizer of the scores ({', '.join(sorted(hashes))})",
+            remedy="pass the prior the scores were made with, or leave --tokenizer out",
+        )
+    consistent = len(hashes) <= 1 and (h is None or not hashes or h in hashes)
+    if options.units != "words":
+        if tok is not None and consistent:
+            return TokenUnits(tok, name, h)
+        if tok is None and scores and len(scores) == len(sources) and len(hashes) <= 1:
+            return TokenUnits(None, None, next(iter(hashes), None))
+        if options.units == "tokens":
+            why = (
+                "the scores directories were made with different tokenizers"
+                if not consistent
+                else f"no tokenizer could be loaded ({load_error})"
+                if load_error
+                else "no tokenizer is known for the text corpora"
+            )
+            raise InputError(
+                f"cannot count token n-grams: {why}",
+                remedy="pass --tokenizer, or use --units words",
+            )
+    return WordUnits()
+
+
+def _decoder_for(source, options, tokenizers) -> TokenUnits:
+    """A scores directory's own tokenizer, to decode its token ids when words are counted."""
+    if options.tokenizer:
+        return TokenUnits(tokenizers.load(options.tokenizer), options.tokenizer)
+    m = model_of(source)
+    if m is None:
+        raise InputError(
+            f"{source.path}: the manifest names no model to decode the scored tokens",
+            remedy="pass --tokenizer",
+        )
+    return TokenUnits(tokenizers.load(*m), m[0])
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+def _labels(dirs: list[str], labels: list[str] | None) -> list[str]:
+    if labels is not None:
+        if len(labels) != len(dirs):
+            raise InputError(
+                f"--labels has {len(labels)} name(s) for {len(dirs)} director(ies)",
+                remedy="give one comma-separated label per DIR",
+            )
+        if len(set(labels)) != len(labels):
+            raise InputError("--labels must be distinct", remedy="rename the duplicates")
+        return list(labels)
+    out: list[str] = []
+    for d in dirs:
+        base = Path(d).resolve().name or str(d)
+        name, i = base, 2
+        while name in out:
+            name, i = f"{base}-{i}", i + 1
+        out.append(name)
+    return out
+
+
+def top_ngrams(table: NgramTable, units, k: int) -> list[dict]:
+    idx = table.top(k)
+    rows = table.ids(idx)
+    total = table.total
+    out = []
+    for row, c in zip(rows, table.counts[idx], strict=True):
+        item = {
+            "text": units.decode_ngram(row),
+            "units": units.unit_texts(row),
+            "count": int(c),
+            "share": int(c) / total,
+        }
+        if units.kind == "tokens":
+            item["ids"] = [int(i) for i in row]
+        out.append(item)
+    return out
+
+
+def _edit_decoder(source, units, options, tokenizers):
+    if units.kind == "tokens":
+        return lambda ids: units.unit_texts(ids)
+    try:
+        dec = _decoder_for(source, options, tokenizers)
+        return lambda ids: dec.unit_texts(ids)
+    except InputError:
+        return lambda ids: [f"<{int(i)}>" for i in ids]
+
+
+def corpus_entry(
+    stats: CorpusStats,
+    units,
+    ref: CorpusStats,
+    options: ReportOptions,
+    tokenizers: _Tokenizers,
+    seconds: float,
+) -> dict:
+    src = stats.source
+    entry = {
+        "label": src.label,
+        "path": str(src.path),
+        "kind": KIND_EDITED if stats.edits is not None else src.kind,
+        "text_column": src.text_column,
+        "is_reference": stats is ref,
+        "documents": {
+            "total": stats.documents_total,
+            "used": stats.documents_used,
+            "sampled": stats.sampled,
+            "statuses": dict(sorted(stats.statuses.items())),
+        },
+        "units": stats.units,
+        "seconds": seconds,
+        "probability": None,
+        "thresholds": None,
+        "perplexity": None,
+        "edits": None,
+    }
+    if stats.probs is not None:
+        entry["probability"] = stats.probs.summary()
+        entry["thresholds"] = [stats.probs.suggest(t) for t in options.target_edit_rates]
+        entry["perplexity"] = stats.ppl.summary()
+    entry["ngrams"] = {
+        str(n): {
+            **concentration(t),
+            "top": top_ngrams(t, units, options.top_ngrams),
+            "rank_frequency": rank_frequency(t.counts),
+        }
+        for n, t in stats.tables.items()
+    }
+    entry["tail"] = {}
+    for n, t in stats.tables.items():
+        row = tail_coverage(ref.tables[n], t, options.rare_max_count)
+        if n in DIVERGENCE_N:
+            row.update(divergences(ref.tables[n], t, options.smoothing_alpha))
+        entry["tail"][str(n)] = row
+    if stats.edits is not None:
+        totals = (src.manifest or {}).get("totals") or {}
+        scored = totals.get("tokens") if not stats.sampled else None
+        basis = "manifest" if scored else None
+        if not scored and units.kind == "tokens":
+            scored, basis = stats.units, "retokenized"
+        entry["edits"] = stats.edits.summary(
+            scored or None, _edit_decoder(src, units, options, tokenizers), options.top_ngrams
+        )
+        entry["edits"]["scored_tokens_basis"] = basis
+    return entry
+
+
+def build_report(dirs: list[str], options: ReportOptions | None = None, log=None) -> dict:
+    """Read every directory once and compute the report (a JSON-able dict)."""
+    options = options or ReportOptions()
+    log = log or (lambda m: None)
+    if not dirs:
+        raise InputError("no corpus given", remedy="pass one or more directories")
+    for t in options.target_edit_rates:
+        if not 0 < t < 1:
+            raise InputError(f"--target-edit-rate {t} is not in (0, 1)", remedy="e.g. 0.1")
+    if options.max_docs is not None and options.max_docs < 1:
+        raise InputError("--max-docs must be at least 1", remedy="e.g. --max-docs 10000")
+    if options.rare_max_count < 1 or options.smoothing_alpha <= 0:
+        raise InputError(
+            "--rare-max-count must be >= 1 and --smoothing > 0", remedy="use the defaults"
+        )
+    started = time.perf_counter()
+    labels = _labels(dirs, options.labels)
+    sources = [
+        open_corpus(d, lab, options.text_column) for d, lab in zip(dirs, labels, strict=True)
+    ]
+    ref_index = 0
+    if options.reference is not None:
+        ref_path = Path(options.reference).resolve()
+        matches = [i for i, s in enumerate(sources) if s.path.resolve() == ref_path]
+        if matches:
+            ref_index = matches[0]
+        else:
+            label = "reference"
+            while label in labels:
+                label = "_" + label
+            sources.insert(0, open_corpus(options.reference, label, options.text_column))
+    tokenizers = _Tokenizers()
+    units = resolve_units(sources, options, tokenizers)
+    log(f"units: {units.kind}" + (f" ({units.source})" if getattr(units, "source", None) else ""))
+
+    def read(source: CorpusSource) -> tuple[CorpusStats, float]:
+        t0 = time.perf_counter()
+        decoder = None
+        if source.kind == KIND_SCORES and units.kind == "words":
+            decoder = _decoder_for(source, options, tokenizers)
+        stats = accumulate(
+            source,
+            units,
+            decoder=decoder,
+            max_docs=options.max_docs,
+            seed=options.seed,
+            batch_rows=options.batch_rows,
+        )
+        dt = time.perf_counter() - t0
+        log(
+            f"{source.label}: {stats.documents_used} documents"
+            + (f" (sampled of {stats.documents_total})" if stats.sampled else "")
+            + f", {stats.units} {units.kind} in {dt:.1f}s"
+        )
+        return stats, dt
+
+    ref_stats, ref_seconds = read(sources[ref_index])
+    entries: list[dict | None] = [None] * len(sources)
+    entries[ref_index] = corpus_entry(ref_stats, units, ref_stats, options, tokenizers, ref_seconds)
+    for i, source in enumerate(sources):
+        if i == ref_index:
+            continue
+        stats, seconds = read(source)
+        entries[i] = corpus_entry(stats, units, ref_stats, options, tokenizers, seconds)
+        del stats  # only the reference's tables stay in memory
+    unit_info = units.describe()
+    unit_info["key_encoding"] = {str(n): t.codec.encoding for n, t in ref_stats.tables.items()}
+    opts = asdict(options)
+    opts["target_edit_rates"] = list(options.target_edit_rates)
+    report = {
+        "tool": "tokedit",
+        "version": __version__,
+        "command": "report",
+        "options": opts,
+        "units": unit_info,
+        "max_n": MAX_N,
+        "reference": sources[ref_index].label,
+        "sampled": any(e["documents"]["sampled"] for e in entries),
+        "corpora": entries,
+        "seconds": time.perf_counter() - started,
+    }
+    return json_safe(report)
+
+
+def json_safe(value):
+    """Replace NaN / infinity by None and numpy scalars by Python numbers, recursively."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
+    """Write ``report.json``, ``plots/*.png`` and ``report.html`` into ``out_dir``."""
+    from tokedit.analysis.html import render_html
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "report.json", report)
+    html = render_html(report, out)
+    return {"json": str(out / "report.json"), "html": str(html)}
+
+
+def run_report(
+    dirs: list[str], out_dir: str, options: ReportOptions | None = None, log=None
+) -> dict:
+    report = build_report(dirs, options, log)
+    paths = write_report(report, out_dir)
+    return {"report": report, **paths}
+
+
+def load_report(out_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(out_dir) / "report.json").read_text())
+
+
+def format_report_summary(result: dict) -> str:
+    """A few headline numbers per corpus, for the terminal."""
+    r = result["report"]
+    lines = [
+        f"report of {len(r['corpora'])} corpora ({r['units']['kind']}), reference {r['reference']}:"
+    ]
+    for c in r["corpora"]:
+        ng, tail = c["ngrams"], c["tail"]
+        parts = [
+            f"{c['documents']['used']} docs" + (" (sampled)" if c["documents"]["sampled"] else ""),
+            f"{c['units']} {r['units']['kind']}",
+            "distinct-1..4 "
+            + "/".join(
+                f"{ng[str(n)]['distinct_ratio'] or 0:.3f}" for n in range(1, r["max_n"] + 1)
+            ),
+        ]
+        if tail["2"]["rare_coverage"] is not None:
+            parts.append(f"rare 2-gram coverage {tail['2']['rare_coverage']:.3f}")
+        if c["probability"]:
+            parts.append(f"P>0.99 {100 * (c['probability']['share_above']['0.99'] or 0):.2f}%")
+        if c["edits"]:
+            e = c["edits"]
+            parts.append(
+                f"edits: above {e['above']}, changed {e['changed']}, skipped {e['skipped']}"
+            )
+        lines.append(f"  {c['label']} [{c['kind']}]: " + ", ".join(parts))
+    lines.append(f"wrote {result['json']} and {result['html']}")
+    return "\n".join(lines)
