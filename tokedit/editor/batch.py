@@ -1,0 +1,261 @@
+"""Edit one batch of documents from its scores: flat numpy arrays, no per-token Python.
+
+:meth:`ScoreBatch.from_table` flattens a scores table (see ``SCORES_SCHEMA``) into flat arrays;
+:func:`draw_batch` draws a replacement for every position above the lowest threshold
+(one vectorised call for the whole batch); :func:`apply_draws` keeps, for one threshold, the
+positions above it and splices those whose draw differs from the original token. Only the
+changed positions (a small share) are touched one by one, to check their spans and render
+their replacements. Drawing once and applying per threshold is what lets a sweep
+``--p 0.9,0.99,0.999`` read the scores once: a position's draw does not depend on ``p``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from tokedit.editor.rng import position_uniforms
+from tokedit.editor.rules import EditRule, above_threshold, draw
+from tokedit.editor.splice import Renderer, align_span, splice
+
+# Why an above-threshold position whose draw differs from the original was left unchanged.
+SKIP_REASONS = ("span", "render", "no_candidate")
+
+EDIT_FIELDS = ("pos", "char_start", "char_end", "orig_id", "new_id")
+EDITS_TYPE = pa.list_(pa.struct([(name, pa.int32()) for name in EDIT_FIELDS]))
+
+
+def _list_parts(arr) -> tuple[np.ndarray, pa.Array]:
+    """Zero-based int64 offsets and the values of a (possibly sliced or chunked) list array."""
+    if isinstance(arr, pa.ChunkedArray):
+        arr = arr.combine_chunks() if arr.num_chunks != 1 else arr.chunk(0)
+    off = arr.offsets.to_numpy().astype(np.int64)
+    values = arr.values.slice(off[0], off[-1] - off[0])
+    return off - off[0], values
+
+
+def _numpy(values: pa.Array, dtype, fill=None) -> np.ndarray:
+    if fill is not None and values.null_count:
+        values = pc.fill_null(values, fill)
+    return values.to_numpy(zero_copy_only=False).astype(dtype, copy=False)
+
+
+@dataclass
+class ScoreBatch:
+    """The scores of consecutive rows as flat arrays; positions are global in the batch."""
+
+    ids: list[str]
+    statuses: list[str]
+    row_offsets: np.ndarray  # int64 [R+1]; row r holds positions row_offsets[r]:row_offsets[r+1]
+    token_ids: np.ndarray  # int32 [N]
+    starts: np.ndarray  # int64 [N]: partition char starts (token i ends where i+1 starts)
+    logprob: np.ndarray  # float32 [N]; NaN where the token has no context
+    cand_offsets: np.ndarray  # int64 [N+1] into cand_ids / cand_lp
+    cand_ids: np.ndarray  # int32 [C]
+    cand_lp: np.ndarray  # float32 [C]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_table(cls, table: pa.Table) -> ScoreBatch:
+        row_offsets, tok = _list_parts(table.column("token_ids"))
+        _, starts = _list_parts(table.column("offsets"))
+        _, lp = _list_parts(table.column("logprob"))
+        _, kids = _list_parts(table.column("topk_ids"))
+        _, klps = _list_parts(table.column("topk_logprobs"))
+        cand_offsets, cand_ids = _list_parts(kids)
+        _, cand_lp = _list_parts(klps)
+        return cls(
+            ids=table.column("id").to_pylist(),
+            statuses=table.column("status").to_pylist(),
+            row_offsets=row_offsets,
+            token_ids=_numpy(tok, np.int32),
+            starts=_numpy(starts, np.int64),
+            logprob=_numpy(lp, np.float32, fill=float("nan")),
+            cand_offsets=cand_offsets,
+            cand_ids=_numpy(cand_ids, np.int32),
+            cand_lp=_numpy(cand_lp, np.float32),
+        )
+
+    def row_of(self, pos: np.ndarray) -> np.ndarray:
+        return np.searchsorted(self.row_offsets, pos, side="right") - 1
+
+    def candidates(self, pos: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Candidates of positions ``pos`` as padded ``[m, K]`` ids, log-probs and a valid mask."""
+        first = self.cand_offsets[pos]
+        counts = self.cand_offsets[pos + 1] - first
+        k = int(counts.max()) if len(pos) else 0
+        if k == 0:
+            shape = (len(pos), 1)
+            return np.zeros(shape, np.int32), np.zeros(shape, np.float32), np.zeros(shape, bool)
+        cols = np.arange(k)
+        valid = cols[None, :] < counts[:, None]
+        idx = np.where(valid, first[:, None] + cols[None, :], 0)
+        return self.cand_ids[idx], self.cand_lp[idx], valid
+
+
+@dataclass
+class Draws:
+    """Replacements drawn for the positions above the lowest threshold of a run."""
+
+    pos: np.ndarray  # int64, ascending global positions
+    new_ids: np.ndarray  # int32; -1 where no candidate could be drawn
+
+
+def draw_batch(
+    sb: ScoreBatch, keys: np.ndarray, p: float, rule: EditRule, banned: np.ndarray
+) -> Draws:
+    """Draw from the stored candidates at every position with ``P > p`` (``keys``: one per row)."""
+    pos = np.flatnonzero(above_threshold(sb.logprob, p))
+    rows = sb.row_of(pos)
+    u = position_uniforms(keys[rows], pos - sb.row_offsets[rows])
+    ids, lp, valid = sb.candidates(pos)
+    return Draws(pos, draw(ids, lp, valid, sb.token_ids[pos], u, rule, banned))
+
+
+@dataclass
+class EditedBatch:
+    """The result of one threshold on one batch: texts, per-row counts, edits, totals."""
+
+    texts: list[str | None]  # edited text; None where the row is unchanged
+    n_above: np.ndarray  # int32 [R]
+    n_changed: np.ndarray  # int32 [R]
+    n_skipped: np.ndarray  # int32 [R]
+    edit_offsets: np.ndarray  # int32 [R+1] into the edit arrays
+    edits: dict[str, np.ndarray]  # EDIT_FIELDS -> int32 [E]
+    counts: dict = field(default_factory=dict)
+
+    def edits_array(self) -> pa.Array:
+        """``list<struct<pos, char_start, char_end, orig_id, new_id>>``, one list per row."""
+        values = pa.StructArray.from_arrays(
+            [pa.array(self.edits[f], pa.int32()) for f in EDIT_FIELDS], names=list(EDIT_FIELDS)
+        )
+        return pa.ListArray.from_arrays(pa.array(self.edit_offsets, pa.int32()), values).cast(
+            EDITS_TYPE
+        )
+
+    def edits_lists(self) -> list[list[dict]]:
+        """The same edits as Python lists of dicts (for JSON lines)."""
+        cols = {f: self.edits[f].tolist() for f in EDIT_FIELDS}
+        off = self.edit_offsets.tolist()
+        return [
+            [{f: cols[f][j] for f in EDIT_FIELDS} for j in range(off[r], off[r + 1])]
+            for r in range(len(off) - 1)
+        ]
+
+
+def apply_draws(
+    sb: ScoreBatch, texts: list[str], draws: Draws, p: float, renderer: Renderer
+) -> EditedBatch:
+    """Splice the draws of positions with ``P > p`` into ``texts`` (one text per row)."""
+    n_rows = len(sb)
+    sel = above_threshold(sb.logprob[draws.pos], p)
+    pos, new = draws.pos[sel], draws.new_ids[sel]
+    rows = sb.row_of(pos)
+    orig = sb.token_ids[pos]
+    no_candidate = new < 0
+    want = ~no_candidate & (new != orig)
+    wpos, wrow, wnew, worig = pos[want], rows[want], new[want], orig[want]
+    next_row_start = sb.row_offsets[wrow + 1]
+    text_len = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n_rows)
+    starts = sb.starts[wpos]
+    ends = np.where(
+        wpos + 1 < next_row_start,
+        sb.starts[np.minimum(wpos + 1, len(sb.starts) - 1)],
+        text_len[wrow],
+    )
+    tokpos = wpos - sb.row_offsets[wrow]
+
+    # The few changed positions, one by one: verify the original span, render the new token.
+    accepted = np.zeros(len(wpos), dtype=bool)
+    pieces: list[str | None] = [None] * len(wpos)
+    skipped_span = skipped_render = 0
+    last_end: dict[int, int] = {}
+    for j, (r, s, e, o, n, t0) in enumerate(
+        zip(
+            wrow.tolist(),
+            starts.tolist(),
+            ends.tolist(),
+            worig.tolist(),
+            wnew.tolist(),
+            (tokpos == 0).tolist(),
+            strict=True,
+        )
+    ):
+        text = texts[r]
+        orig_text = renderer.render(o, t0)
+        span = None if orig_text is None else align_span(text, s, e, orig_text)
+        if span is None or span[0] < last_end.get(r, 0):
+            skipped_span += 1
+            continue
+        piece = renderer.render(n, t0)
+        if piece is None:
+            skipped_render += 1
+            continue
+        accepted[j] = True
+        pieces[j] = piece
+        starts[j], ends[j] = span
+        last_end[r] = span[1]
+
+    out_texts: list[str | None] = [None] * n_rows
+    acc = np.flatnonzero(accepted)
+    if len(acc):
+        acc_rows = wrow[acc]
+        bounds = np.flatnonzero(np.diff(acc_rows)) + 1
+        for group in np.split(acc, bounds):
+            r = int(wrow[group[0]])
+            out_texts[r] = splice(
+                texts[r], starts[group].tolist(), ends[group].tolist(), [pieces[j] for j in group]
+            )
+
+    n_changed = np.bincount(wrow[accepted], minlength=n_rows).astype(np.int32)
+    n_skipped = (
+        np.bincount(rows[no_candidate], minlength=n_rows)
+        + np.bincount(wrow[~accepted], minlength=n_rows)
+    ).astype(np.int32)
+    edit_offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    np.cumsum(n_changed, out=edit_offsets[1:])
+    edits = {
+        "pos": tokpos[accepted].astype(np.int32),
+        "char_start": starts[accepted].astype(np.int32),
+        "char_end": ends[accepted].astype(np.int32),
+        "orig_id": worig[accepted].astype(np.int32),
+        "new_id": wnew[accepted].astype(np.int32),
+    }
+    counts = {
+        "documents": n_rows,
+        "documents_changed": int(np.count_nonzero(n_changed)),
+        "tokens": int(len(sb.token_ids)),
+        "scored": int(np.count_nonzero(~np.isnan(sb.logprob))),
+        "above": int(len(pos)),
+        "drawn_original": int(np.count_nonzero(~no_candidate & (new == orig))),
+        "changed": int(accepted.sum()),
+        "skipped": {
+            "span": skipped_span,
+            "render": skipped_render,
+            "no_candidate": int(no_candidate.sum()),
+        },
+    }
+    return EditedBatch(
+        texts=out_texts,
+        n_above=np.bincount(rows, minlength=n_rows).astype(np.int32),
+        n_changed=n_changed,
+        n_skipped=n_skipped,
+        edit_offsets=edit_offsets,
+        edits=edits,
+        counts=counts,
+    )
+
+
+def add_counts(total: dict, counts: dict) -> dict:
+    """Sum two count dicts (nested dicts are summed key by key)."""
+    for k, v in counts.items():
+        if isinstance(v, dict):
+            add_counts(total.setdefault(k, {}), v)
+        else:
+            total[k] = total.get(k, 0) + v
+    return total

@@ -1,0 +1,142 @@
+"""The resampling rule of Token-Level Editing, on arrays of candidates (no files, no model).
+
+A position is *above threshold* when ``P(x_i | x_<i) > p``. Its replacement is drawn from
+its candidates: the prior's ``top_k`` most probable tokens (all tokens when ``top_k`` is 0,
+possible only with a model). Special tokens, ids the tokenizer does not know and, with
+``exclude_original``, the token that is there are then removed; the rest get weights
+``P^(1/T)``. ``topk`` draws in proportion to those weights; ``topp`` first keeps the nucleus:
+the fewest most probable of them whose share of the (renormalised) weight reaches ``top_p``.
+Candidates are put in one canonical order (probability descending, then id), so the same
+uniform number draws the same token whatever order the candidates came in.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+STRATEGIES = ("topk", "topp")
+
+
+@dataclass(frozen=True)
+class EditRule:
+    strategy: str = "topk"
+    top_k: int = 8  # 0: no truncation (the full distribution; needs a model)
+    top_p: float = 0.9  # nucleus mass for "topp"
+    temperature: float = 1.0
+    exclude_original: bool = False
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ValueError("top_p must be in (0, 1]")
+        if not self.temperature > 0:
+            raise ValueError("temperature must be > 0")
+
+
+def log_threshold(p: float) -> np.float32:
+    """``log p`` as float32: log-probs are float32 and compare in float32 everywhere."""
+    return np.float32(math.log(p))
+
+
+def above_threshold(logprob: np.ndarray, p: float) -> np.ndarray:
+    """``P > p`` for float32 log-probs (NaN, i.e. no context, is never above)."""
+    return np.asarray(logprob, dtype=np.float32) > log_threshold(p)
+
+
+def banned_mask(tokenizer, extra_size: int = 0) -> np.ndarray:
+    """Bool array over token ids: True for ids that are never drawn (special tokens)."""
+    size = max(len(tokenizer), extra_size)
+    banned = np.zeros(size, dtype=bool)
+    special = set(tokenizer.all_special_ids)
+    for tid, added in getattr(tokenizer, "added_tokens_decoder", {}).items():
+        if getattr(added, "special", False):
+            special.add(tid)
+    banned[[t for t in special if 0 <= t < size]] = True
+    banned[len(tokenizer) :] = True  # rows of a padded LM head: no token behind them
+    return banned
+
+
+def is_banned(ids: np.ndarray, banned: np.ndarray) -> np.ndarray:
+    ids = np.asarray(ids)
+    out_of_range = (ids < 0) | (ids >= len(banned))
+    return out_of_range | banned[np.clip(ids, 0, len(banned) - 1)]
+
+
+def canonical_order(ids: np.ndarray, lp: np.ndarray, valid: np.ndarray):
+    """Sort each row's candidates by log-prob descending then id; invalid ones last."""
+    neg = np.where(valid, -lp.astype(np.float64), np.inf)
+    order = np.lexsort((ids, neg), axis=-1)
+    return (
+        np.take_along_axis(ids, order, -1),
+        np.take_along_axis(lp, order, -1),
+        np.take_along_axis(valid, order, -1),
+    )
+
+
+def rule_weights(
+    ids: np.ndarray,
+    lp: np.ndarray,
+    valid: np.ndarray,
+    orig: np.ndarray,
+    rule: EditRule,
+    banned: np.ndarray,
+) -> np.ndarray:
+    """Unnormalised float64 sampling weights ``[m, K]`` of candidates in canonical order.
+
+    ``ids``/``lp``/``valid`` are ``[m, K]`` (already in canonical order), ``orig`` ``[m]``.
+    A row of zeros means nothing can be drawn there.
+    """
+    m, k = ids.shape
+    allowed = valid.copy()
+    if rule.top_k and k > rule.top_k:
+        allowed[:, rule.top_k :] = False  # canonical order: the first top_k valid are the top-k
+    allowed &= ~is_banned(ids, banned)
+    if rule.exclude_original:
+        allowed &= ids != orig[:, None]
+    lp64 = np.where(allowed, lp.astype(np.float64), -np.inf)
+    top = lp64.max(axis=1, initial=-np.inf)
+    top = np.where(np.isfinite(top), top, 0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        w = np.where(allowed, np.exp((lp64 - top[:, None]) / rule.temperature), 0.0)
+    if rule.strategy == "topp" and rule.top_p < 1:
+        # Weights are already descending (canonical order, temperature is monotone).
+        total = w.sum(axis=1, keepdims=True)
+        before = np.cumsum(w, axis=1) - w
+        w = np.where(before < rule.top_p * total, w, 0.0)
+    return w
+
+
+def draw(
+    ids: np.ndarray,
+    lp: np.ndarray,
+    valid: np.ndarray,
+    orig: np.ndarray,
+    u: np.ndarray,
+    rule: EditRule,
+    banned: np.ndarray,
+    *,
+    ordered: bool = False,
+) -> np.ndarray:
+    """One replacement per row by inverse CDF with uniforms ``u``; -1 where nothing is allowed.
+
+    ``ordered``: the caller guarantees the canonical order already (or, for a proportional
+    draw over a whole vocabulary, a fixed one), so the per-row sort is skipped.
+    """
+    if ids.shape[0] == 0:
+        return np.zeros(0, dtype=np.int32)
+    if not ordered:
+        ids, lp, valid = canonical_order(ids, lp, valid)
+    w = rule_weights(ids, lp, valid, orig, rule, banned)
+    c = np.cumsum(w, axis=1)
+    total = c[:, -1]
+    j = (c <= (u * total)[:, None]).sum(axis=1)
+    last_nonzero = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=1)
+    j = np.minimum(j, last_nonzero)  # guard against u * total rounding up to total
+    picked = np.take_along_axis(ids, j[:, None], 1)[:, 0]
+    return np.where(total > 0, picked, -1).astype(np.int32)
