@@ -71,3 +71,21 @@ def test_continue_training_an_existing_model(tmp_path, corpus_dir, tiny_prior):
 def test_train_needs_exactly_one_of_model_and_from_scratch(tmp_path, corpus_dir):
     with pytest.raises(InputError, match="exactly one"):
         train_model(str(corpus_dir), str(tmp_path), progress=False)
+
+
+def test_generation_keeps_prefixes_and_length_and_is_seeded(tiny_prior, plays):
+    from tokedit.training.generate import GenerateOptions, generate_continuations
+
+    tok = AutoTokenizer.from_pretrained(tiny_prior)
+    model = AutoModelForCausalLM.from_pretrained(tiny_prior)
+    texts = [plays["macbeth"][i * 500 : i * 500 + 400] for i in range(5)] + ["short"]
+    opts = GenerateOptions(prefix_tokens=8, max_new_tokens=20, batch_size=4, seed=1)
+    out = generate_continuations(model, tok, texts, opts)
+    assert len(out) == len(texts) and out == generate_continuations(model, tok, texts, opts)
+    for text, gen in zip(texts, out, strict=True):
+        prefix = tok.decode(tok(text, add_special_tokens=False)["input_ids"][:8])
+        assert gen.startswith(prefix)
+        n_gen = len(tok(gen, add_special_tokens=False)["input_ids"])
+        assert n_gen <= 8 + 20 + 8  # re-tokenizing decoded bytes may merge or split a little
+    assert out[-1] == "short"  # documents no longer than the prefix are kept as they are
+    assert out[:5] != texts[:5]
