@@ -221,6 +221,123 @@ def format_score_summary(s: dict) -> str:
 
 
 @main.command()
+@click.argument("input_dir", metavar="INPUT")
+@click.option("--out", "-o", "out_dir", required=True, help="Edited dataset directory to write.")
+@click.option(
+    "--scores",
+    "-s",
+    "scores_dir",
+    default=None,
+    help="Scores directory of INPUT (`tokedit score`).",
+)
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="No scores: score with this prior and edit in the same pass (full distribution).",
+)
+@click.option(
+    "--p",
+    "ps",
+    default="0.99",
+    show_default=True,
+    help="Edit tokens with P(token | prefix) > p. A list (0.9,0.99,0.999) writes OUT/p=<p>/ each.",
+)
+@click.option(
+    "--strategy",
+    type=click.Choice(["topk", "topp"]),
+    default="topk",
+    show_default=True,
+    help="topk: draw among the top-k candidates with weights P^(1/T); topp: nucleus within them.",
+)
+@click.option(
+    "--top-k",
+    type=int,
+    default=8,
+    show_default=True,
+    help="Candidates drawn from (at most the scores' k); 0 with --model: the whole vocabulary.",
+)
+@click.option(
+    "--top-p", type=float, default=0.9, show_default=True, help="Nucleus mass for --strategy topp."
+)
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option(
+    "--exclude-original", is_flag=True, help="Never draw the token that is there (force a change)."
+)
+@click.option(
+    "--seed", type=int, default=0, show_default=True, help="With the document id, seeds each draw."
+)
+@click.option(
+    "--text-column", default=None, help="Default: the scores' text column (with --model: text)."
+)
+@click.option("--id-column", default=None, help="Default: the scores' id column.")
+@click.option(
+    "--output-column", default=None, help="Write the edited text here; keep the text column as is."
+)
+@click.option("--no-provenance", is_flag=True, help="Do not add the tokedit_* columns.")
+@click.option(
+    "--tokenizer", default=None, help="Tokenizer to decode with, if the scores' model path moved."
+)
+@click.option("--batch-rows", type=int, default=512, show_default=True, help="Rows per batch.")
+@click.option("--max-length", type=int, default=None, help="--model: window length.")
+@click.option("--overlap", type=int, default=None, help="--model: window overlap.")
+@click.option("--batch-tokens", type=int, default=16384, show_default=True, help="--model only.")
+@click.option("--no-bos", is_flag=True, help="--model: no BOS token.")
+@click.option("--device", default="auto", show_default=True, help="--model only.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+    default="auto",
+    show_default=True,
+    help="--model only.",
+)
+@click.option("--revision", default=None, help="--model: hub revision.")
+@output_options
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@friendly_errors
+def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temperature, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, num_shards, shard_index, overwrite, quiet):  # fmt: skip
+    """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
+
+    Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
+    the rest of the text is kept byte for byte. Output: same shards, formats and columns,
+    plus tokedit_* provenance. Rerunning the same command resumes an interrupted run.
+    """
+    from tokedit.editor.rules import EditRule
+    from tokedit.editor.run import (
+        EditOptions,
+        ModelOptions,
+        edit_dataset,
+        format_edit_summary,
+        parse_ps,
+    )
+    from tokedit.errors import InputError
+
+    try:
+        rule = EditRule(strategy, top_k, top_p, temperature, exclude_original)
+    except ValueError as e:
+        raise InputError(str(e), remedy="see tokedit edit --help") from None
+    summary = edit_dataset(
+        input_dir,
+        out_dir,
+        scores_dir=scores_dir,
+        model=model,
+        options=EditOptions(parse_ps(ps), rule, seed, output_column, not no_provenance),
+        model_options=ModelOptions(
+            max_length, overlap, batch_tokens, not no_bos, device, dtype, revision
+        ),
+        text_column=text_column,
+        id_column=id_column,
+        tokenizer=tokenizer,
+        num_shards=num_shards,
+        shard_index=shard_index,
+        overwrite=overwrite,
+        batch_rows=batch_rows,
+        progress=not quiet,
+    )
+    click.echo(format_edit_summary(summary))
+
+
+@main.command()
 @click.argument("data_dir", metavar="DATA")
 @click.option(
     "--out",

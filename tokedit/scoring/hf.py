@@ -109,9 +109,20 @@ class HFBackend:
 
     @torch.inference_mode()
     def score_batch(
-        self, seqs: list[np.ndarray], windows: list[Window], *, top_k: int, min_p: float
+        self,
+        seqs: list[np.ndarray],
+        windows: list[Window],
+        *,
+        top_k: int,
+        min_p: float,
+        rows_above: float | None = None,
+        on_rows=None,
     ) -> list[WindowScores]:
-        """Score ``windows`` (one batch) of the documents ``seqs``; one result per window."""
+        """Score ``windows`` (one batch) of the documents ``seqs``; one result per window.
+
+        ``on_rows(doc, position, target, logprob_rows)``: see :func:`score_positions`; here
+        ``doc`` is the window's document index and ``position`` the index in its ``seq``.
+        """
         longest = max(w.length for w in windows)
         ids = torch.zeros((len(windows), longest), dtype=torch.long)
         mask = torch.zeros((len(windows), longest), dtype=torch.long)
@@ -135,8 +146,23 @@ class HFBackend:
         cols_t = torch.from_numpy(np.concatenate(cols)).to(self.device)
         targets_t = torch.from_numpy(np.concatenate(targets).astype(np.int64)).to(self.device)
         h = hidden[rows_t, cols_t]
+        located = None
+        if on_rows is not None:
+            flat = np.concatenate(targets)
+            doc = np.concatenate([np.full(n, w.doc) for w, n in zip(windows, sizes, strict=True)])
+            pos = np.concatenate([np.arange(w.score_from, w.end) for w in windows])
+
+            def located(idx, lp_rows):
+                on_rows(doc[idx], pos[idx], flat[idx], lp_rows)
+
         logprob, topk_ids, topk_lp, has_topk = score_positions(
-            h, targets_t, self.head, top_k=top_k, min_p=min_p
+            h,
+            targets_t,
+            self.head,
+            top_k=top_k,
+            min_p=min_p,
+            rows_above=rows_above,
+            on_rows=located,
         )
         out, at = [], 0
         for n in sizes:
@@ -160,11 +186,18 @@ def score_positions(
     top_k: int,
     min_p: float,
     chunk: int = LOGIT_CHUNK_POSITIONS,
+    rows_above: float | None = None,
+    on_rows=None,
 ):
     """Log-prob of each target and top-k candidates, computed ``chunk`` positions at a time.
 
     Returns numpy arrays: logprob [n] float32, topk ids [n, k] int32, topk log-probs [n, k]
     float32, and has_topk [n] bool (``P(target) >= min_p``; rows where it is False are zeros).
+
+    ``on_rows(indices, logprob_rows)``, if given, is called once per chunk with the positions
+    where ``P(target) > rows_above`` and their full float32 log-prob rows ``[m, vocab]`` (a
+    tensor on the model's device). It lets the one-pass editor sample from the full
+    distribution without a ``[n, vocab]`` array ever being kept.
     """
     n = hidden.shape[0]
     log_min_p = math.log(min_p) if min_p > 0 else -math.inf
@@ -177,6 +210,10 @@ def score_positions(
         lse = torch.logsumexp(logits, dim=-1)
         lp = logits.gather(1, targets[a : a + chunk, None]).squeeze(1) - lse
         logprob[a : a + chunk] = lp.cpu().numpy()
+        if on_rows is not None:
+            sel = (lp > math.log(rows_above)).nonzero().squeeze(1)
+            if len(sel):
+                on_rows(sel.cpu().numpy() + a, logits[sel] - lse[sel, None])
         if top_k > 0:
             keep = lp >= log_min_p
             if keep.any():

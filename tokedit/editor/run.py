@@ -1,0 +1,768 @@
+"""``tokedit edit``: stream input shards with their scores (or a model) into edited shards.
+
+Each input shard gives one output shard at the same relative path, in the same format
+(parquet -> parquet, jsonl[.gz|.zst] -> same, datasets arrow -> arrow), one row per input row,
+all columns kept; the text is edited in place (or into ``output_column``) and the provenance
+columns ``tokedit_*`` are appended. A sweep over several thresholds writes ``OUT/p=<p>/...``
+per threshold from one read of the input and the scores. Resume and atomicity come from
+:func:`tokedit.io.runner.run_shards` and the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from tokedit.editor.batch import (
+    ScoreBatch,
+    add_counts,
+    apply_draws,
+    draw_batch,
+)
+from tokedit.editor.rng import doc_keys
+from tokedit.editor.rules import EditRule, banned_mask
+from tokedit.editor.splice import Renderer
+from tokedit.errors import InputError
+from tokedit.io.manifest import Manifest, read_manifest
+from tokedit.io.read import (
+    DEFAULT_BATCH_ROWS,
+    STATUS_EMPTY,
+    STATUS_OK,
+    Documents,
+    RowBatch,
+    iter_batches,
+    to_documents,
+)
+from tokedit.io.runner import run_shards
+from tokedit.io.shards import Shard, discover_shards
+from tokedit.io.write import (
+    ArrowStreamShardWriter,
+    JsonlShardWriter,
+    ParquetShardWriter,
+    write_json,
+)
+from tokedit.scoring.run import file_sha256, scores_rel
+
+PROVENANCE_COLUMNS = ("tokedit_n_above", "tokedit_n_changed", "tokedit_n_skipped", "tokedit_edits")
+SCORES_COLUMNS = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", "topk_logprobs"]
+_RESCORE = "rerun `tokedit score` on this input (same --text-column / --id-column) and edit with the new scores"
+
+
+@dataclass(frozen=True)
+class EditOptions:
+    """What decides the output bytes (recorded in the manifest)."""
+
+    ps: tuple[float, ...] = (0.99,)
+    rule: EditRule = field(default_factory=EditRule)
+    seed: int = 0
+    output_column: str | None = None
+    provenance: bool = True
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """One-pass mode: the scorer's options for the model read in the same pass."""
+
+    max_len: int | None = None
+    overlap: int | None = None
+    batch_tokens: int = 16384
+    add_bos: bool = True
+    device: str = "auto"
+    dtype: str = "auto"
+    revision: str | None = None
+
+
+def parse_ps(text: str | Sequence[float]) -> tuple[float, ...]:
+    """``"0.9,0.99"`` -> ``(0.9, 0.99)``; each value must lie strictly between 0 and 1."""
+    items = text.split(",") if isinstance(text, str) else list(text)
+    ps: list[float] = []
+    for item in items:
+        try:
+            p = float(item)
+        except ValueError:
+            raise InputError(
+                f"--p {item!r} is not a number", remedy="e.g. --p 0.99 or --p 0.9,0.99,0.999"
+            ) from None
+        if not 0 < p < 1 or math.isnan(p):
+            raise InputError(
+                f"--p {p} is outside (0, 1)",
+                remedy="a threshold is a probability strictly between 0 and 1, e.g. 0.99",
+            )
+        if p not in ps:
+            ps.append(p)
+    if not ps:
+        raise InputError("--p is empty", remedy="e.g. --p 0.99")
+    return tuple(ps)
+
+
+def p_label(p: float) -> str:
+    return repr(float(p))
+
+
+def p_dir(p: float) -> str:
+    return f"p={p_label(p)}"
+
+
+def output_rel(shard: Shard, p: float, sweep: bool) -> str:
+    return f"{p_dir(p)}/{shard.rel}" if sweep else shard.rel
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_out_dir(out_dir: Path, input_dir: Path, scores_dir: Path | None) -> None:
+    out, inp = out_dir.resolve(), input_dir.resolve()
+    if out == inp or inp in out.parents or (inp.is_file() and out == inp.parent):
+        raise InputError(
+            f"--out {out_dir} is the input directory or inside it",
+            remedy="write the edited dataset to a directory outside the input",
+        )
+    if scores_dir is not None and out == scores_dir.resolve():
+        raise InputError(f"--out {out_dir} is the scores directory", remedy="choose another --out")
+
+
+def _scores_fingerprint(manifest: dict) -> str:
+    shards = {k: v.get("sha256") for k, v in sorted(manifest.get("shards", {}).items())}
+    blob = json.dumps({"options": manifest.get("options"), "shards": shards}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def load_scores_manifest(
+    scores_dir: Path, input_dir: Path, all_shards: list[Shard], ps: tuple[float, ...]
+) -> dict:
+    """The scores manifest, checked against the input shard list and the thresholds."""
+    manifest = read_manifest(scores_dir)
+    if manifest is None or manifest.get("command") != "score":
+        raise InputError(
+            f"{scores_dir}: no scores manifest.json (not a scores directory, or scoring never started)",
+            remedy="pass the --out directory of `tokedit score`",
+        )
+    options = manifest.get("options", {})
+    have = set(manifest.get("shards", {}))
+    want = {s.rel for s in all_shards}
+    missing, extra = sorted(want - have), sorted(have - want)
+    if missing:
+        raise InputError(
+            f"{scores_dir}: no complete scores for {len(missing)} of the {len(want)} shards of {input_dir}: "
+            + ", ".join(missing[:5])
+            + (" ..." if len(missing) > 5 else ""),
+            remedy="finish scoring (rerun the same `tokedit score` command), or pass the dataset the scores were made from",
+        )
+    if extra:
+        raise InputError(
+            f"{scores_dir} has scores for {len(extra)} shard(s) that are not in {input_dir}: "
+            + ", ".join(extra[:5])
+            + (" ..." if len(extra) > 5 else ""),
+            remedy="pass the dataset directory that was scored, or rescore this one",
+        )
+    min_p = float(options.get("candidates_min_p", 1.0))
+    too_low = [p for p in ps if p < min_p]
+    if too_low:
+        raise InputError(
+            f"{scores_dir} holds candidates only where P >= {min_p} (--candidates-min-p when scoring), "
+            f"so --p {p_label(min(too_low))} cannot be edited from these scores",
+            remedy=f"use --p >= {min_p}, or rescore with --candidates-min-p {p_label(min(ps))} or lower",
+        )
+    return manifest
+
+
+def _resolve_rule(rule: EditRule, stored_k: int | None, scores_mode: bool) -> EditRule:
+    if not scores_mode:
+        return rule
+    if not stored_k:
+        raise InputError(
+            "the scores hold no candidates (they were scored with --top-k 0)",
+            remedy="rescore with --top-k 8, or edit in one pass with --model",
+        )
+    if rule.top_k == 0:
+        raise InputError(
+            "--top-k 0 (the full distribution) needs the model",
+            remedy="pass --model instead of --scores, or --top-k between 1 and the scores' k",
+        )
+    if rule.top_k > stored_k:
+        raise InputError(
+            f"--top-k {rule.top_k} but the scores store only {stored_k} candidates per position",
+            remedy=f"pass --top-k {stored_k} or less, or rescore with --top-k {rule.top_k}",
+        )
+    return rule
+
+
+class _AlignedScores:
+    """Rows of one scores shard, taken in exactly the sizes of the input batches."""
+
+    def __init__(self, path: Path, expected_rows: int | None):
+        self.path = path
+        try:
+            self.file = pq.ParquetFile(path)
+        except (OSError, pa.ArrowInvalid) as e:
+            raise InputError(f"{path}: cannot read the scores ({e})", remedy=_RESCORE) from e
+        names = set(self.file.schema_arrow.names)
+        lacking = [c for c in SCORES_COLUMNS if c not in names]
+        if lacking:
+            raise InputError(
+                f"{path}: not a scores shard (no column {', '.join(lacking)})", remedy=_RESCORE
+            )
+        self.rows = self.file.metadata.num_rows
+        if expected_rows is not None and expected_rows != self.rows:
+            raise InputError(
+                f"{path}: {self.rows} rows, but the scores manifest records {expected_rows}",
+                remedy=_RESCORE,
+            )
+        self.schema = pa.schema([self.file.schema_arrow.field(c) for c in SCORES_COLUMNS])
+        self._batches = self.file.iter_batches(
+            batch_size=DEFAULT_BATCH_ROWS, columns=SCORES_COLUMNS
+        )
+        self._pending: list[pa.RecordBatch] = []
+        self._pending_rows = 0
+        self.taken = 0
+
+    def take(self, n: int, batch: RowBatch) -> pa.Table:
+        while self._pending_rows < n:
+            rb = next(self._batches, None)
+            if rb is None:
+                raise InputError(
+                    f"{batch.shard.path} has more rows than its scores {self.path} ({self.rows} rows)",
+                    remedy=_RESCORE,
+                )
+            self._pending.append(rb)
+            self._pending_rows += rb.num_rows
+        table = pa.Table.from_batches(self._pending, schema=self.schema)
+        rest = table.slice(n)
+        self._pending, self._pending_rows = rest.to_batches(), rest.num_rows
+        self.taken += n
+        return table.slice(0, n)
+
+    def finish(self, shard: Shard) -> None:
+        if self.taken != self.rows:
+            raise InputError(
+                f"{shard.path} has {self.taken} rows but its scores {self.path} have {self.rows}",
+                remedy=_RESCORE,
+            )
+
+
+def check_alignment(sb: ScoreBatch, docs: Documents, scores_path: Path, row0: int) -> None:
+    """Ids, statuses and text lengths of a batch must match its scores rows."""
+    if sb.ids != docs.ids:
+        i = next(i for i, (a, b) in enumerate(zip(sb.ids, docs.ids, strict=True)) if a != b)
+        raise InputError(
+            f"{docs.batch.where(i)}: id {docs.ids[i]!r}, but row {row0 + i} of {scores_path} "
+            f"is for id {sb.ids[i]!r}",
+            remedy=_RESCORE,
+        )
+    if sb.statuses != docs.statuses:
+        i = next(
+            i for i, (a, b) in enumerate(zip(sb.statuses, docs.statuses, strict=True)) if a != b
+        )
+        raise InputError(
+            f"{docs.batch.where(i)}: the text is {docs.statuses[i]!r} here but was "
+            f"{sb.statuses[i]!r} when {scores_path} was made: the input changed since scoring",
+            remedy=_RESCORE,
+        )
+    n_tok = np.diff(sb.row_offsets)
+    rows = np.flatnonzero(n_tok > 0)
+    if len(rows):
+        last_start = sb.starts[sb.row_offsets[rows + 1] - 1]
+        lengths = np.fromiter((len(docs.texts[r]) for r in rows), np.int64, count=len(rows))
+        bad = np.flatnonzero(last_start > lengths)
+        if len(bad):
+            i = int(rows[bad[0]])
+            raise InputError(
+                f"{docs.batch.where(i)}: the text is shorter than the text scored in row "
+                f"{row0 + i} of {scores_path}: the input changed since scoring",
+                remedy=_RESCORE,
+            )
+
+
+# ----------------------------------------------------------------------------- output
+
+
+def _replace_column(table: pa.Table, name: str, values: list, type_: pa.DataType) -> pa.Table:
+    try:
+        arr = pa.array(values, type=type_)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+        arr = pa.array(values, type=pa.string())
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, arr)
+    return table.append_column(name, arr)
+
+
+def output_table(
+    batch: RowBatch, docs: Documents, edited, text_column: str, options: EditOptions
+) -> pa.Table:
+    """The input table with the text edited (or in ``output_column``) and provenance."""
+    table = batch.table
+    target = options.output_column or text_column
+    if target == text_column:
+        if any(t is not None for t in edited.texts):
+            values = table.column(text_column).to_pylist()
+            for i, t in enumerate(edited.texts):
+                if t is not None:
+                    values[i] = t
+            field_type = table.schema.field(text_column).type
+            table = _replace_column(table, text_column, values, field_type)
+    else:
+        values = [
+            t if t is not None else (docs.texts[i] if s in (STATUS_OK, STATUS_EMPTY) else None)
+            for i, (t, s) in enumerate(zip(edited.texts, docs.statuses, strict=True))
+        ]
+        table = _replace_column(table, target, values, pa.string())
+    if options.provenance:
+        for name in PROVENANCE_COLUMNS:
+            if name in table.column_names:  # re-editing an edited corpus: replace, not duplicate
+                table = table.drop_columns([name])
+        table = (
+            table.append_column("tokedit_n_above", pa.array(edited.n_above, pa.int32()))
+            .append_column("tokedit_n_changed", pa.array(edited.n_changed, pa.int32()))
+            .append_column("tokedit_n_skipped", pa.array(edited.n_skipped, pa.int32()))
+            .append_column("tokedit_edits", edited.edits_array())
+        )
+    # datasets' "huggingface" metadata describes the input columns; readers infer the new ones.
+    meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"huggingface"}
+    return table.replace_schema_metadata(meta or None)
+
+
+def output_records(
+    batch: RowBatch, docs: Documents, edited, text_column: str, options: EditOptions
+) -> list[dict]:
+    target = options.output_column or text_column
+    lists = edited.edits_lists() if options.provenance else None
+    out = []
+    for i, record in enumerate(batch.records):
+        r = dict(record)
+        t = edited.texts[i]
+        if target == text_column:
+            if t is not None:
+                r[text_column] = t
+        else:
+            ok = docs.statuses[i] in (STATUS_OK, STATUS_EMPTY)
+            r[target] = t if t is not None else (docs.texts[i] if ok else None)
+        if options.provenance:
+            r["tokedit_n_above"] = int(edited.n_above[i])
+            r["tokedit_n_changed"] = int(edited.n_changed[i])
+            r["tokedit_n_skipped"] = int(edited.n_skipped[i])
+            r["tokedit_edits"] = lists[i]
+        out.append(r)
+    return out
+
+
+class _ShardOutput:
+    """One output shard in the input's format; the writer opens on the first batch."""
+
+    def __init__(self, dest: Path, fmt: str):
+        self.dest, self.fmt = dest, fmt
+        self.writer = None
+        self.schema: pa.Schema | None = None
+        if fmt.startswith("jsonl"):
+            self.writer = JsonlShardWriter(dest, fmt)
+
+    def write_table(self, table: pa.Table) -> None:
+        if self.writer is None:
+            self.schema = table.schema
+            cls = ParquetShardWriter if self.fmt == "parquet" else ArrowStreamShardWriter
+            self.writer = cls(self.dest, self.schema)
+        elif table.schema != self.schema:
+            table = table.cast(self.schema)
+        self.writer.write(table)
+
+    def write_records(self, records: list[dict]) -> None:
+        self.writer.write_records(records)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    def abort(self) -> None:
+        if self.writer is not None:
+            self.writer.abort()
+
+
+def _empty_batch(shard: Shard) -> RowBatch:
+    """A zero-row batch with the shard's schema, so an empty shard gives an empty output."""
+    if shard.fmt == "parquet":
+        schema = pq.read_schema(shard.path)
+    else:
+        with pa.memory_map(str(shard.path)) as source:
+            schema = pa.ipc.open_stream(source).schema
+    return RowBatch(shard, 0, table=schema.empty_table())
+
+
+def _write_dataset_sidecars(
+    shard: Shard, out_root: Path, schema: pa.Schema | None, rel_prefix: str
+) -> list[str]:
+    """``state.json`` and ``dataset_info.json`` of a ``save_to_disk`` folder, for the output."""
+    folder = Path(shard.rel).parent
+    src = shard.root / folder
+    written = []
+    for name in ("state.json", "dataset_info.json"):
+        if not (src / name).is_file():
+            continue
+        data = json.loads((src / name).read_text())
+        if name == "dataset_info.json" and schema is not None:
+            try:
+                from datasets import Features
+
+                data["features"] = Features.from_arrow_schema(schema).to_dict()
+            except Exception:
+                data.pop("features", None)
+        rel = (
+            (Path(rel_prefix) / folder / name).as_posix()
+            if rel_prefix
+            else (folder / name).as_posix()
+        )
+        write_json(out_root / rel, data)
+        written.append(rel)
+    return written
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+class _ScoresSource:
+    """Documents with their stored scores and the draws from the stored candidates."""
+
+    def __init__(self, scores_dir: Path, manifest: dict, rule, banned, seed, p_min):
+        self.dir = scores_dir
+        self.manifest = manifest
+        self.rule, self.banned, self.seed, self.p_min = rule, banned, seed, p_min
+        self.current: _AlignedScores | None = None
+
+    def open(self, shard: Shard) -> None:
+        entry = self.manifest["shards"][shard.rel]
+        self.current = _AlignedScores(self.dir / scores_rel(shard), entry.get("rows"))
+
+    def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
+        row0 = self.current.taken
+        sb = ScoreBatch.from_table(self.current.take(len(batch), batch))
+        check_alignment(sb, docs, self.current.path, row0)
+        keys = doc_keys(self.seed, sb.ids)
+        draws = draw_batch(sb, keys, self.p_min, self.rule, self.banned)
+        if on_tokens is not None:
+            on_tokens(len(sb.token_ids))
+        return sb, draws
+
+    def close(self, shard: Shard) -> None:
+        self.current.finish(shard)
+
+
+class _ModelSource:
+    """Documents scored by a model in the same pass, with draws from the full rows."""
+
+    def __init__(self, scorer, drawing):
+        self.scorer, self.drawing = scorer, drawing
+
+    def open(self, shard: Shard) -> None:
+        pass
+
+    def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
+        ok = self.drawing.begin(docs)
+        if ok:
+            table, _ = self.scorer.score(docs, on_tokens=on_tokens)
+        else:  # nothing to tokenize (the tokenizer refuses an empty list)
+            from tokedit.scoring.scorer import build_scores_table
+
+            table = build_scores_table(docs, [], [], [], 0)
+        sb = ScoreBatch.from_table(table)
+        return sb, self.drawing.draws(sb, ok)
+
+    def close(self, shard: Shard) -> None:
+        pass
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+def edit_dataset(
+    input_dir: str,
+    out_dir: str,
+    *,
+    scores_dir: str | None = None,
+    model: str | None = None,
+    options: EditOptions | None = None,
+    model_options: ModelOptions | None = None,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    tokenizer: str | None = None,
+    num_shards: int = 1,
+    shard_index: int = 0,
+    overwrite: bool = False,
+    batch_rows: int = DEFAULT_BATCH_ROWS,
+    progress: bool = True,
+) -> dict:
+    """Edit ``input_dir`` into ``out_dir`` from ``scores_dir`` (or in one pass with ``model``).
+
+    Returns counts of this run and, per threshold, totals over the whole output directory.
+    """
+    from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
+
+    options = options or EditOptions()
+    if (scores_dir is None) == (model is None):
+        raise InputError(
+            "pass either --scores (edit from a scores directory) or --model (score and edit in one pass)",
+            remedy="e.g. tokedit edit DATA --scores SCORES --out EDITED",
+        )
+    if batch_rows < 1:
+        raise InputError(f"--batch-rows {batch_rows} must be >= 1", remedy="e.g. --batch-rows 512")
+    input_path, out_path = Path(input_dir), Path(out_dir)
+    ps = parse_ps(options.ps)
+    options = replace(options, ps=ps)
+    sweep = len(ps) > 1
+    p_min = min(ps)
+    all_shards = discover_shards(input_path)
+    shards = discover_shards(input_path, num_shards=num_shards, shard_index=shard_index)
+    _check_out_dir(out_path, input_path, Path(scores_dir) if scores_dir else None)
+
+    if scores_dir is not None:
+        scores_path = Path(scores_dir)
+        smanifest = load_scores_manifest(scores_path, input_path, all_shards, ps)
+        sopts = smanifest["options"]
+        for flag, given, stored in (
+            ("--text-column", text_column, sopts.get("text_column", "text")),
+            ("--id-column", id_column, sopts.get("id_column")),
+        ):
+            if given is not None and given != stored:
+                raise InputError(
+                    f"{flag} {given!r}, but the scores in {scores_path} were computed with {flag} {stored!r}",
+                    remedy=f"leave {flag} out (the scores' value is used), or rescore",
+                )
+        text_column = sopts.get("text_column", "text")
+        id_column = sopts.get("id_column")
+        tok_source = tokenizer or sopts.get("model")
+        tok = load_tokenizer(tok_source, None if tokenizer else sopts.get("revision"))
+        thash = tokenizer_hash(tok)
+        if thash != sopts.get("tokenizer_hash"):
+            raise InputError(
+                f"the tokenizer of {tok_source!r} (hash {thash}) is not the one {scores_path} was scored with (hash {sopts.get('tokenizer_hash')})",
+                remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
+            )
+        rule = _resolve_rule(options.rule, int(sopts.get("top_k", 0)), scores_mode=True)
+        identity = {
+            "mode": "scores",
+            "scores": _scores_fingerprint(smanifest),
+            "model": sopts.get("model"),
+            "tokenizer_hash": thash,
+        }
+        info = {"input": str(input_path.resolve()), "scores": str(scores_path.resolve())}
+    else:
+        from tokedit.scoring.hf import model_positions
+        from tokedit.scoring.scorer import ScoreOptions
+
+        model_options = model_options or ModelOptions()
+        text_column = text_column or "text"
+        tok = load_tokenizer(model, model_options.revision)
+        thash = tokenizer_hash(tok)
+        rule = options.rule
+        positions = model_positions(model, model_options.revision)
+        score_options = ScoreOptions(
+            max_len=model_options.max_len,
+            overlap=model_options.overlap,
+            batch_tokens=model_options.batch_tokens,
+            top_k=0,
+            candidates_min_p=1.0,
+            add_bos=model_options.add_bos,
+        ).resolved(positions)
+        if positions and score_options.max_len > positions:
+            raise InputError(
+                f"--max-length {score_options.max_len} exceeds the model's {positions} positions",
+                remedy=f"pass --max-length {positions} or less",
+            )
+        identity = {
+            "mode": "model",
+            "model": model,
+            "revision": model_options.revision,
+            "tokenizer_hash": thash,
+            "dtype": model_options.dtype,
+            "max_length": score_options.max_len,
+            "overlap": score_options.overlap,
+            "add_bos": score_options.add_bos and tok.bos_token_id is not None,
+        }
+        info = {"input": str(input_path.resolve())}
+
+    manifest_options = {
+        **identity,
+        "p": list(ps),
+        "strategy": rule.strategy,
+        "top_k": rule.top_k,
+        "top_p": rule.top_p,
+        "temperature": rule.temperature,
+        "exclude_original": rule.exclude_original,
+        "seed": options.seed,
+        "text_column": text_column,
+        "id_column": id_column,
+        "output_column": options.output_column,
+        "provenance": options.provenance,
+    }
+    manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=overwrite)
+    todo = [s for s in shards if not manifest.is_complete(s.rel)]
+    renderer = Renderer(tok)
+
+    source = None
+    if todo and scores_dir is not None:
+        banned = banned_mask(tok)
+        source = _ScoresSource(scores_path, smanifest, rule, banned, options.seed, p_min)
+    elif todo:
+        from tokedit.editor.onepass import DrawingBackend
+        from tokedit.scoring.hf import HFBackend
+        from tokedit.scoring.scorer import Scorer
+
+        engine = HFBackend(
+            model,
+            device=model_options.device,
+            dtype=model_options.dtype,
+            revision=model_options.revision,
+        )
+        vocab = engine.head.weight.shape[0]
+        banned = banned_mask(tok, extra_size=vocab)
+        bos = 1 if score_options.add_bos and tok.bos_token_id is not None else 0
+        drawing = DrawingBackend(engine, rule, banned, p_min, bos, options.seed)
+        source = _ModelSource(Scorer(drawing, tok, score_options), drawing)
+        manifest.update(
+            info={
+                **manifest.data.get("info", {}),
+                "device": str(engine.device),
+                "torch_dtype": str(engine.dtype),
+            }
+        )
+
+    run_counts: dict[str, dict] = {p_label(p): {} for p in ps}
+    bar = tqdm(
+        desc="edit",
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        file=sys.stderr,
+        dynamic_ncols=True,
+    )
+    started = time.perf_counter()
+
+    def process(shard: Shard) -> dict:
+        outs = {p: _ShardOutput(out_path / output_rel(shard, p, sweep), shard.fmt) for p in ps}
+        shard_counts: dict[str, dict] = {p_label(p): {} for p in ps}
+        statuses: dict[str, int] = {}
+        rows = 0
+        try:
+            source.open(shard)
+            got_any = False
+            for batch in iter_batches(shard, batch_rows):
+                got_any = True
+                _edit_batch(batch, outs, shard_counts, statuses)
+                rows += len(batch)
+            if not got_any and shard.fmt in ("parquet", "arrow"):
+                _edit_batch(_empty_batch(shard), outs, shard_counts, statuses)
+            source.close(shard)
+            for o in outs.values():
+                o.close()
+        except BaseException:
+            for o in outs.values():
+                o.abort()
+            raise
+        outputs, sha = [], {}
+        for p, o in outs.items():
+            rel = output_rel(shard, p, sweep)
+            outputs.append(rel)
+            sha[rel] = file_sha256(out_path / rel)
+            if shard.fmt == "arrow":
+                outputs += _write_dataset_sidecars(
+                    shard, out_path, o.schema, p_dir(p) if sweep else ""
+                )
+        for k, c in shard_counts.items():
+            add_counts(run_counts[k], c)
+        return {
+            "outputs": outputs,
+            "rows": rows,
+            "sha256": sha,
+            "statuses": statuses,
+            "p": shard_counts,
+        }
+
+    def _edit_batch(batch, outs, shard_counts, statuses):
+        docs = to_documents(batch, text_column, id_column)
+        target = options.output_column
+        if target and target != text_column and batch.has_column(target):
+            raise InputError(
+                f"{batch.shard.path}: already has a column {target!r}",
+                remedy="choose another --output-column, or leave it out to edit the text in place",
+            )
+        for s in docs.statuses:
+            statuses[s] = statuses.get(s, 0) + 1
+        sb, draws = source.batch(batch, docs, on_tokens=bar.update)
+        for p, out in outs.items():
+            edited = apply_draws(sb, docs.texts, draws, p, renderer)
+            add_counts(shard_counts[p_label(p)], edited.counts)
+            if batch.table is not None:
+                out.write_table(output_table(batch, docs, edited, text_column, options))
+            else:
+                out.write_records(output_records(batch, docs, edited, text_column, options))
+
+    try:
+        counts = run_shards(shards, manifest, process)
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - started
+    totals = directory_totals(manifest, ps)
+    manifest.update(totals=totals)
+    tokens = max((c.get("tokens", 0) for c in run_counts.values()), default=0)
+    return {
+        **counts,
+        "mode": identity["mode"],
+        "rule": asdict(rule),
+        "seconds": elapsed,
+        "tokens_per_s": tokens / elapsed if elapsed else 0.0,
+        "run": run_counts,
+        "totals": totals,
+        "out": str(out_path),
+        "outputs": {p_label(p): str(out_path / p_dir(p)) if sweep else str(out_path) for p in ps},
+    }
+
+
+def directory_totals(manifest: Manifest, ps: Sequence[float]) -> dict:
+    """Per threshold: counts summed over every complete shard of the output directory."""
+    totals: dict[str, dict] = {p_label(p): {} for p in ps}
+    statuses: dict[str, int] = {}
+    for entry in manifest.shards.values():
+        for k, c in entry.get("p", {}).items():
+            add_counts(totals.setdefault(k, {}), c)
+        add_counts(statuses, entry.get("statuses", {}))
+    return {"shards": len(manifest.shards), "statuses": statuses, "p": totals}
+
+
+def _share(a: int, b: int) -> str:
+    return f"{100 * a / b:.2f}%" if b else "n/a"
+
+
+def format_edit_summary(s: dict) -> str:
+    """Human summary: per threshold, the share above it and the share actually changed."""
+    tot = s["totals"]
+    lines = []
+    run_tokens = max((c.get("tokens", 0) for c in s["run"].values()), default=0)
+    run_docs = max((c.get("documents", 0) for c in s["run"].values()), default=0)
+    lines.append(
+        f"edited {run_docs} documents, {run_tokens} tokens in {s['seconds']:.1f}s "
+        f"({s['tokens_per_s']:.0f} tokens/s, {s['mode']} mode); {s['skipped']} shard(s) already done"
+    )
+    for k, c in tot["p"].items():
+        scored = c.get("scored", 0)
+        sk = c.get("skipped", {})
+        n_sk = sum(sk.values())
+        lines.append(
+            f"p={k}: above threshold {_share(c.get('above', 0), scored)} of scored tokens "
+            f"({c.get('above', 0)}), changed {_share(c.get('changed', 0), scored)} "
+            f"({c.get('changed', 0)}; redrawn as the same token {c.get('drawn_original', 0)}), "
+            f"skipped {n_sk} (span {sk.get('span', 0)}, render {sk.get('render', 0)}, "
+            f"no candidate {sk.get('no_candidate', 0)}) -> {s['outputs'][k]}"
+        )
+    kept = {k: v for k, v in tot["statuses"].items() if k != STATUS_OK}
+    if kept:
+        lines.append(
+            "kept unedited (not text): " + ", ".join(f"{k}={v}" for k, v in sorted(kept.items()))
+        )
+    return "\n".join(lines)
