@@ -19,7 +19,7 @@ import pyarrow.compute as pc
 
 from tokedit.editor.rng import position_uniforms
 from tokedit.editor.rules import EditRule, above_threshold, draw
-from tokedit.editor.splice import Renderer, align_span, splice
+from tokedit.editor.splice import Renderer, align_span
 
 # Why an above-threshold position whose draw differs from the original was left unchanged.
 SKIP_REASONS = ("span", "render", "no_candidate")
@@ -93,6 +93,9 @@ class ScoreBatch:
             shape = (len(pos), 1)
             return np.zeros(shape, np.int32), np.zeros(shape, np.float32), np.zeros(shape, bool)
         cols = np.arange(k)
+        if counts.min() == k:  # the usual case: every position has all k candidates
+            idx = first[:, None] + cols
+            return self.cand_ids[idx], self.cand_lp[idx], np.ones(idx.shape, bool)
         valid = cols[None, :] < counts[:, None]
         idx = np.where(valid, first[:, None] + cols[None, :], 0)
         return self.cand_ids[idx], self.cand_lp[idx], valid
@@ -170,47 +173,48 @@ def apply_draws(
     )
     tokpos = wpos - sb.row_offsets[wrow]
 
-    # The few changed positions, one by one: verify the original span, render the new token.
+    # The few changed positions, one by one: verify the original span, render the new token,
+    # and splice each edited row from untouched slices and replacements in the same pass.
+    at_start = tokpos == 0
+    orig_texts = renderer.render_many(worig, at_start)
+    new_texts = renderer.render_many(wnew, at_start)
+    starts_l, ends_l = starts.tolist(), ends.tolist()
     accepted = np.zeros(len(wpos), dtype=bool)
-    pieces: list[str | None] = [None] * len(wpos)
     skipped_span = skipped_render = 0
-    last_end: dict[int, int] = {}
-    for j, (r, s, e, o, n, t0) in enumerate(
-        zip(
-            wrow.tolist(),
-            starts.tolist(),
-            ends.tolist(),
-            worig.tolist(),
-            wnew.tolist(),
-            (tokpos == 0).tolist(),
-            strict=True,
-        )
-    ):
-        text = texts[r]
-        orig_text = renderer.render(o, t0)
-        span = None if orig_text is None else align_span(text, s, e, orig_text)
-        if span is None or span[0] < last_end.get(r, 0):
+    out_texts: list[str | None] = [None] * n_rows
+    row, text, last, parts = -1, "", 0, []
+    for j, r in enumerate(wrow.tolist()):
+        if r != row:
+            if parts:
+                parts.append(text[last:])
+                out_texts[row] = "".join(parts)
+            row, text, last, parts = r, texts[r], 0, []
+        s, e, orig_text = starts_l[j], ends_l[j], orig_texts[j]
+        if orig_text is None:
             skipped_span += 1
             continue
-        piece = renderer.render(n, t0)
+        if e - s != len(orig_text) or not text.startswith(orig_text, s):
+            # rare: trimmed offsets, tokens sharing a character, offsets of another text
+            span = align_span(text, s, e, orig_text)
+            if span is None:
+                skipped_span += 1
+                continue
+            s, e = span
+            starts[j], ends[j] = span
+        if s < last:
+            skipped_span += 1
+            continue
+        piece = new_texts[j]
         if piece is None:
             skipped_render += 1
             continue
         accepted[j] = True
-        pieces[j] = piece
-        starts[j], ends[j] = span
-        last_end[r] = span[1]
-
-    out_texts: list[str | None] = [None] * n_rows
-    acc = np.flatnonzero(accepted)
-    if len(acc):
-        acc_rows = wrow[acc]
-        bounds = np.flatnonzero(np.diff(acc_rows)) + 1
-        for group in np.split(acc, bounds):
-            r = int(wrow[group[0]])
-            out_texts[r] = splice(
-                texts[r], starts[group].tolist(), ends[group].tolist(), [pieces[j] for j in group]
-            )
+        parts.append(text[last:s])
+        parts.append(piece)
+        last = e
+    if parts:
+        parts.append(text[last:])
+        out_texts[row] = "".join(parts)
 
     n_changed = np.bincount(wrow[accepted], minlength=n_rows).astype(np.int32)
     n_skipped = (

@@ -64,19 +64,41 @@ def banned_mask(tokenizer, extra_size: int = 0) -> np.ndarray:
 
 def is_banned(ids: np.ndarray, banned: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids)
+    if ids.size and 0 <= ids.min() and ids.max() < len(banned):
+        return banned[ids]
     out_of_range = (ids < 0) | (ids >= len(banned))
     return out_of_range | banned[np.clip(ids, 0, len(banned) - 1)]
 
 
 def canonical_order(ids: np.ndarray, lp: np.ndarray, valid: np.ndarray):
-    """Sort each row's candidates by log-prob descending then id; invalid ones last."""
-    neg = np.where(valid, -lp.astype(np.float64), np.inf)
-    order = np.lexsort((ids, neg), axis=-1)
-    return (
-        np.take_along_axis(ids, order, -1),
-        np.take_along_axis(lp, order, -1),
-        np.take_along_axis(valid, order, -1),
-    )
+    """Sort each row's candidates by log-prob descending then id; invalid ones last.
+
+    Rows already in that order (``torch.topk`` output almost always is) are left as they are;
+    only the others are sorted.
+    """
+    if ids.shape[1] < 2:
+        return ids, lp, valid
+    a, b = lp[:, :-1], lp[:, 1:]
+    if valid.all():
+        out_of_order = a < b
+        ties = a == b
+        if ties.any():
+            out_of_order |= ties & (ids[:, :-1] > ids[:, 1:])
+    else:
+        in_order = (a > b) | ((a == b) & (ids[:, :-1] < ids[:, 1:]))
+        in_order |= ~valid[:, 1:]  # anything may precede an invalid entry ...
+        in_order &= valid[:, :-1] | ~valid[:, 1:]  # ... but an invalid one no valid entry
+        out_of_order = ~in_order
+    rows = np.flatnonzero(out_of_order.any(axis=1))
+    if len(rows) == 0:
+        return ids, lp, valid
+    neg = np.where(valid[rows], -lp[rows].astype(np.float64), np.inf)
+    order = np.lexsort((ids[rows], neg), axis=-1)
+    ids, lp, valid = ids.copy(), lp.copy(), valid.copy()
+    ids[rows] = np.take_along_axis(ids[rows], order, -1)
+    lp[rows] = np.take_along_axis(lp[rows], order, -1)
+    valid[rows] = np.take_along_axis(valid[rows], order, -1)
+    return ids, lp, valid
 
 
 def rule_weights(
@@ -93,22 +115,25 @@ def rule_weights(
     A row of zeros means nothing can be drawn there.
     """
     m, k = ids.shape
-    allowed = valid.copy()
+    allowed = valid & ~is_banned(ids, banned)
     if rule.top_k and k > rule.top_k:
         allowed[:, rule.top_k :] = False  # canonical order: the first top_k valid are the top-k
-    allowed &= ~is_banned(ids, banned)
     if rule.exclude_original:
         allowed &= ids != orig[:, None]
-    lp64 = np.where(allowed, lp.astype(np.float64), -np.inf)
-    top = lp64.max(axis=1, initial=-np.inf)
-    top = np.where(np.isfinite(top), top, 0.0)
-    with np.errstate(invalid="ignore", over="ignore"):
-        w = np.where(allowed, np.exp((lp64 - top[:, None]) / rule.temperature), 0.0)
+    # Shift by the row's largest allowed log-prob, exp in float32 (weights more than ~87 nats
+    # below the top underflow to 0, a negligible share), sums in float64.
+    shifted = np.where(allowed, lp.astype(np.float32, copy=False), np.float32(-np.inf))
+    top = shifted.max(axis=1)
+    top[~np.isfinite(top)] = 0
+    shifted -= top[:, None]
+    if rule.temperature != 1.0:
+        shifted /= np.float32(rule.temperature)
+    w = np.exp(shifted, out=shifted).astype(np.float64)  # exp(-inf) = 0 where not allowed
     if rule.strategy == "topp" and rule.top_p < 1:
         # Weights are already descending (canonical order, temperature is monotone).
-        total = w.sum(axis=1, keepdims=True)
-        before = np.cumsum(w, axis=1) - w
-        w = np.where(before < rule.top_p * total, w, 0.0)
+        c = np.cumsum(w, axis=1)
+        before = c - w
+        w[before >= rule.top_p * c[:, -1:]] = 0.0
     return w
 
 
@@ -136,7 +161,9 @@ def draw(
     c = np.cumsum(w, axis=1)
     total = c[:, -1]
     j = (c <= (u * total)[:, None]).sum(axis=1)
-    last_nonzero = w.shape[1] - 1 - np.argmax(w[:, ::-1] > 0, axis=1)
-    j = np.minimum(j, last_nonzero)  # guard against u * total rounding up to total
-    picked = np.take_along_axis(ids, j[:, None], 1)[:, 0]
-    return np.where(total > 0, picked, -1).astype(np.int32)
+    # Guard against u * total rounding up to total: never pick past the last positive weight.
+    last_positive = (c < total[:, None]).sum(axis=1)
+    j = np.minimum(j, last_positive)
+    picked = ids[np.arange(len(j)), j].astype(np.int32)
+    picked[total <= 0] = -1
+    return picked

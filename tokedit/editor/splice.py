@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
+
 ANCHOR_CANDIDATES = ("a", "x", "0", "the", ".")
 REPLACEMENT_CHAR = "\ufffd"
 
@@ -78,6 +80,20 @@ class Renderer:
             text = None
         cache[token_id] = text
         return text
+
+    def render_many(self, ids, at_start) -> list[str | None]:
+        """``render`` of many ids at once (one call per distinct id and start flag)."""
+        ids = np.asarray(ids)
+        at_start = np.asarray(at_start, dtype=bool)
+        out = np.empty(len(ids), dtype=object)
+        for flag in (False, True):
+            sel = np.flatnonzero(at_start == flag)
+            if len(sel):
+                uniq, inverse = np.unique(ids[sel], return_inverse=True)
+                table = np.empty(len(uniq), dtype=object)
+                table[:] = [self.render(int(t), flag) for t in uniq]
+                out[sel] = table[inverse]
+        return out.tolist()
 
 
 def align_span(text: str, start: int, end: int, token_text: str) -> tuple[int, int] | None:
