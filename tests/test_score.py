@@ -381,3 +381,15 @@ def test_max_length_beyond_model_positions_is_refused(tmp_path, corpus_dir, tiny
         "-q",
     )
     assert r.returncode == 2 and "exceeds the model's 512 positions" in r.stderr
+
+
+def test_record_batch_without_scorable_rows(tmp_path, tiny_prior):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "x.jsonl").write_text('{"text": ""}\n{"text": null}\n{"text": "hello"}\n')
+    score_dataset(
+        str(data), str(tmp_path / "o"), model=str(tiny_prior), batch_rows=2, progress=False
+    )
+    t = pq.read_table(tmp_path / "o" / "x.parquet")
+    assert t.column("status").to_pylist() == ["empty", "null_text", "ok"]
+    assert t.column("n_tokens").to_pylist()[:2] == [0, 0] and t.column("n_tokens")[2].as_py() > 0

@@ -80,6 +80,8 @@ class DocTokens:
 def tokenize_documents(tokenizer, texts: list[str], add_bos: bool) -> list[DocTokens]:
     """Tokenize with character offsets (no special tokens inside the text)."""
     bos_id = tokenizer.bos_token_id if add_bos else None
+    if not texts:  # fast tokenizers fail on an empty batch
+        return []
     enc = tokenizer(
         texts, add_special_tokens=False, return_offsets_mapping=True, return_attention_mask=False
     )
