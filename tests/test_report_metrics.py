@@ -15,9 +15,9 @@ from tokedit.analysis.edits import EditAccumulator
 from tokedit.analysis.ngrams import (
     KeyCodec,
     NgramCounter,
+    NgramCounterSet,
+    compare,
     concentration,
-    divergences,
-    tail_coverage,
     valid_starts,
 )
 from tokedit.analysis.probs import (
@@ -80,6 +80,33 @@ def test_counts_across_batches_and_flushes(bits):
             expected.update(zip(*[doc[k:] for k in range(n)], strict=False))
         assert _as_dict(t) == dict(expected)
         assert np.all(np.diff(t.keys.astype(np.float64)) >= 0)
+
+
+@pytest.mark.parametrize(
+    "id_limit, top", [(3, 4), (16383, 4), (16384, 4), (1 << 20, 3), (2**32 - 1, 2)]
+)
+def test_counter_set_derives_lower_orders_exactly(id_limit, top):
+    """Orders below the top packed one come from prefix sums with sentinel padding."""
+    rng = np.random.default_rng(1)
+    lengths = rng.integers(0, 7, 400)  # many documents shorter than the n-gram order
+    ids = rng.integers(0, min(id_limit, 5), lengths.sum()).astype(np.uint32)
+    ids[::7] = id_limit - 1  # the largest id must not be mistaken for padding
+    cs = NgramCounterSet(id_limit, buffer_keys=64)
+    off = 0
+    for part in np.array_split(lengths, 5):
+        cs.add(ids[off : off + part.sum()], part)
+        off += part.sum()
+    assert cs.top == top
+    tables = cs.finish()
+    for n in range(1, 5):
+        expected = Counter()
+        off = 0
+        for length in lengths:
+            doc = ids[off : off + length].tolist()
+            off += length
+            expected.update(zip(*[doc[k:] for k in range(n)], strict=False))
+        assert _as_dict(tables[n]) == dict(expected), n
+        assert tables[n].codec.encoding == ("packed" if n <= top else "hashed")
 
 
 def test_packed_keys_roundtrip_and_order():
@@ -190,14 +217,15 @@ def test_reference_outside_the_corpora(tmp_path):
 def test_divergence_and_tail_functions_direct():
     ref = _table([0, 0, 0, 1, 1], [5], 1)
     same = _table([1, 0, 0, 1, 0], [5], 1)
-    d = divergences(ref, same, alpha=1.0)
-    assert d["kl_ref_to_corpus"] == pytest.approx(0.0, abs=1e-12) and d["js"] == pytest.approx(
-        0.0, abs=1e-12
-    )
+    d = compare(ref, same, 2, alpha=1.0)
+    assert d["kl_ref_to_corpus"] == pytest.approx(0.0, abs=1e-12)
+    assert d["js"] == pytest.approx(0.0, abs=1e-12)
+    assert (d["rare_coverage"], d["tail_mass"]) == (1.0, 0.4)  # rare: id 1 (twice)
     disjoint = _table([2, 3], [2], 1)
-    assert divergences(ref, disjoint, alpha=1.0)["js"] == pytest.approx(1.0)
-    tc = tail_coverage(ref, disjoint, rare_max_count=2)
+    tc = compare(ref, disjoint, rare_max_count=2, alpha=1.0)
+    assert tc["js"] == pytest.approx(1.0)
     assert tc["rare_coverage"] == 0.0 and tc["novel_mass"] == 1.0
+    assert "js" not in compare(ref, disjoint, 2)
     c = concentration(_table([], [], 2))
     assert c["total"] == 0 and c["distinct_ratio"] is None and c["entropy_bits"] == 0.0
 

@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from tokedit.analysis.edits import EDIT_COLUMNS, EditAccumulator
-from tokedit.analysis.ngrams import MAX_N, NgramCounter, NgramTable
+from tokedit.analysis.ngrams import MAX_N, NgramCounterSet, NgramTable
 from tokedit.analysis.probs import PerplexityAccumulator, ProbabilityAccumulator
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
@@ -156,7 +156,7 @@ def accumulate(
     total = sum(count_rows(s) for s in source.shards) if max_docs is not None else None
     selected = sample_rows(total, max_docs, seed) if total is not None else None
     stats = CorpusStats(source, units.kind, sampled=selected is not None)
-    counters = {n: NgramCounter(n, units.bits) for n in range(1, MAX_N + 1)}
+    counters = NgramCounterSet(units.id_limit, MAX_N)
     if source.kind == KIND_SCORES:
         stats.probs, stats.ppl = ProbabilityAccumulator(), PerplexityAccumulator()
     rows_seen = 0
@@ -167,13 +167,12 @@ def accumulate(
         else:
             ids, lengths = _text_batch(batch, stats, units)
         stats.units += len(ids)
-        for counter in counters.values():
-            counter.add(ids, lengths)
+        counters.add(ids, lengths)
         if on_batch is not None:
             on_batch(len(batch), len(ids))
     stats.documents_used = rows_seen
     stats.documents_total = total if total is not None else rows_seen
-    stats.tables = {n: c.finish() for n, c in counters.items()}
+    stats.tables = counters.finish()
     return stats
 
 

@@ -20,11 +20,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
 MAX_N = 4
-BUFFER_KEYS = 1 << 21  # raw keys buffered per counter before a merge (16 MiB)
+BUFFER_KEYS = 1 << 22  # raw keys buffered per counter before a merge (32 MiB)
 
 _M1 = np.uint64(0xFF51AFD7ED558CCD)
 _M2 = np.uint64(0xC4CEB9FE1A85EC53)
@@ -109,10 +110,16 @@ class KeyCodec:
 
 def _run_length(sorted_keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Distinct keys, their counts and first indices in a sorted key array."""
-    if len(sorted_keys) == 0:
+    n = len(sorted_keys)
+    if n == 0:
         return sorted_keys, np.empty(0, np.int64), np.empty(0, np.int64)
-    first = np.flatnonzero(np.concatenate(([True], sorted_keys[1:] != sorted_keys[:-1])))
-    counts = np.diff(np.append(first, len(sorted_keys))).astype(np.int64)
+    change = np.empty(n, dtype=bool)
+    change[0] = True
+    np.not_equal(sorted_keys[1:], sorted_keys[:-1], out=change[1:])
+    first = np.flatnonzero(change)
+    counts = np.empty(len(first), dtype=np.int64)
+    np.subtract(first[1:], first[:-1], out=counts[:-1])
+    counts[-1] = n - first[-1]
     return sorted_keys[first], counts, first
 
 
@@ -133,11 +140,21 @@ def merge_counts(
     counts = counts.copy()
     counts[idx[found]] += new_counts[found]  # new keys are distinct: no index repeats
     fresh = ~found
-    at = idx[fresh]
-    keys = np.insert(keys, at, new_keys[fresh])
-    counts = np.insert(counts, at, new_counts[fresh])
+    # the j-th fresh key lands at (its insertion point in the old table) + j
+    dest = idx[fresh] + np.arange(int(fresh.sum()))
+    old = np.ones(len(keys) + len(dest), dtype=bool)
+    old[dest] = False
+
+    def place(a, b):
+        out = np.empty((len(old),) + a.shape[1:], dtype=a.dtype)
+        out[old] = a
+        out[dest] = b
+        return out
+
+    keys = place(keys, new_keys[fresh])
+    counts = place(counts, new_counts[fresh])
     if rows is not None:
-        rows = np.insert(rows, at, new_rows[fresh], axis=0)
+        rows = place(rows, new_rows[fresh])
     return keys, counts, rows
 
 
@@ -168,16 +185,22 @@ class NgramTable:
             return self.rows[index]
         return self.codec.decode(self.keys[index])
 
+    @cached_property
+    def counts_desc(self) -> np.ndarray:
+        """The counts sorted from the largest down (computed once per table)."""
+        return np.sort(self.counts)[::-1]
+
     def top(self, k: int) -> np.ndarray:
         """Indices of the ``k`` most frequent n-grams (ties: smaller key first)."""
-        d = self.distinct
-        k = min(k, d)
+        k = min(k, self.distinct)
         if k == 0:
             return np.empty(0, np.int64)
-        kth = np.partition(self.counts, d - k)[d - k]
-        cand = np.flatnonzero(self.counts >= kth)
+        kth = self.counts_desc[k - 1]
+        above = np.flatnonzero(self.counts > kth)
+        ties = np.flatnonzero(self.counts == kth)[: k - len(above)]  # keys ascend with index
+        cand = np.concatenate([above, ties])
         order = np.lexsort((self.keys[cand], -self.counts[cand]))
-        return cand[order[:k]]
+        return cand[order]
 
 
 class NgramCounter:
@@ -197,15 +220,23 @@ class NgramCounter:
 
     def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
         """Count the n-grams of documents given as flat ``ids`` and per-document ``lengths``."""
-        starts = valid_starts(lengths, self.codec.n)
+        self.add_starts(ids, valid_starts(lengths, self.codec.n))
+
+    def add_starts(self, ids: np.ndarray, starts: np.ndarray) -> None:
+        """Count the n-grams of the flat ``ids`` that start at ``starts``."""
         if len(starts) == 0:
             return
-        self._buf.append(self.codec.encode(ids, starts))
+        rows = None
         if not self.codec.packed:
-            self._buf_rows.append(
-                np.stack([ids[starts + k] for k in range(self.codec.n)], axis=1).astype(np.uint32)
-            )
-        self._buffered += len(starts)
+            rows = np.stack([ids[starts + k] for k in range(self.codec.n)], axis=1)
+        self.add_keys(self.codec.encode(ids, starts), rows)
+
+    def add_keys(self, keys: np.ndarray, rows: np.ndarray | None = None) -> None:
+        """Count already encoded keys (with their id rows when hashed)."""
+        self._buf.append(keys)
+        if not self.codec.packed:
+            self._buf_rows.append(rows.astype(np.uint32, copy=False))
+        self._buffered += len(keys)
         if self._buffered >= self.buffer_keys:
             self._flush()
 
@@ -231,6 +262,80 @@ class NgramCounter:
         return NgramTable(self.codec, self._keys, self._counts, self._rows)
 
 
+class NgramCounterSet:
+    """Counters of every order 1..``max_n`` over the same documents, sharing the work.
+
+    Ids are below ``id_limit``; keys use ``bits = id_bits(id_limit + 1)`` bits per id so that
+    the all-ones value ``S`` is free as a padding sentinel. Only the highest *packed* order
+    ``m = min(max_n, 64 // bits)`` is sorted and merged: every document is followed by
+    ``m - 1`` sentinels and an m-gram starts at every real token. With packed keys the first
+    id sits in the high bits, so ``key >> bits`` is the key of an m-gram's first ``m - 1``
+    ids; each (m-1)-gram occurrence is the prefix of exactly one (padded) m-gram occurrence,
+    and the sorted m-gram table aggregates by prefix (a run length over sorted keys, no sort)
+    into the (m-1)-gram table, and so on down to 1. Padding only ever ends a key, so the
+    n-grams that are not real are exactly the keys whose last id is ``S``: they are dropped.
+    Orders above ``m`` (hashed keys) get their own counters.
+    """
+
+    def __init__(self, id_limit: int, max_n: int = MAX_N, buffer_keys: int = BUFFER_KEYS):
+        self.bits = id_bits(id_limit + 1)
+        if self.bits > 32:
+            raise ValueError("ids must fit in 32 bits")
+        self.sentinel = (1 << self.bits) - 1
+        self.max_n = max_n
+        self.top = max(1, min(max_n, 64 // self.bits))
+        self.main = NgramCounter(self.top, self.bits, buffer_keys)
+        self.hashed = {
+            n: NgramCounter(n, self.bits, buffer_keys) for n in range(self.top + 1, max_n + 1)
+        }
+
+    def add(self, ids: np.ndarray, lengths: np.ndarray) -> None:
+        lengths = np.asarray(lengths, dtype=np.int64)
+        pad = self.top - 1
+        if pad:
+            # every document followed by `pad` sentinels; a key starts at every position
+            # (those starting on a sentinel are dropped at the end), built from slices
+            pos = np.arange(len(ids), dtype=np.int64)
+            pos += np.repeat(np.arange(len(lengths), dtype=np.int64) * pad, lengths)
+            padded = np.full(len(ids) + pad * len(lengths), self.sentinel, dtype=np.uint64)
+            padded[pos] = ids
+            m = len(padded) - pad
+            keys = padded[:m].copy()
+            shift = np.uint64(self.bits)
+            for k in range(1, self.top):
+                keys <<= shift
+                keys |= padded[k : k + m]
+            self.main.add_keys(keys)
+        else:
+            self.main.add(ids, lengths)
+        for counter in self.hashed.values():
+            counter.add(ids, lengths)
+
+    def _real(self, table: NgramTable) -> NgramTable:
+        """Drop the keys that start or end with the sentinel (padding, never real)."""
+        if self.top == 1:
+            return table
+        s = np.uint64(self.sentinel)
+        # keys starting with the sentinel (all ones) are the largest: a block at the end
+        end = int(np.searchsorted(table.keys, s << np.uint64(self.bits * (table.n - 1))))
+        keys, counts = table.keys[:end], table.counts[:end]
+        padded = np.flatnonzero((keys & s) == s)  # a few per document
+        return NgramTable(table.codec, np.delete(keys, padded), np.delete(counts, padded))
+
+    def finish(self) -> dict[int, NgramTable]:
+        upper = self.main.finish()
+        tables = {self.top: self._real(upper)}
+        shift = np.uint64(self.bits)
+        for n in range(self.top - 1, 0, -1):
+            keys, _, first = _run_length(upper.keys >> shift)
+            counts = np.add.reduceat(upper.counts, first) if len(first) else upper.counts[:0]
+            upper = NgramTable(KeyCodec(n, self.bits), keys, counts)
+            tables[n] = self._real(upper)
+        for n, counter in self.hashed.items():
+            tables[n] = counter.finish()
+        return dict(sorted(tables.items()))
+
+
 # --- metrics of one table -------------------------------------------------------------------
 
 
@@ -243,41 +348,30 @@ def entropy_bits(counts: np.ndarray) -> float:
     return float(math.log2(total) - (counts * np.log2(counts)).sum() / total)
 
 
-def top_mass(counts: np.ndarray, k: int) -> float:
-    """Share of all occurrences held by the ``k`` most frequent n-grams."""
-    total = counts.sum()
-    d = len(counts)
-    k = min(k, d)
-    if total == 0 or k == 0:
-        return 0.0
-    return float(np.partition(counts, d - k)[d - k :].sum() / total)
-
-
 def concentration(table: NgramTable) -> dict:
     """distinct-n, entropy and top-mass shares of one n-gram table (see docs/report.md)."""
     total, d = table.total, table.distinct
-    c = table.counts
+    desc = table.counts_desc
     top1pct_k = math.ceil(0.01 * d) if d else 0
     return {
         "total": total,
         "distinct": d,
         "distinct_ratio": d / total if total else None,
-        "entropy_bits": entropy_bits(c),
+        "entropy_bits": entropy_bits(table.counts),
         "top1pct_count": top1pct_k,
-        "top1pct_share": top_mass(c, top1pct_k) if total else None,
-        "top100_share": top_mass(c, 100) if total else None,
-        "singleton_share": float((c == 1).sum() / d) if d else None,
+        "top1pct_share": float(desc[:top1pct_k].sum() / total) if total else None,
+        "top100_share": float(desc[:100].sum() / total) if total else None,
+        "singleton_share": float((table.counts == 1).sum() / d) if d else None,
     }
 
 
-def rank_frequency(counts: np.ndarray, points: int = 60) -> dict:
+def rank_frequency(table: NgramTable, points: int = 60) -> dict:
     """Log-spaced (rank, count) points of the sorted count curve, for Zipf plots."""
-    d = len(counts)
+    d = table.distinct
     if d == 0:
         return {"rank": [], "count": []}
     ranks = np.unique(np.geomspace(1, d, num=min(points, d)).round().astype(np.int64))
-    sorted_desc = np.sort(counts)[::-1]
-    return {"rank": ranks.tolist(), "count": sorted_desc[ranks - 1].tolist()}
+    return {"rank": ranks.tolist(), "count": table.counts_desc[ranks - 1].tolist()}
 
 
 # --- comparisons against a reference table ---------------------------------------------------
@@ -292,11 +386,15 @@ def member(sorted_keys: np.ndarray, keys: np.ndarray) -> np.ndarray:
     return sorted_keys[idx] == keys
 
 
-def _align(ref: NgramTable, other: NgramTable):
-    """Counts of both tables over the union of their keys (0 where absent)."""
-    union = np.union1d(ref.keys, other.keys)
-    r = np.zeros(len(union), np.float64)
-    c = np.zeros(len(union), np.float64)
+def align(ref: NgramTable, other: NgramTable) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of both tables over the sorted union of their keys (0 where absent)."""
+    if other is ref:
+        return ref.counts, ref.counts
+    union = np.concatenate([ref.keys, other.keys])
+    union.sort()
+    union, _, _ = _run_length(union)
+    r = np.zeros(len(union), np.int64)
+    c = np.zeros(len(union), np.int64)
     r[np.searchsorted(union, ref.keys)] = ref.counts
     c[np.searchsorted(union, other.keys)] = other.counts
     return r, c
@@ -307,38 +405,45 @@ def _kl_bits(p: np.ndarray, q: np.ndarray) -> float:
     return float((p[nz] * np.log2(p[nz] / q[nz])).sum())
 
 
-def divergences(ref: NgramTable, other: NgramTable, alpha: float) -> dict:
+def compare(
+    ref: NgramTable, other: NgramTable, rare_max_count: int, alpha: float | None = None
+) -> dict:
+    """Tail coverage of ``other`` against ``ref`` and, with ``alpha``, KL / JS divergences.
+
+    Both tables are aligned once over the union of their keys; every number is then a sum
+    over that union (definitions in docs/report.md).
+    """
+    r, c = align(ref, other)
+    tot_r, tot_o = int(r.sum()), int(c.sum())
+    in_ref, in_other = r > 0, c > 0
+    rare = in_ref & (r <= rare_max_count)
+    n_rare = int(rare.sum())
+    out = {
+        "reference_rare": n_rare,
+        "rare_coverage": float((rare & in_other).sum() / n_rare) if n_rare else None,
+        "tail_mass": float(c[rare].sum() / tot_o) if tot_o else None,
+        "reference_tail_mass": float(r[rare].sum() / tot_r) if tot_r else None,
+        "distinct_coverage": float((in_ref & in_other).sum() / in_ref.sum()) if tot_r else None,
+        "reference_mass_covered": float(r[in_other].sum() / tot_r) if tot_r else None,
+        "novel_mass": float(c[~in_ref].sum() / tot_o) if tot_o else None,
+    }
+    if alpha is not None:
+        out.update(_divergences(r, c, alpha))
+    return out
+
+
+def _divergences(r: np.ndarray, c: np.ndarray, alpha: float) -> dict:
     """KL both ways with add-``alpha`` smoothing over the union support; JS unsmoothed (bits)."""
-    if ref.total == 0 or other.total == 0:
-        return {"kl_ref_to_corpus": None, "kl_corpus_to_ref": None, "js": None, "support": 0}
-    r, c = _align(ref, other)
-    u = len(r)
-    rs = (r + alpha) / (r.sum() + alpha * u)
-    cs = (c + alpha) / (c.sum() + alpha * u)
-    p, q = r / r.sum(), c / c.sum()
+    tot_r, tot_o, u = r.sum(), c.sum(), len(r)
+    if tot_r == 0 or tot_o == 0:
+        return {"kl_ref_to_corpus": None, "kl_corpus_to_ref": None, "js": None, "support": u}
+    rs = (r + alpha) / (tot_r + alpha * u)
+    cs = (c + alpha) / (tot_o + alpha * u)
+    p, q = r / tot_r, c / tot_o
     m = 0.5 * (p + q)
     return {
         "kl_ref_to_corpus": _kl_bits(rs, cs),
         "kl_corpus_to_ref": _kl_bits(cs, rs),
         "js": 0.5 * _kl_bits(p, m) + 0.5 * _kl_bits(q, m),
         "support": u,
-    }
-
-
-def tail_coverage(ref: NgramTable, other: NgramTable, rare_max_count: int) -> dict:
-    """How much of the reference's n-grams, and of its rare tail, the corpus contains."""
-    present = member(other.keys, ref.keys)
-    rare = ref.counts <= rare_max_count
-    n_rare = int(rare.sum())
-    in_ref = member(ref.keys, other.keys)
-    on_tail = member(ref.keys[rare], other.keys)
-    tot_o, tot_r = other.total, ref.total
-    return {
-        "reference_rare": n_rare,
-        "rare_coverage": float(present[rare].sum() / n_rare) if n_rare else None,
-        "tail_mass": float(other.counts[on_tail].sum() / tot_o) if tot_o else None,
-        "reference_tail_mass": float(ref.counts[rare].sum() / tot_r) if tot_r else None,
-        "distinct_coverage": float(present.mean()) if ref.distinct else None,
-        "reference_mass_covered": float(ref.counts[present].sum() / tot_r) if tot_r else None,
-        "novel_mass": float(other.counts[~in_ref].sum() / tot_o) if tot_o else None,
     }

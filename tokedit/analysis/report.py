@@ -28,14 +28,7 @@ from tokedit.analysis.corpus import (
     accumulate,
     open_corpus,
 )
-from tokedit.analysis.ngrams import (
-    MAX_N,
-    NgramTable,
-    concentration,
-    divergences,
-    rank_frequency,
-    tail_coverage,
-)
+from tokedit.analysis.ngrams import MAX_N, NgramTable, compare, concentration, rank_frequency
 from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
@@ -239,16 +232,19 @@ def corpus_entry(
         str(n): {
             **concentration(t),
             "top": top_ngrams(t, units, options.top_ngrams),
-            "rank_frequency": rank_frequency(t.counts),
+            "rank_frequency": rank_frequency(t),
         }
         for n, t in stats.tables.items()
     }
-    entry["tail"] = {}
-    for n, t in stats.tables.items():
-        row = tail_coverage(ref.tables[n], t, options.rare_max_count)
-        if n in DIVERGENCE_N:
-            row.update(divergences(ref.tables[n], t, options.smoothing_alpha))
-        entry["tail"][str(n)] = row
+    entry["tail"] = {
+        str(n): compare(
+            ref.tables[n],
+            t,
+            options.rare_max_count,
+            options.smoothing_alpha if n in DIVERGENCE_N else None,
+        )
+        for n, t in stats.tables.items()
+    }
     if stats.edits is not None:
         totals = (src.manifest or {}).get("totals") or {}
         scored = totals.get("tokens") if not stats.sampled else None
@@ -328,6 +324,7 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
         entries[i] = corpus_entry(stats, units, ref_stats, options, tokenizers, seconds)
         del stats  # only the reference's tables stay in memory
     unit_info = units.describe()
+    unit_info["id_bits"] = ref_stats.tables[1].codec.bits
     unit_info["key_encoding"] = {str(n): t.codec.encoding for n, t in ref_stats.tables.items()}
     opts = asdict(options)
     opts["target_edit_rates"] = list(options.target_edit_rates)

@@ -18,11 +18,10 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from tokedit.analysis.ngrams import id_bits
 from tokedit.errors import InputError
 
 WORD_PATTERN = r"\w+|[^\w\s]"
-WORD_ID_BITS = 32
+MAX_ID_LIMIT = 2**32 - 1  # ids are uint32; the all-ones value is the counters' sentinel
 
 
 def _flatten(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
@@ -38,7 +37,7 @@ class WordUnits:
     """Lower-cased ``WORD_PATTERN`` words with a growing vocabulary."""
 
     kind = "words"
-    bits = WORD_ID_BITS
+    id_limit = MAX_ID_LIMIT
 
     def __init__(self):
         self._vocab = pl.DataFrame(schema={"word": pl.String, "id": pl.UInt32})
@@ -63,7 +62,7 @@ class WordUnits:
         missing = joined.filter(pl.col("id").is_null())["word"].unique(maintain_order=True)
         if len(missing):
             start = self._vocab.height
-            if start + len(missing) >= 2**self.bits:
+            if start + len(missing) >= self.id_limit:
                 raise InputError(
                     "more than 2**32 distinct words", remedy="report on a sample with --max-docs"
                 )
@@ -93,7 +92,6 @@ class WordUnits:
             "kind": "words",
             "pattern": WORD_PATTERN,
             "lowercase": True,
-            "id_bits": self.bits,
             "vocab_size": self.vocab_size,
         }
 
@@ -110,7 +108,7 @@ class TokenUnits:
         self.source = source
         self.tokenizer_hash = tokenizer_hash
         self.vocab_size = len(tokenizer) if tokenizer is not None else None
-        self.bits = id_bits(self.vocab_size) if self.vocab_size else 32
+        self.id_limit = self.vocab_size if self.vocab_size else MAX_ID_LIMIT
 
     def encode(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         if self.tokenizer is None:
@@ -125,7 +123,7 @@ class TokenUnits:
         return ids.astype(np.uint32, copy=False), lengths
 
     def check(self, ids: np.ndarray, where: str) -> None:
-        if len(ids) and int(ids.max()) >= 2**self.bits:
+        if len(ids) and int(ids.max()) >= self.id_limit:
             raise InputError(
                 f"{where}: token id {int(ids.max())} is outside the tokenizer's vocabulary ({self.vocab_size})",
                 remedy="the scores were made with another tokenizer: pass the matching --tokenizer",
@@ -156,5 +154,4 @@ class TokenUnits:
             "tokenizer": self.source,
             "tokenizer_hash": self.tokenizer_hash,
             "vocab_size": self.vocab_size,
-            "id_bits": self.bits,
         }
