@@ -24,8 +24,15 @@ MANIFEST_NAME = "manifest.json"
 
 @contextlib.contextmanager
 def _locked(out_dir: Path):
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / ".manifest.lock", "w") as lock:
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / ".manifest.lock", "w")
+    except OSError as e:
+        raise OutputError(
+            f"{out_dir}: cannot create or write the output directory ({e.strerror or e})",
+            remedy="choose a writable --out (a path whose parents are directories, on a writable file system)",
+        ) from e
+    with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -87,6 +88,11 @@ class Documents:
 def iter_batches(shard: Shard, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator[RowBatch]:
     """Yield the rows of ``shard`` in order, ``batch_rows`` at a time."""
     path = shard.path
+    if path.is_symlink() and not path.exists():
+        raise InputError(
+            f"{path}: broken symlink (it points to {os.readlink(path)}, which does not exist)",
+            remedy="fix or remove the link, or move it out of the dataset directory",
+        )
     if path.is_file() and path.stat().st_size == 0:
         raise InputError(
             f"{path}: file is empty (0 bytes)",
@@ -109,7 +115,17 @@ def _parquet_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
             remedy="re-create the shard, or move it out of the dataset directory",
         ) from e
     start = 0
-    for rb in pf.iter_batches(batch_size=batch_rows):
+    batches = pf.iter_batches(batch_size=batch_rows)
+    while True:
+        try:
+            rb = next(batches, None)
+        except (pa.ArrowException, OSError) as e:  # a valid footer over corrupt data pages
+            raise InputError(
+                f"{shard.path}: corrupt parquet data after row {start} ({e})",
+                remedy="re-create the shard, or move it out of the dataset directory",
+            ) from e
+        if rb is None:
+            return
         yield RowBatch(shard, start, table=pa.Table.from_batches([rb]))
         start += rb.num_rows
 
@@ -133,7 +149,7 @@ def _arrow_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
                     pending, pending_rows = rest.to_batches(), rest.num_rows
             if pending_rows:
                 yield RowBatch(shard, start, table=pa.Table.from_batches(pending))
-    except pa.ArrowInvalid as e:
+    except (pa.ArrowException, OSError) as e:
         raise InputError(
             f"{shard.path}: not a readable Arrow stream ({e})",
             remedy="re-save the dataset with datasets' save_to_disk",
@@ -141,14 +157,63 @@ def _arrow_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
 
 
 def _open_text_stream(shard: Shard) -> io.BufferedIOBase:
-    raw = open(shard.path, "rb")
+    try:
+        raw = open(shard.path, "rb")
+    except FileNotFoundError as e:  # a dangling symlink, or a file removed since discovery
+        raise InputError(
+            f"{shard.path}: cannot open ({e.strerror}{'; it is a broken symlink' if shard.path.is_symlink() else ''})",
+            remedy="fix or remove the link / file, or move it out of the dataset directory",
+        ) from e
     if shard.fmt == "jsonl.gz":
         return gzip.GzipFile(fileobj=raw)
     if shard.fmt == "jsonl.zst":
+        return io.BufferedReader(ZstdFramesReader(raw))
+    return raw
+
+
+class ZstdFramesReader(io.RawIOBase):
+    """Decompress a zstd file of one or more frames; raise ``EOFError`` if it is cut short.
+
+    ``zstandard``'s ``stream_reader`` ends silently at the end of a truncated file, so a
+    shard cut at a line boundary would lose its last rows without a word. This reader
+    checks that the last frame is complete.
+    """
+
+    CHUNK = 1 << 16
+
+    def __init__(self, raw):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(raw, closefd=True))
-    return raw
+        self._raw = raw
+        self._dctx = zstandard.ZstdDecompressor()
+        self._obj = None
+        self._pending = b""  # compressed bytes after the end of a frame
+        self._out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not len(self._out):
+            chunk, self._pending = self._pending or self._raw.read(self.CHUNK), b""
+            if not chunk:
+                if self._obj is not None and not self._obj.eof:
+                    raise EOFError("the zstd stream ends inside a frame (truncated file)")
+                return 0
+            if self._obj is None or self._obj.eof:
+                self._obj = self._dctx.decompressobj()
+            self._out = memoryview(self._obj.decompress(chunk))
+            if self._obj.eof:
+                self._pending = self._obj.unused_data
+        n = min(len(b), len(self._out))
+        b[:n] = self._out[:n]
+        self._out = self._out[n:]
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
 
 
 def _jsonl_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
@@ -204,6 +269,11 @@ def _parse_json_line(shard: Shard, lineno: int, raw_line: bytes) -> dict:
             f"{shard.path}:{lineno}: JSON nested too deeply to parse",
             remedy="flatten or remove that line",
         ) from e
+    except ValueError as e:  # e.g. an integer of more than 4300 digits
+        raise InputError(
+            f"{shard.path}:{lineno}: JSON value cannot be read ({e})",
+            remedy="fix or remove that line (store huge numbers as strings)",
+        ) from e
     if not isinstance(value, dict):
         raise InputError(
             f"{shard.path}:{lineno}: a JSON line must be an object, found {type(value).__name__}",
@@ -234,12 +304,17 @@ def to_documents(batch: RowBatch, text_column: str, id_column: str | None = None
         )
     raw_ids = batch.column(id_column) if id_column else [None] * len(values)
     ids, texts, statuses = [], [], []
+    from_json = batch.records is not None  # Arrow strings are valid UTF-8 already
     for i, (value, raw_id) in enumerate(zip(values, raw_ids, strict=True)):
         ids.append(
             default_id(batch.shard, batch.start + i)
             if raw_id is None or raw_id == ""
             else str(raw_id)
         )
+        if from_json:
+            _check_unicode(batch, i, ids[-1], "id")
+            if isinstance(value, str):
+                _check_unicode(batch, i, value, "text")
         if value is None:
             texts.append("")
             statuses.append(STATUS_NULL)
@@ -250,6 +325,19 @@ def to_documents(batch: RowBatch, text_column: str, id_column: str | None = None
             texts.append(value)
             statuses.append(STATUS_OK if value else STATUS_EMPTY)
     return Documents(batch, ids, texts, statuses)
+
+
+def _check_unicode(batch: RowBatch, i: int, value: str, what: str) -> None:
+    """JSON can escape lone surrogates (``"\\ud800"``), which no UTF-8 writer or tokenizer takes."""
+    if value.isascii():
+        return
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise InputError(
+            f"{batch.where(i)}: the {what} holds a lone surrogate (U+{ord(value[e.start]):04X} at character {e.start}), which is not valid Unicode",
+            remedy="fix or remove that row; \\ud800-\\udfff escapes in JSON must come in high/low pairs",
+        ) from None
 
 
 def default_id(shard: Shard, row: int) -> str:

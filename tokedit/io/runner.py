@@ -10,7 +10,7 @@ from typing import Any
 
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
-from tokedit.io.write import TMP_SUFFIX
+from tokedit.io.write import HOST_TAG, TMP_SUFFIX, temp_owner
 
 
 def run_shards(
@@ -47,15 +47,16 @@ def run_shards(
 def remove_stale_temp_files(out_dir: Path) -> int:
     """Delete temp files left by processes that died (``kill -9``) before renaming them.
 
-    Temp names carry the writer's pid (``.name.PID.tmp``); files of live processes (other
-    ``--shard-index`` workers sharing this directory) are left alone.
+    Temp names carry the writer's pid and host (``.name.PID-HOST.tmp``); files of live
+    processes (other ``--shard-index`` workers sharing this directory) and files written on
+    other machines (whose pids cannot be checked from here) are left alone.
     """
     removed = 0
     for tmp in Path(out_dir).rglob(f".*{TMP_SUFFIX}"):
-        try:
-            pid = int(tmp.name.rsplit(".", 2)[-2])
-        except ValueError:
+        owner = temp_owner(tmp)
+        if owner is None or owner[1] not in (None, HOST_TAG):
             continue
+        pid = owner[0]
         if pid != os.getpid() and not _alive(pid):
             tmp.unlink(missing_ok=True)
             removed += 1

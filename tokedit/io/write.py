@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,10 +22,26 @@ import pyarrow.parquet as pq
 from tokedit.errors import OutputError
 
 TMP_SUFFIX = ".tmp"
+# Temp names carry the writer's pid and a tag of its host: processes on several machines
+# (Slurm tasks, Ray actors) may share one output directory, and a pid means something only
+# on the machine that owns it.
+HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
 def temp_path_for(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.{os.getpid()}{TMP_SUFFIX}")
+    return dest.with_name(f".{dest.name}.{os.getpid()}-{HOST_TAG}{TMP_SUFFIX}")
+
+
+def temp_owner(tmp: Path) -> tuple[int, str | None] | None:
+    """``(pid, host tag)`` of the process that writes temp file ``tmp`` (host ``None`` for
+    names without a tag), or ``None`` if ``tmp`` is not named like a tokedit temp file."""
+    if not tmp.name.endswith(TMP_SUFFIX):
+        return None
+    pid, _, host = tmp.name[: -len(TMP_SUFFIX)].rsplit(".", 1)[-1].partition("-")
+    try:
+        return int(pid), host or None
+    except ValueError:
+        return None
 
 
 @contextlib.contextmanager
@@ -54,6 +72,19 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+@contextlib.contextmanager
+def _write_errors(dest: Path) -> Iterator[None]:
+    """Turn an ``OSError`` while streaming into a shard (disk full, file too large, I/O
+    error) into an :class:`OutputError` naming the destination."""
+    try:
+        yield
+    except OSError as e:
+        raise OutputError(
+            f"{dest}: cannot write ({e.strerror or e})",
+            remedy="check free disk space, quotas and permissions of the output directory, then rerun the same command to resume",
+        ) from e
+
+
 def write_json(dest: str | os.PathLike, data: dict) -> None:
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -63,21 +94,26 @@ class ParquetShardWriter:
     """Stream record batches into one parquet shard, renamed into place on ``close``."""
 
     def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+        self._dest = Path(dest)
         self._ctx = atomic_path(dest)
         self._tmp = self._ctx.__enter__()
-        self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
+        with _write_errors(self._dest):
+            self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table)
+        with _write_errors(self._dest):
+            self._writer.write_table(table)
         self.rows += table.num_rows
 
     def close(self) -> None:
-        self._writer.close()
+        with _write_errors(self._dest):
+            self._writer.close()
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
-        self._writer.close()
+        with contextlib.suppress(OSError):
+            self._writer.close()
         self._tmp.unlink(missing_ok=True)
 
 
@@ -85,6 +121,7 @@ class JsonlShardWriter:
     """Stream dict rows into ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``, atomically."""
 
     def __init__(self, dest: str | os.PathLike, fmt: str):
+        self._dest = Path(dest)
         self._ctx = atomic_path(dest)
         self._tmp = self._ctx.__enter__()
         self._raw = open(self._tmp, "wb")
@@ -99,20 +136,23 @@ class JsonlShardWriter:
         self.rows = 0
 
     def write_records(self, records: list[dict]) -> None:
-        for r in records:
-            self._out.write(
-                json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
-            )
+        with _write_errors(self._dest):
+            for r in records:
+                self._out.write(
+                    json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+                )
         self.rows += len(records)
 
     def close(self) -> None:
-        if self._out is not self._raw:
-            self._out.close()
-        self._raw.close()
+        with _write_errors(self._dest):
+            if self._out is not self._raw:
+                self._out.close()
+            self._raw.close()
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
-        self._raw.close()
+        with contextlib.suppress(OSError):
+            self._raw.close()
         self._tmp.unlink(missing_ok=True)
 
 
@@ -120,21 +160,26 @@ class ArrowStreamShardWriter:
     """Arrow IPC stream files, the format of ``datasets`` ``save_to_disk`` shards."""
 
     def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+        self._dest = Path(dest)
         self._ctx = atomic_path(dest)
         self._tmp = self._ctx.__enter__()
-        self._sink = pa.OSFile(str(self._tmp), "wb")
-        self._writer = pa.ipc.new_stream(self._sink, schema)
+        with _write_errors(self._dest):
+            self._sink = pa.OSFile(str(self._tmp), "wb")
+            self._writer = pa.ipc.new_stream(self._sink, schema)
         self.rows = 0
 
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table)
+        with _write_errors(self._dest):
+            self._writer.write_table(table)
         self.rows += table.num_rows
 
     def close(self) -> None:
-        self._writer.close()
-        self._sink.close()
+        with _write_errors(self._dest):
+            self._writer.close()
+            self._sink.close()
         self._ctx.__exit__(None, None, None)
 
     def abort(self) -> None:
-        self._sink.close()
+        with contextlib.suppress(OSError):
+            self._sink.close()
         self._tmp.unlink(missing_ok=True)
