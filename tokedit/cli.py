@@ -63,6 +63,29 @@ def output_options(fn):
     return fn
 
 
+def engine_options(fn):
+    """``--engine local|ray`` and the Ray options, for commands that process shards."""
+    fn = click.option(
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="--engine ray: size of the actor pool (default: one per GPU, else CPUs - 1).",
+    )(fn)
+    fn = click.option(
+        "--ray-address",
+        default=None,
+        help="--engine ray: address of a running cluster (host:port or 'auto'); default: start a local instance.",
+    )(fn)
+    fn = click.option(
+        "--engine",
+        type=click.Choice(["local", "ray"]),
+        default="local",
+        show_default=True,
+        help="local: shards one after the other in this process; ray: a pool of Ray Data actors (same output bytes).",
+    )(fn)
+    return fn
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tokedit")
 def main():
@@ -93,7 +116,11 @@ def main():
 )
 @input_options
 @click.option(
-    "--backend", type=click.Choice(["hf"]), default="hf", show_default=True, help="Scoring engine."
+    "--backend",
+    type=click.Choice(["hf", "vllm"]),
+    default="hf",
+    show_default=True,
+    help="hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]').",
 )
 @click.option(
     "--max-length",
@@ -145,6 +172,7 @@ def main():
 )
 @click.option("--revision", default=None, help="Hub revision of the model.")
 @output_options
+@engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
 def score(
@@ -166,6 +194,9 @@ def score(
     num_shards,
     shard_index,
     overwrite,
+    engine,
+    ray_address,
+    ray_actors,
     quiet,
 ):
     """Score every token of INPUT with a prior LM: log P(token | prefix) and top-k candidates.
@@ -201,6 +232,9 @@ def score(
         shard_index=shard_index,
         overwrite=overwrite,
         progress=not quiet,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )
     click.echo(format_score_summary(summary))
 

@@ -6,7 +6,8 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import asdict
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -62,9 +63,19 @@ def score_dataset(
     overwrite: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> dict:
-    """Score ``input_dir`` into ``out_dir``; returns totals of this run and of the directory."""
+    """Score ``input_dir`` into ``out_dir``; returns totals of this run and of the directory.
+
+    ``engine="local"`` scores the shards one after the other in this process;
+    ``engine="ray"`` runs the same :class:`ShardScorer` in a pool of Ray actors (see
+    :mod:`tokedit.engines.ray_engine`). Both write the same bytes and manifest entries.
+    """
     options = options or ScoreOptions()
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}", remedy="use --engine local or --engine ray")
     shards = discover_shards(input_dir, num_shards=num_shards, shard_index=shard_index)
     check_unique_outputs(shards, scores_rel)
     from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
@@ -77,6 +88,7 @@ def score_dataset(
             f"--max-length {options.max_len} exceeds the model's {positions} positions",
             remedy=f"pass --max-length {positions} or less",
         )
+    Scorer(None, tokenizer, options)  # checks the options before anything is written
     manifest_options = {
         "model": model,
         "revision": revision,
@@ -99,18 +111,18 @@ def score_dataset(
         overwrite=overwrite,
     )
     todo = [s for s in shards if not manifest.is_complete(s.rel)]
-    engine = None
-    if todo:
-        engine = _load_backend(backend, model, device=device, dtype=dtype, revision=revision)
-        manifest.update(
-            info={
-                **manifest.data.get("info", {}),
-                "device": str(getattr(engine, "device", device)),
-                "torch_dtype": str(getattr(engine, "dtype", dtype)),
-                "model_revision": getattr(engine, "revision", None),
-            }
-        )
-    scorer = Scorer(engine, tokenizer, options) if engine else None
+    shard_scorer = ShardScorer(
+        str(Path(out_dir).resolve()),
+        model,
+        options,
+        text_column=text_column,
+        id_column=id_column,
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        batch_rows=batch_rows,
+    )
     run_stats = ScoreStats()
     bar = tqdm(
         desc="score",
@@ -122,32 +134,40 @@ def score_dataset(
     )
     started = time.perf_counter()
 
-    def process(shard: Shard) -> dict:
-        shard_stats = ScoreStats()
-        out_rel = scores_rel(shard)
-        writer = ParquetShardWriter(Path(out_dir) / out_rel, SCORES_SCHEMA)
-        try:
-            for docs in iter_documents(shard, text_column, id_column, batch_rows):
-                table, stats = scorer.score(docs, on_tokens=bar.update)
-                writer.write(table)
-                shard_stats.add(stats)
-                bar.set_postfix(
-                    docs=run_stats.documents + shard_stats.documents, shard=shard.rel, refresh=False
-                )
-        except BaseException:
-            writer.abort()
-            raise
-        writer.close()
-        run_stats.add(shard_stats)
-        return {
-            "outputs": [out_rel],
-            "rows": writer.rows,
-            "sha256": file_sha256(Path(out_dir) / out_rel),
-            **asdict(shard_stats),
-        }
+    def record_info(info: dict) -> None:
+        manifest.update(info={**manifest.data.get("info", {}), **info})
 
     try:
-        counts = run_shards(shards, manifest, process)
+        if engine == "ray":
+            from tokedit.engines.ray_engine import run_shards_ray
+
+            def on_entry(rel: str, entry: dict) -> None:
+                run_stats.add(entry_stats(entry))
+                bar.update(entry["tokens"])
+                bar.set_postfix(docs=run_stats.documents, shard=rel, refresh=False)
+
+            counts = run_shards_ray(
+                shards,
+                manifest,
+                shard_scorer,
+                address=ray_address,
+                num_actors=ray_actors,
+                on_entry=on_entry,
+                on_info=record_info,
+                progress=progress,
+            )
+        else:
+            if todo:
+                record_info(shard_scorer.load(tokenizer).info())
+            shard_scorer.on_tokens = bar.update
+
+            def process(shard: Shard) -> dict:
+                bar.set_postfix(docs=run_stats.documents, shard=shard.rel, refresh=False)
+                entry = shard_scorer(shard)
+                run_stats.add(entry_stats(entry))
+                return entry
+
+            counts = run_shards(shards, manifest, process)
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
@@ -166,20 +186,7 @@ def score_dataset(
 def directory_totals(manifest: Manifest) -> dict:
     total = ScoreStats()
     for entry in manifest.shards.values():
-        total.add(
-            ScoreStats(
-                **{
-                    k: entry[k]
-                    for k in (
-                        "documents",
-                        "tokens",
-                        "computed_positions",
-                        "padding_positions",
-                        "statuses",
-                    )
-                }
-            )
-        )
+        total.add(entry_stats(entry))
     out = asdict(total)
     out["shards"] = len(manifest.shards)
     out["padding_share"] = (
@@ -188,9 +195,99 @@ def directory_totals(manifest: Manifest) -> dict:
     return out
 
 
-def _load_backend(backend: str, model: str, **kwargs):
+def entry_stats(entry: dict) -> ScoreStats:
+    """The :class:`ScoreStats` recorded in a shard's manifest entry."""
+    return ScoreStats(**{f.name: entry[f.name] for f in fields(ScoreStats)})
+
+
+@dataclass
+class ShardScorer:
+    """The per-shard step of ``tokedit score``: read a shard, score it, write it atomically.
+
+    Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
+    in each Ray actor (it is pickled with its configuration only; the tokenizer and the
+    model load lazily, once per process). It returns the shard's manifest entry; the
+    caller records it after the output file is in place.
+    """
+
+    out_dir: str
+    model: str
+    options: ScoreOptions  # resolved: max_len and overlap set
+    text_column: str = "text"
+    id_column: str | None = None
+    backend: str = "hf"
+    device: str = "auto"
+    dtype: str = "auto"
+    revision: str | None = None
+    batch_rows: int = DEFAULT_BATCH_ROWS
+
+    def __post_init__(self) -> None:
+        self._scorer: Scorer | None = None
+        self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
+
+    def __getstate__(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    def load(self, tokenizer=None) -> ShardScorer:
+        """Load the tokenizer (unless given) and the backend, once per process."""
+        if self._scorer is None:
+            from tokedit.scoring.hf import load_tokenizer
+
+            tokenizer = tokenizer or load_tokenizer(self.model, self.revision)
+            engine = _load_backend(
+                self.backend,
+                self.model,
+                device=self.device,
+                dtype=self.dtype,
+                revision=self.revision,
+                options=self.options,
+            )
+            self._scorer = Scorer(engine, tokenizer, self.options)
+        return self
+
+    def info(self) -> dict:
+        """Facts about the loaded backend, recorded in the manifest's ``info``."""
+        engine = self.load()._scorer.backend
+        return {
+            "device": str(getattr(engine, "device", self.device)),
+            "torch_dtype": str(getattr(engine, "dtype", self.dtype)),
+            "model_revision": getattr(engine, "revision", None),
+        }
+
+    def __call__(self, shard: Shard) -> dict:
+        scorer = self.load()._scorer
+        shard_stats = ScoreStats()
+        out_rel = scores_rel(shard)
+        dest = Path(self.out_dir) / out_rel
+        writer = ParquetShardWriter(dest, SCORES_SCHEMA)
+        try:
+            for docs in iter_documents(shard, self.text_column, self.id_column, self.batch_rows):
+                table, stats = scorer.score(docs, on_tokens=self.on_tokens)
+                writer.write(table)
+                shard_stats.add(stats)
+            writer.close()
+        except BaseException:
+            writer.abort()
+            raise
+        return {
+            "outputs": [out_rel],
+            "rows": writer.rows,
+            "sha256": file_sha256(dest),
+            **asdict(shard_stats),
+        }
+
+
+def _load_backend(backend: str, model: str, *, options: ScoreOptions | None = None, **kwargs):
     if backend == "hf":
         from tokedit.scoring.hf import HFBackend
 
         return HFBackend(model, **kwargs)
-    raise InputError(f"unknown backend {backend!r}", remedy="use --backend hf")
+    if backend == "vllm":
+        from tokedit.scoring.vllm_backend import VLLMBackend
+
+        return VLLMBackend.load(model, options=options or ScoreOptions(), **kwargs)
+    raise InputError(f"unknown backend {backend!r}", remedy="use --backend hf or --backend vllm")

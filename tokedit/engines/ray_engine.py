@@ -1,0 +1,203 @@
+"""``--engine ray``: run the per-shard step of a command in a pool of Ray Data actors.
+
+The dataset is the list of shards still to do (``ray.data.from_items``, one item per shard);
+``map_batches`` sends them one at a time (``batch_size=1``) to a fixed pool of actors, each
+of which loads the model once and calls the SAME per-shard callable as ``--engine local``
+(for ``score``: :class:`tokedit.scoring.run.ShardScorer`). That callable reads the shard,
+writes its output with tokedit's own writers and paths (temp file, fsync, rename) and returns
+the shard's manifest entry. Ray Data never writes a file: the driver iterates over the
+results as they arrive and records each entry in the manifest, so the output layout, the
+manifest, resume after a crash and the refusal of other options are those of the local
+engine, and the output bytes are identical.
+
+Resources (see the Ray Data pitfall in DESIGN.md): each actor asks for ``num_cpus`` (1 by
+default) and, where the cluster has GPUs, one GPU. Without ``--ray-actors`` the pool has one
+actor per GPU, or on a CPU-only cluster one actor per CPU less one, so that the pool never
+claims every CPU and Ray Data's own tasks can always be scheduled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tokedit.errors import InputError, OutputError, TokeditError
+from tokedit.io.manifest import Manifest
+from tokedit.io.runner import remove_stale_temp_files
+from tokedit.io.shards import Shard
+
+INSTALL_HINT = "pip install 'tokedit[ray]'   (installs ray[data])"
+
+
+def import_ray():
+    """Import Ray and Ray Data, or explain how to install them."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError as e:
+        raise InputError(
+            f"--engine ray needs Ray Data, which cannot be imported here ({e})",
+            remedy=INSTALL_HINT + ", or use --engine local",
+        ) from e
+    return ray
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> Iterator[Any]:
+    """Connect to the cluster at ``address``, or start a local Ray instance for this run.
+
+    A Ray instance already initialised in this process (for example by a test fixture or
+    by the caller's own code) is used as it is and left running.
+    """
+    ray = import_ray()
+    if ray.is_initialized():
+        yield ray
+        return
+    # Ray's C++ core logs an error line to stderr whenever Ray Data starts an actor pool
+    # (https://github.com/ray-project/ray/issues/53727); it is noise for tokedit's users.
+    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
+    kwargs: dict[str, Any] = {
+        "include_dashboard": False,
+        "log_to_driver": False,
+        "logging_level": logging.ERROR,
+    }
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            # "local": a new instance, never a cluster some `ray start` left on this machine
+            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+    except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
+        raise InputError(
+            f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}",
+            remedy="check --ray-address (host:port of a running head node, or 'auto'), "
+            "or leave it out to start a local instance",
+        ) from e
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def default_resources(cluster: dict[str, float], num_actors: int | None) -> tuple[int, dict]:
+    """Pool size and per-actor resources for a cluster's ``ray.cluster_resources()``.
+
+    >>> default_resources({"CPU": 2.0}, None)
+    (1, {'num_cpus': 1})
+    >>> default_resources({"CPU": 64.0, "GPU": 8.0}, None)
+    (8, {'num_cpus': 1, 'num_gpus': 1})
+    """
+    cpus = int(cluster.get("CPU", 1))
+    gpus = int(cluster.get("GPU", 0))
+    if gpus >= 1:
+        size = num_actors or gpus
+        return size, {"num_cpus": 1, "num_gpus": 1}
+    size = num_actors or max(1, cpus - 1)
+    return size, {"num_cpus": 1}
+
+
+class _ShardActorBase:
+    """A Ray Data actor: runs ``fn`` (the per-shard callable) on one shard per call."""
+
+    fn: Callable[[Shard], dict]
+
+    def __call__(self, batch: dict) -> dict:
+        out: dict[str, list] = {"rel": [], "entry": [], "error": [], "info": []}
+        for root, rel, fmt in zip(batch["root"], batch["rel"], batch["fmt"], strict=True):
+            shard = Shard(Path(str(root)), str(rel), str(fmt))
+            entry, error, info = {}, "", {}
+            try:
+                entry = self.fn(shard)
+                info_of = getattr(self.fn, "info", None)
+                info = info_of() if callable(info_of) else {}
+            except TokeditError as e:  # sent back as data: the driver re-raises it as is
+                error = json.dumps(
+                    {"type": type(e).__name__, "message": e.message, "remedy": e.remedy}
+                )
+            out["rel"].append(shard.rel)
+            out["entry"].append(json.dumps(entry))
+            out["error"].append(error)
+            out["info"].append(json.dumps(info))
+        return out
+
+
+def _actor_class(fn: Callable[[Shard], dict]) -> type:
+    # The callable travels inside the (pickled) class rather than as a constructor argument,
+    # so Ray keeps no constructor arguments in the object store for actor restarts.
+    return type("ShardActor", (_ShardActorBase,), {"fn": fn})
+
+
+def _reraise(error_json: str) -> None:
+    e = json.loads(error_json)
+    cls = {"InputError": InputError, "OutputError": OutputError}.get(e["type"], TokeditError)
+    raise cls(e["message"], remedy=e["remedy"])
+
+
+def run_shards_ray(
+    shards: list[Shard],
+    manifest: Manifest,
+    process_shard: Callable[[Shard], dict[str, Any]],
+    *,
+    address: str | None = None,
+    num_actors: int | None = None,
+    num_cpus_per_actor: float | None = None,
+    on_entry: Callable[[str, dict], None] | None = None,
+    on_info: Callable[[dict], None] | None = None,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, int]:
+    """The Ray twin of :func:`tokedit.io.runner.run_shards`: same contract, same counts.
+
+    ``process_shard`` must be picklable (it is sent to every actor) and load heavy state
+    lazily. Each entry is recorded in ``manifest`` by this (driver) process as soon as its
+    shard's result arrives; ``on_entry(rel, entry)`` is then called (progress), and
+    ``on_info(info)`` once with ``process_shard.info()`` of the first actor that answered.
+    A :class:`TokeditError` raised in an actor is raised here with the same message.
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    if num_actors is not None and num_actors < 1:
+        raise InputError(f"--ray-actors {num_actors} must be >= 1", remedy="e.g. --ray-actors 4")
+    remove_stale_temp_files(manifest.out_dir)
+    todo = [s for s in shards if not manifest.is_complete(s.rel)]
+    skipped = len(shards) - len(todo)
+    done = 0
+    if todo:
+        with ray_session(address) as ray:
+            ctx = ray.data.DataContext.get_current()
+            ctx.enable_progress_bars = False  # tokedit's own bar counts tokens
+            ctx.print_on_execution_start = False
+            ctx.enable_auto_log_stats = False
+            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            size, resources = default_resources(ray.cluster_resources(), num_actors)
+            if num_cpus_per_actor is not None:
+                resources["num_cpus"] = num_cpus_per_actor
+            items = [{"root": str(s.root.resolve()), "rel": s.rel, "fmt": s.fmt} for s in todo]
+            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
+                _actor_class(process_shard),
+                batch_size=1,
+                compute=ray.data.ActorPoolStrategy(size=min(size, len(items))),
+                **resources,
+            )
+            info_pending = on_info is not None
+            for row in ds.iter_rows():
+                if row["error"]:
+                    _reraise(row["error"])
+                entry = json.loads(row["entry"])
+                manifest.mark_complete(row["rel"], entry)
+                done += 1
+                if info_pending:
+                    on_info(json.loads(row["info"]))
+                    info_pending = False
+                if on_entry is not None:
+                    on_entry(row["rel"], entry)
+    if skipped:
+        log(
+            f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
+        )
+    return {"processed": done, "skipped": skipped}
