@@ -1,0 +1,320 @@
+"""The ``vllm`` backend without vLLM or a GPU: its conversion and its side of vLLM's contract.
+
+vLLM itself runs only on GPU machines. Here the converter is fed exactly what vLLM returns
+(``RequestOutput.prompt_logprobs``: a list, ``None`` at position 0, then per position a dict
+``token_id -> Logprob(logprob, rank, decoded_token)`` with the top-k plus the actual token,
+built the way vLLM builds it), computed from the real tiny prior, and must give the same
+arrays as the ``hf`` backend.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import types
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scale_helpers import invoke
+
+from tokedit.errors import InputError
+from tokedit.scoring.hf import HFBackend, load_tokenizer
+from tokedit.scoring.run import score_dataset
+from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
+from tokedit.scoring.vllm_backend import VLLMBackend, window_scores_from_prompt_logprobs
+from tokedit.scoring.windows import plan_windows
+
+# ---------------------------------------------------------------- vLLM's output structures
+
+
+@dataclass
+class Logprob:  # vllm.logprobs.Logprob
+    logprob: float
+    rank: int | None = None
+    decoded_token: str | None = None
+
+
+@dataclass
+class CompletionOutput:  # vllm.outputs.CompletionOutput (fields tokedit may meet)
+    index: int
+    text: str
+    token_ids: list[int]
+    cumulative_logprob: float | None = None
+    logprobs: list | None = None
+    finish_reason: str | None = "length"
+
+
+@dataclass
+class RequestOutput:  # vllm.outputs.RequestOutput
+    request_id: str
+    prompt: str | None
+    prompt_token_ids: list[int]
+    prompt_logprobs: list[dict[int, Logprob] | None] | None
+    outputs: list[CompletionOutput]
+    finished: bool = True
+
+
+@dataclass
+class SamplingParams:  # the vllm.SamplingParams fields tokedit sets
+    max_tokens: int = 16
+    prompt_logprobs: int | None = None
+    detokenize: bool = True
+    temperature: float = 1.0
+    extra: dict = field(default_factory=dict)
+
+
+def vllm_prompt_logprobs(
+    rows: np.ndarray, prompt_ids: list[int], k: int
+) -> list[dict[int, Logprob] | None]:
+    """What vLLM returns for one prompt, from float32 log-prob rows (row j-1 predicts j).
+
+    As in vLLM's ``LogprobsProcessor``: per position the token ids are [actual] + top-k,
+    the ranks [rank of actual] + 1..k (rank = number of tokens at least as likely), and
+    the dict is built in that order, so a top-k entry overwrites the actual token's.
+    """
+    out: list[dict[int, Logprob] | None] = [None]
+    for j in range(1, len(prompt_ids)):
+        row = rows[j - 1]
+        actual = int(prompt_ids[j])
+        rank = int((row >= row[actual]).sum())
+        top = np.argsort(-row, kind="stable")[:k]
+        ids = [actual, *map(int, top)]
+        ranks = [rank, *range(1, k + 1)]
+        out.append(
+            {tid: Logprob(float(row[tid]), r, None) for tid, r in zip(ids, ranks, strict=True)}
+        )
+    return out
+
+
+class FakeLLM:
+    """Answers ``generate`` like ``vllm.LLM`` would, with the real tiny prior on the CPU."""
+
+    def __init__(self, model):
+        self.model = model
+        self.calls: list[tuple[list, SamplingParams]] = []
+
+    @torch.inference_mode()
+    def generate(self, prompts, params, use_tqdm=True):
+        self.calls.append((prompts, params))
+        assert params.max_tokens == 1 and params.detokenize is False
+        outs = []
+        for i, p in enumerate(prompts):
+            ids = list(p["prompt_token_ids"])
+            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
+            rows = torch.log_softmax(logits, dim=-1).numpy()
+            outs.append(
+                RequestOutput(
+                    str(i),
+                    None,
+                    ids,
+                    vllm_prompt_logprobs(rows[:-1], ids, params.prompt_logprobs),
+                    [CompletionOutput(0, "", [int(rows[-1].argmax())])],
+                )
+            )
+        return outs
+
+
+def fake_backend(model) -> VLLMBackend:
+    return VLLMBackend(
+        FakeLLM(model),
+        lambda k: SamplingParams(max_tokens=1, prompt_logprobs=k, detokenize=False),
+    )
+
+
+@pytest.fixture(scope="module")
+def hf(tiny_prior):
+    return HFBackend(str(tiny_prior), device="cpu", dtype="float32")
+
+
+@pytest.fixture(scope="module")
+def doc_seqs(tiny_prior, plays):
+    tok = load_tokenizer(str(tiny_prior))
+    texts = [
+        plays["hamlet"][:1200],
+        "x",
+        "Ça fait déjà 3 € — 東京 🎭 naïve",
+        plays["tempest"][:500],
+    ]
+    return [t.seq for t in tokenize_documents(tok, texts, add_bos=True)]
+
+
+# ---------------------------------------------------------------- conversion
+
+
+@pytest.mark.parametrize("top_k,min_p", [(8, 0.05), (3, 0.5), (0, 0.9)])
+def test_vllm_conversion_equals_hf_backend(hf, doc_seqs, top_k, min_p):
+    windows = [w for d, seq in enumerate(doc_seqs) for w in plan_windows(len(seq), 64, 16, doc=d)]
+    want = hf.score_batch(doc_seqs, windows, top_k=top_k, min_p=min_p)
+    got = fake_backend(hf.model).score_batch(doc_seqs, windows, top_k=top_k, min_p=min_p)
+    assert len(got) == len(want) == len(windows)
+    for w, a, b in zip(windows, got, want, strict=True):
+        assert a.logprob.dtype == np.float32 and a.logprob.shape == (w.end - w.score_from,)
+        np.testing.assert_allclose(a.logprob, b.logprob, atol=1e-5)
+        np.testing.assert_array_equal(a.has_topk, b.has_topk)
+        assert a.topk_ids.shape == b.topk_ids.shape == (len(a.logprob), top_k)
+        np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+        np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=1e-5)
+
+
+def test_vllm_requests_follow_the_documented_settings(hf, doc_seqs):
+    backend = fake_backend(hf.model)
+    windows = plan_windows(len(doc_seqs[0]), 64, 16)
+    backend.score_batch(doc_seqs, windows, top_k=5, min_p=0.1)
+    [(prompts, params)] = backend.llm.calls
+    assert params.prompt_logprobs == 5 and params.max_tokens == 1 and not params.detokenize
+    assert [p["prompt_token_ids"] for p in prompts] == [
+        doc_seqs[0][w.start : w.end].tolist() for w in windows
+    ]
+
+
+def test_score_dataset_with_vllm_backend_matches_hf(tmp_path, tiny_prior, hf, plays, monkeypatch):
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(
+        __import__("pyarrow").Table.from_pylist(
+            [{"text": plays["macbeth"][:4000]}, {"text": ""}, {"text": "Fair is foul"}]
+        ),
+        data / "a.parquet",
+    )
+    monkeypatch.setattr(
+        VLLMBackend, "load", classmethod(lambda cls, *a, **k: fake_backend(hf.model))
+    )
+    opts = ScoreOptions(max_len=96, overlap=24, candidates_min_p=0.1)
+    tables = {}
+    for backend in ("hf", "vllm"):
+        score_dataset(
+            str(data), str(tmp_path / backend), model=str(tiny_prior), options=opts,
+            backend=backend, device="cpu", progress=False,
+        )  # fmt: skip
+        tables[backend] = pq.read_table(tmp_path / backend / "a.parquet").to_pydict()
+    a, b = tables["vllm"], tables["hf"]
+    for col in ("id", "status", "n_tokens", "token_ids", "offsets"):
+        assert a[col] == b[col]
+    for x, y in zip(a["logprob"], b["logprob"], strict=True):
+        np.testing.assert_allclose(np.array(x, float), np.array(y, float), atol=1e-5)
+    assert a["topk_ids"] == b["topk_ids"]
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(2, 40),
+    n=st.integers(2, 30),
+    k=st.integers(0, 6),
+    min_p=st.floats(1e-4, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_conversion_properties(vocab, n, k, min_p, seed):
+    k = min(k, vocab)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (n, vocab)).astype(np.float32)
+    rows = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
+    ids = rng.integers(0, vocab, n + 1).tolist()
+    plp = vllm_prompt_logprobs(rows, ids, k)
+    score_from = int(rng.integers(1, n + 1))
+    ws = window_scores_from_prompt_logprobs(plp, ids, score_from, top_k=k, min_p=min_p)
+    positions = range(score_from, n + 1)
+    want_lp = np.array([rows[j - 1, ids[j]] for j in positions], np.float32)
+    np.testing.assert_array_equal(ws.logprob, want_lp)
+    want_has = want_lp >= np.float32(math.log(min_p)) if k else np.zeros(len(want_lp), bool)
+    np.testing.assert_array_equal(ws.has_topk, want_has)
+    for i, j in enumerate(positions):
+        if want_has[i]:
+            top = np.argsort(-rows[j - 1], kind="stable")[:k]
+            assert ws.topk_ids[i].tolist() == top.tolist()
+            np.testing.assert_array_equal(ws.topk_logprobs[i], rows[j - 1, top])
+        else:
+            assert not ws.topk_ids[i].any() and not ws.topk_logprobs[i].any()
+
+
+def test_conversion_without_ranks_orders_by_logprob():
+    plp = [None, {7: Logprob(-0.1), 3: Logprob(-3.0), 5: Logprob(-1.0)}]
+    ws = window_scores_from_prompt_logprobs(plp, [1, 7], 1, top_k=2, min_p=0.5)
+    assert ws.topk_ids.tolist() == [[7, 5]] and ws.has_topk.tolist() == [True]
+
+
+@pytest.mark.parametrize(
+    "plp,ids,message",
+    [
+        ([None, {4: Logprob(-1.0, 1)}], [1, 2], "no log-prob for prompt position 1"),
+        ([None, None], [1, 2], "no log-prob for prompt position 1"),
+        ([None], [1, 2], "1 prompt positions for a prompt of 2 tokens"),
+        ([None, {2: Logprob(-0.1, 1)}], [1, 2], "1 candidates at prompt position 1, expected 3"),
+    ],
+)
+def test_conversion_refuses_malformed_answers(plp, ids, message):
+    with pytest.raises(ValueError, match=message):
+        window_scores_from_prompt_logprobs(plp, ids, 1, top_k=3, min_p=0.01)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_missing_vllm_or_gpu_is_a_clear_cli_error(tmp_path, tiny_prior, plays):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "To be"}\n')
+    r = invoke("score", str(data), "--model", str(tiny_prior), "--out", str(tmp_path / "o"),
+               "--backend", "vllm", "-q")  # fmt: skip
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert ("pip install 'tokedit[vllm]'" in r.stderr) or ("needs a CUDA GPU" in r.stderr)
+
+
+@pytest.fixture
+def fake_vllm_module(monkeypatch):
+    """A stand-in ``vllm`` module that records how tokedit constructs LLM and SamplingParams."""
+    mod = types.ModuleType("vllm")
+    mod.created = {}
+
+    class LLM:
+        def __init__(self, **kwargs):
+            mod.created["llm"] = kwargs
+
+    def sampling_params(**kwargs):
+        mod.created["params"] = kwargs
+        return SamplingParams(**kwargs)
+
+    mod.LLM, mod.SamplingParams = LLM, sampling_params
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    return mod
+
+
+def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypatch, tiny_prior):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    opts = ScoreOptions(max_len=100, overlap=10, top_k=8, batch_tokens=4096)
+    backend = VLLMBackend.load(str(tiny_prior), options=opts)
+    llm = fake_vllm_module.created["llm"]
+    assert llm["max_logprobs"] >= 8 + 1  # vLLM refuses prompt_logprobs > max_logprobs
+    assert llm["enable_chunked_prefill"] is False
+    assert llm["enable_prefix_caching"] is False
+    assert llm["max_model_len"] == 101  # the window plus the generated token
+    assert llm["max_num_batched_tokens"] >= llm["max_model_len"]
+    assert llm["dtype"] == "bfloat16" and llm["gpu_memory_utilization"] <= 0.85
+    backend._make_params(8)
+    assert fake_vllm_module.created["params"] == {
+        "max_tokens": 1,
+        "prompt_logprobs": 8,
+        "detokenize": False,
+        "temperature": 0.0,
+    }
+
+
+def test_vllm_refuses_windows_without_room_for_the_generated_token(
+    fake_vllm_module, monkeypatch, tiny_prior
+):
+    from tokedit.scoring.hf import model_positions
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    positions = model_positions(str(tiny_prior))
+    with pytest.raises(InputError, match=f"pass --max-length {positions - 1}"):
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=positions, overlap=8))
+
+
+def test_vllm_without_gpu_says_so(fake_vllm_module, monkeypatch, tiny_prior):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(InputError, match="needs a CUDA GPU"):
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, overlap=8))
