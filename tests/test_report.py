@@ -229,9 +229,14 @@ def edited_dir(tmp_path_factory, corpus_dir, tiny_prior):
     )
     manifest = {
         "command": "edit",
-        "options": {"model": str(tiny_prior), "text_column": "text", "p": 0.99},
+        "options": {"model": str(tiny_prior), "text_column": "text", "p": [0.99]},
         "shards": {},
-        "totals": {"tokens": 123456},
+        "totals": {
+            "shards": 1,
+            "p": {
+                "0.99": {"scored": 123456, "skipped": {"span": 5, "render": 2, "no_candidate": 0}}
+            },
+        },
     }
     (out / "manifest.json").write_text(json.dumps(manifest))
     return out, {
@@ -263,6 +268,7 @@ PLACEHOLDERS = {
     "share_above": "<p>",
     "percentiles": "<q>",
     "statuses": "<status>",
+    "skipped_reasons": "<reason>",
 }
 
 
@@ -297,6 +303,12 @@ def test_full_report_html_json_and_docs(tmp_path, corpus_dir, tiny_scores, edite
         truth["skipped"],
     )
     assert e["scored_tokens"] == 123456 and e["scored_tokens_basis"] == "manifest"
+    assert e["threshold"] == 0.99 and e["skipped_reasons"] == {
+        "span": 5,
+        "render": 2,
+        "no_candidate": 0,
+    }
+    assert e["redrawn_original"] == truth["above"] - truth["changed"] - truth["skipped"]
     assert e["changed_share"] == pytest.approx(truth["changed"] / 123456)
     pairs = Counter((x["orig_id"], x["new_id"]) for doc in truth["edits"] for x in doc)
     assert [(p["orig_id"], p["new_id"], p["count"]) for p in e["top_pairs"]][:3] == [
@@ -357,3 +369,38 @@ def test_cli_report_and_errors(tmp_path, split_dirs):
     assert res.exit_code == 2 and "--labels has 2 name(s) for 1" in res.output
     res = CliRunner().invoke(main, ["report", str(tmp_path / "nope"), "--out", str(out)])
     assert res.exit_code == 2 and "no such dataset directory" in res.output
+
+
+def test_report_of_a_real_edit(tmp_path, corpus_dir, tiny_scores):
+    """`tokedit edit` output (a sweep): the report's edit numbers are the editor's totals."""
+    from tokedit.editor.rules import EditRule
+    from tokedit.editor.run import EditOptions, edit_dataset
+
+    edited = tmp_path / "edited"
+    summary = edit_dataset(
+        str(corpus_dir),
+        str(edited),
+        scores_dir=str(tiny_scores),
+        options=EditOptions(ps=(0.3, 0.5), rule=EditRule(exclude_original=True)),
+        progress=False,
+    )
+    with pytest.raises(Exception, match="one edited dataset per threshold"):
+        build_report([str(edited)], ReportOptions())
+    r = build_report(
+        [str(tiny_scores), str(edited / "p=0.5")], ReportOptions(labels=["human", "edited"])
+    )
+    e = r["corpora"][1]["edits"]
+    t = summary["totals"]["p"]["0.5"]
+    assert r["corpora"][1]["kind"] == "edited" and e["threshold"] == 0.5
+    assert (e["scored_tokens"], e["above"], e["changed"]) == (t["scored"], t["above"], t["changed"])
+    assert e["skipped"] == sum(t["skipped"].values()) and e["skipped_reasons"] == t["skipped"]
+    assert (
+        e["changed"] > 0 and e["recorded_edits"] == e["changed"] and e["recorded_same_token"] == 0
+    )
+    # the share above 0.5 in the scores is the editor's share above threshold
+    above = r["corpora"][0]["probability"]
+    assert e["above_share"] == pytest.approx(
+        sum(above["hist_fine"]["counts"][50:]) / above["scored_tokens"], abs=1e-3
+    )
+    tail = r["corpora"][1]["tail"]["2"]
+    assert tail["js"] > 0 and tail["rare_coverage"] > 0.9

@@ -352,8 +352,9 @@ def test_edit_statistics_by_hand():
 
 def test_edited_directory_detected(tmp_path):
     """An edited-like directory (manifest command "edit", tokedit_* columns) gets edit stats."""
-    d = tmp_path / "edited"
-    d.mkdir()
+    root = tmp_path / "edited"  # a sweep: one dataset per threshold, the manifest above them
+    d = root / "p=0.99"
+    d.mkdir(parents=True)
     edits_type = pa.list_(
         pa.struct(
             [
@@ -378,21 +379,24 @@ def test_edited_directory_detected(tmp_path):
         }
     )
     pq.write_table(table, d / "x.parquet")
-    (d / "manifest.json").write_text(
+    (root / "manifest.json").write_text(
         json.dumps(
             {
                 "command": "edit",
-                "options": {"text_column": "text"},
+                "options": {"text_column": "text", "p": [0.9, 0.99]},
                 "shards": {},
-                "totals": {"tokens": 10},
+                "totals": {"p": {"0.9": {"scored": 99}, "0.99": {"scored": 10}}},
             }
         )
     )
+    with pytest.raises(InputError, match="one edited dataset per threshold"):
+        build_report([str(root)], ReportOptions(units="words"))
     r = build_report([str(d)], ReportOptions(units="words"))
     e = r["corpora"][0]["edits"]
     assert r["corpora"][0]["kind"] == "edited"
     assert (e["above"], e["changed"], e["skipped"], e["scored_tokens"]) == (3, 1, 1, 10)
     assert e["changed_share"] == pytest.approx(0.1) and e["scored_tokens_basis"] == "manifest"
+    assert (e["threshold"], e["redrawn_original"], e["skipped_reasons"]) == (0.99, 1, None)
     assert e["top_pairs"][0]["orig"] == "<3>"  # no tokenizer known: ids shown as <id>
 
 

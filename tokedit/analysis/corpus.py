@@ -42,6 +42,7 @@ class CorpusSource:
     shards: list[Shard]
     manifest: dict | None
     text_column: str | None
+    edit_p: str | None = None  # edited: the threshold label of this output in the manifest
 
     @property
     def options(self) -> dict:
@@ -49,17 +50,36 @@ class CorpusSource:
 
 
 def open_corpus(path: str | os.PathLike, label: str, text_column: str = "text") -> CorpusSource:
-    """Detect the kind of ``path`` and list its shards."""
+    """Detect the kind of ``path`` and list its shards.
+
+    An edited directory of a threshold sweep (``EDITED/p=0.99``) has its manifest one level
+    up, in ``EDITED``; the sweep root itself holds one dataset per threshold and is refused.
+    """
     path = Path(path)
     manifest = read_manifest(path) if path.is_dir() else None
-    shards = discover_shards(path)
+    edit_p = None
+    if manifest is None and path.name.startswith("p=") and path.parent.is_dir():
+        parent = read_manifest(path.parent)
+        if parent is not None and parent.get("command") == "edit":
+            manifest, edit_p = parent, path.name[2:]
     command = (manifest or {}).get("command")
+    if command == "edit" and edit_p is None:
+        ps = (manifest.get("options") or {}).get("p")
+        ps = ps if isinstance(ps, list) else [ps] if ps is not None else []
+        if len(ps) > 1:
+            subdirs = ", ".join(f"{path}/p={float(p)!r}" for p in ps)
+            raise InputError(
+                f"{path} holds one edited dataset per threshold",
+                remedy=f"pass one of them: {subdirs}",
+            )
+        edit_p = repr(float(ps[0])) if ps else None
+    shards = discover_shards(path)
     if command == "score" or (command is None and _looks_like_scores(shards[0])):
         return CorpusSource(path, label, KIND_SCORES, shards, manifest, None)
     if command == "edit":
         opts = manifest.get("options", {}) or {}
         column = opts.get("output_column") or opts.get("text_column") or text_column
-        return CorpusSource(path, label, KIND_EDITED, shards, manifest, column)
+        return CorpusSource(path, label, KIND_EDITED, shards, manifest, column, edit_p)
     return CorpusSource(path, label, KIND_DATASET, shards, manifest, text_column)
 
 

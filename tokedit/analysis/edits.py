@@ -75,6 +75,7 @@ class EditAccumulator:
             "above": self.n_above,
             "changed": self.n_changed,
             "skipped": self.n_skipped,
+            "redrawn_original": self.n_above - self.n_changed - self.n_skipped,
             "recorded_edits": self.recorded,
             "recorded_same_token": self.same_token,
             "above_share": self.n_above / scored_tokens if scored_tokens else None,

@@ -21,7 +21,7 @@ LOGQ_MIN = -9.0
 LOGQ_STEP = 1e-3
 LOGQ_BINS = int(round(-LOGQ_MIN / LOGQ_STEP))
 PERCENTILES = (5, 25, 50, 75, 95)
-PPL_HIST_BINS = np.linspace(0.0, 6.0, 61)  # log10(perplexity) bins for the plot
+PPL_HIST_STEP = 0.05  # width of the log10(perplexity) bins of the plot
 
 
 def _equal_bins(p: np.ndarray, bins: int) -> np.ndarray:
@@ -147,9 +147,10 @@ class PerplexityAccumulator:
             return {"documents": 0, "percentiles": None, "mean": None, "log10_hist": None}
         pct = np.percentile(v, PERCENTILES)
         logv = np.log10(v)
-        lo = min(PPL_HIST_BINS[0], math.floor(logv.min()))
-        hi = max(PPL_HIST_BINS[-1], math.ceil(logv.max()))
-        edges = np.arange(lo, hi + 1e-9, 0.1)
+        lo = math.floor(logv.min() / PPL_HIST_STEP) * PPL_HIST_STEP
+        hi = math.ceil(logv.max() / PPL_HIST_STEP) * PPL_HIST_STEP
+        edges = lo + PPL_HIST_STEP * np.arange(max(1, round((hi - lo) / PPL_HIST_STEP)) + 1)
+        edges[0], edges[-1] = min(edges[0], logv.min()), max(edges[-1], logv.max())  # rounding
         counts, _ = np.histogram(logv, bins=edges)
         return {
             "documents": len(v),

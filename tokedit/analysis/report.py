@@ -246,15 +246,19 @@ def corpus_entry(
         for n, t in stats.tables.items()
     }
     if stats.edits is not None:
-        totals = (src.manifest or {}).get("totals") or {}
-        scored = totals.get("tokens") if not stats.sampled else None
-        basis = "manifest" if scored else None
+        # the edit manifest's totals per threshold: {"p": {"0.99": {"scored": ..., ...}}}
+        totals = ((src.manifest or {}).get("totals") or {}).get("p", {}).get(src.edit_p) or {}
+        whole = not stats.sampled and bool(totals)
+        scored, basis = (totals.get("scored"), "manifest") if whole else (None, None)
         if not scored and units.kind == "tokens":
             scored, basis = stats.units, "retokenized"
         entry["edits"] = stats.edits.summary(
             scored or None, _edit_decoder(src, units, options, tokenizers), options.top_ngrams
         )
-        entry["edits"]["scored_tokens_basis"] = basis
+        entry["edits"]["scored_tokens_basis"] = basis if scored else None
+        entry["edits"]["threshold"] = float(src.edit_p) if src.edit_p else None
+        reasons = totals.get("skipped") if whole else None
+        entry["edits"]["skipped_reasons"] = reasons if isinstance(reasons, dict) else None
     return entry
 
 
