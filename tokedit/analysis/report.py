@@ -396,7 +396,10 @@ def format_report_summary(result: dict) -> str:
             f"{c['units']} {r['units']['kind']}",
             "distinct-1..4 "
             + "/".join(
-                f"{ng[str(n)]['distinct_ratio'] or 0:.3f}" for n in range(1, r["max_n"] + 1)
+                "-"
+                if ng[str(n)]["distinct_ratio"] is None
+                else f"{ng[str(n)]['distinct_ratio']:.3f}"
+                for n in range(1, r["max_n"] + 1)
             ),
         ]
         if tail["2"]["rare_coverage"] is not None:
