@@ -644,5 +644,100 @@ def report(
     click.echo(format_report_summary(run_report(list(dirs), out_dir, options, log)))
 
 
+@main.group()
+def experiment():
+    """Model-collapse experiments at small scale: recursive, mixture, gaussian."""
+
+
+def _experiment_options(fn):
+    for option in reversed(
+        [
+            click.argument("data_dir", metavar="DATA"),
+            click.option("--out", "-o", "out_dir", required=True, help="Result directory."),
+            click.option(
+                "--preset",
+                type=click.Choice(["test", "tiny", "gpu-1b"]),
+                default="tiny",
+                show_default=True,
+                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see docs/experiments.md).",
+            ),
+            click.option(
+                "--steps",
+                type=int,
+                default=None,
+                help="Override: optimizer steps per training run.",
+            ),
+            click.option("--seed", type=int, default=0, show_default=True),
+            click.option("--quiet", "-q", is_flag=True),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@experiment.command()
+@_experiment_options
+@click.option("--generations", type=int, default=None, help="Override: G (generations 0..G).")
+@click.option(
+    "--gamma", "gammas", default=None, help="Override: comma-separated TCE gammas, one arm each."
+)
+@click.option("--no-toedit", is_flag=True, help="Leave out the ToEdit arm.")
+@friendly_errors
+def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
+    """Recursive training (ForTIFAI): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
+    from tokedit.training.experiments import get_preset, run_recursive
+
+    p = get_preset(
+        preset,
+        steps=steps,
+        generations=generations,
+        gammas=tuple(float(g) for g in gammas.split(",")) if gammas else None,
+    )
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    result = run_recursive(data_dir, out_dir, p, seed=seed, with_toedit=not no_toedit, log=log)
+    click.echo(f"wrote {out_dir}/recursive.json and recursive.html ({result['seconds']:.0f}s)")
+
+
+@experiment.command()
+@_experiment_options
+@friendly_errors
+def mixture(data_dir, out_dir, preset, steps, seed, quiet):
+    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data (ToEdit Table 1): held-out ppl."""
+    from tokedit.training.experiments import get_preset, run_mixture
+
+    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
+    result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)
+    click.echo(f"wrote {out_dir}/mixture.json and mixture.html ({result['seconds']:.0f}s)")
+
+
+@experiment.command()
+@click.option("--out", "-o", "out_dir", required=True, help="Result directory.")
+@click.option("--generations", type=int, default=50, show_default=True)
+@click.option("--n", type=int, default=100, show_default=True, help="Samples per generation.")
+@click.option(
+    "--a", type=float, default=1.0, show_default=True, help="Tail cut: keep |x - mu| >= a sigma."
+)
+@click.option("--reps", type=int, default=200, show_default=True, help="Independent repetitions.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@friendly_errors
+def gaussian(out_dir, generations, n, a, reps, seed):
+    """1-D Gaussian refit loop: MLE vs tail-only refit, with eta(a) = 1 + a phi(a) / (1 - Phi(a))."""
+    from pathlib import Path
+
+    from tokedit.training.gaussian import gaussian_report, plot_gaussian, run_gaussian_experiment
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_gaussian_experiment(generations=generations, n=n, a=a, seed=seed, reps=reps)
+    report = gaussian_report(result)
+    (out / "gaussian.json").write_text(json.dumps(report, indent=2) + "\n")
+    plot_gaussian(result, out / "gaussian.png")
+    one = report["one_generation_ratio"] or {}
+    click.echo(
+        f"eta({a:g}) = {report['eta']:.4f}; measured one-generation variance ratio: tail "
+        f"{one.get('tail')}, mle {one.get('mle')}; wrote {out}/gaussian.json and gaussian.png"
+    )
+
+
 if __name__ == "__main__":
     main()
