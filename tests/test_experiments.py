@@ -1,0 +1,120 @@
+"""End-to-end runs of the collapse experiments on the seconds-sized ``test`` preset.
+
+They assert behaviour (files, keys, finite numbers, shared generation-0 data, a probe that
+really corrupts) and never tuned outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import matplotlib.image
+import pytest
+from click.testing import CliRunner
+
+from tokedit.cli import main
+from tokedit.training.experiments import (
+    get_preset,
+    make_probe,
+    real_documents,
+    run_recursive,
+)
+
+
+def finite(x) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def recursive(tmp_path_factory, corpus_dir):
+    out = tmp_path_factory.mktemp("recursive")
+    run_recursive(str(corpus_dir), str(out), get_preset("test"), seed=0, log=lambda m: None)
+    return out, json.loads((out / "recursive.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def mixture(tmp_path_factory, corpus_dir):
+    """Through the CLI, so the command's wiring is covered too."""
+    out = tmp_path_factory.mktemp("mixture")
+    args = ["experiment", "mixture", str(corpus_dir), "--out", str(out), "--preset", "test", "-q"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    return out, json.loads((out / "mixture.json").read_text())
+
+
+def test_recursive_outputs_every_key_finite(recursive):
+    out, r = recursive
+    preset = get_preset("test")
+    assert set(r["arms"]) == {"ce", "tce-0.9", "toedit"}
+    for name, rows in r["arms"].items():
+        assert [row["generation"] for row in rows] == list(range(preset.generations + 1))
+        for row in rows:
+            for key in ("held_out_ppl", "probe_accuracy"):
+                assert finite(row[key]), (name, key)
+            assert 0 <= row["probe_accuracy"] <= 1
+            gen = row["generated"]
+            for key in ("unigram_kl", "distinct_1", "distinct_2"):
+                assert finite(gen[key]), (name, key)
+            shares = gen["hist10"]["shares"]
+            assert len(shares) == 10 and all(finite(s) for s in shares)
+            assert sum(shares) == pytest.approx(1.0)
+            assert row["train"]["steps"] == preset.steps
+            if name == "toedit":
+                assert finite(row["edit"]["p"]) and 0 < row["edit"]["p"] < 1
+    assert (out / "recursive.html").is_file()
+    html = (out / "recursive.html").read_text()
+    for png in r["plots"].values():
+        assert png in html
+        assert matplotlib.image.imread(out / png).ndim == 3
+
+
+def test_recursive_arms_share_generation_zero_data(recursive):
+    _, r = recursive
+    gen0 = {name: rows[0]["train_data_sha"] for name, rows in r["arms"].items()}
+    assert len(set(gen0.values())) == 1
+    n = get_preset("test").docs_per_slice
+    for rows in r["arms"].values():
+        assert rows[0]["train_docs"] == n
+        assert rows[1]["train_docs"] == 2 * n  # regenerated slice 0 + fresh real slice 1
+    # generation 1 trains on regenerated text, not on generation 0's data again
+    assert r["arms"]["ce"][1]["train_data_sha"] != r["arms"]["ce"][0]["train_data_sha"]
+
+
+def test_probe_pairs_differ(corpus_dir):
+    docs = real_documents(str(corpus_dir), get_preset("test"), seed=0)
+    pairs = make_probe(docs[:20], docs[20:80], n_pairs=50, seed=0)
+    assert len(pairs) == 50
+    for true, corrupted in pairs:
+        assert true != corrupted
+        assert len(true.split()) == len(corrupted.split())  # one word replaced, nothing else
+        assert sum(a != b for a, b in zip(true.split(), corrupted.split(), strict=True)) == 1
+
+
+def test_mixture_outputs_every_key_finite(mixture):
+    out, r = mixture
+    preset = get_preset("test")
+    expected = ["human"] + [f"synthetic-{round(100 * f)}%" for f in preset.fractions] + ["toedit"]
+    assert list(r["arms"]) == expected
+    for name, arm in r["arms"].items():
+        assert finite(arm["held_out_ppl"]), name
+        assert arm["docs"] == preset.mixture_docs
+        for key in ("unigram_kl", "distinct_1", "distinct_2"):
+            assert finite(arm["data"][key]), (name, key)
+    assert r["arms"]["synthetic-100%"]["synthetic_share"] == 1.0
+    assert finite(r["prior"]["held_out_ppl"]) and finite(r["edit"]["p"])
+    assert (out / "mixture.html").is_file()
+    for png in r["plots"].values():
+        assert matplotlib.image.imread(out / png).ndim == 3
+
+
+def test_gaussian_cli(tmp_path):
+    result = CliRunner().invoke(
+        main,
+        ["experiment", "gaussian", "--out", str(tmp_path), "--generations", "5", "--reps", "20"],
+    )
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "gaussian.json").read_text())
+    assert report["generation"] == list(range(6))
+    assert finite(report["eta"]) and report["eta"] > 1
+    assert matplotlib.image.imread(tmp_path / "gaussian.png").ndim == 3
