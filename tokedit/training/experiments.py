@@ -677,13 +677,14 @@ def _json_ready(x):
     return x
 
 
-def _figure():
-    import matplotlib
+def _figure(width: float, height: float, ncols: int = 1):
+    """A figure on the Agg canvas, without pyplot's global state (safe in threads / servers)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
 
 
 RECURSIVE_PLOTS = {
@@ -695,10 +696,9 @@ RECURSIVE_PLOTS = {
 
 
 def plot_recursive(result: dict, out: Path) -> dict[str, str]:
-    plt = _figure()
     files = {}
     for key, (title, get) in RECURSIVE_PLOTS.items():
-        fig, ax = plt.subplots(figsize=(5, 3.5))
+        fig, (ax,) = _figure(5, 3.5)
         for name, rows in result["arms"].items():
             ax.plot([r["generation"] for r in rows], [get(r) for r in rows], marker="o", label=name)
         ax.set_xlabel("generation")
@@ -707,10 +707,9 @@ def plot_recursive(result: dict, out: Path) -> dict[str, str]:
         fig.tight_layout()
         files[key] = f"recursive_{key}.png"
         fig.savefig(out / files[key], dpi=100)
-        plt.close(fig)
     names = list(result["arms"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), squeeze=False)
-    for ax, name in zip(axes[0], names, strict=True):
+    fig, axes = _figure(4 * len(names), 3.2, len(names))
+    for ax, name in zip(axes, names, strict=True):
         for r in result["arms"][name]:
             shares = [s or 0.0 for s in r["generated"]["hist10"]["shares"]]
             ax.plot(np.arange(0.05, 1, 0.1), shares, marker=".", label=f"gen {r['generation']}")
@@ -720,7 +719,6 @@ def plot_recursive(result: dict, out: Path) -> dict[str, str]:
     fig.tight_layout()
     files["hist10"] = "recursive_hist10.png"
     fig.savefig(out / files["hist10"], dpi=100)
-    plt.close(fig)
     return files
 
 
@@ -760,15 +758,13 @@ def write_recursive_report(result: dict, out: Path) -> None:
 
 
 def plot_mixture(result: dict, out: Path) -> dict[str, str]:
-    plt = _figure()
     names = list(result["arms"])
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, (ax,) = _figure(6, 3.5)
     ax.bar(names, [result["arms"][n]["held_out_ppl"] for n in names], color="#4a7")
     ax.set_ylabel("held-out perplexity (real text)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(out / "mixture_ppl.png", dpi=100)
-    plt.close(fig)
     return {"held_out_ppl": "mixture_ppl.png"}
 
 
