@@ -118,3 +118,37 @@ def test_gaussian_cli(tmp_path):
     assert report["generation"] == list(range(6))
     assert finite(report["eta"]) and report["eta"] > 1
     assert matplotlib.image.imread(tmp_path / "gaussian.png").ndim == 3
+
+
+def test_arms_use_their_loss(recursive):
+    _, r = recursive
+    losses = {a["name"]: (a["loss"], a["gamma"], a["data"]) for a in r["arm_definitions"]}
+    assert losses == {
+        "ce": ("ce", None, "regenerate"),
+        "tce-0.9": ("tce", 0.9, "regenerate"),
+        "toedit": ("ce", None, "toedit"),
+    }
+
+
+def test_corpus_metrics_of_the_reference_itself(corpus_dir, tiny_prior):
+    from tokedit.scoring.hf import load_tokenizer
+    from tokedit.training.experiments import corpus_metrics, unigram_tables
+
+    tokenizer = load_tokenizer(str(tiny_prior))
+    texts = real_documents(str(corpus_dir), get_preset("test"), seed=0)[:30]
+    same = corpus_metrics(tokenizer, texts, unigram_tables(tokenizer, texts))
+    other = corpus_metrics(
+        tokenizer, ["the the the the the"] * 30, unigram_tables(tokenizer, texts)
+    )
+    assert same["unigram_kl"] == pytest.approx(0.0, abs=1e-9)
+    assert other["unigram_kl"] > same["unigram_kl"]
+    assert other["distinct_2"] < same["distinct_2"]
+
+
+def test_presets():
+    from tokedit.errors import InputError
+
+    assert get_preset("tiny", steps=7).steps == 7
+    assert get_preset("gpu-1b").model_overrides["hidden_size"] == 2048
+    with pytest.raises(InputError):
+        get_preset("nope")
