@@ -685,7 +685,7 @@ def _experiment_options(fn):
 @friendly_errors
 def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
     """Recursive training (ForTIFAI): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
-    from tokedit.training.experiments import get_preset, run_recursive
+    from tokedit.training.experiments import format_summary, get_preset, run_recursive
 
     p = get_preset(
         preset,
@@ -695,6 +695,7 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
     )
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_recursive(data_dir, out_dir, p, seed=seed, with_toedit=not no_toedit, log=log)
+    click.echo(format_summary(result))
     click.echo(f"wrote {out_dir}/recursive.json and recursive.html ({result['seconds']:.0f}s)")
 
 
@@ -703,10 +704,11 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
 @friendly_errors
 def mixture(data_dir, out_dir, preset, steps, seed, quiet):
     """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data (ToEdit Table 1): held-out ppl."""
-    from tokedit.training.experiments import get_preset, run_mixture
+    from tokedit.training.experiments import format_summary, get_preset, run_mixture
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)
+    click.echo(format_summary(result))
     click.echo(f"wrote {out_dir}/mixture.json and mixture.html ({result['seconds']:.0f}s)")
 
 

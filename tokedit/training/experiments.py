@@ -791,3 +791,32 @@ def write_mixture_report(result: dict, out: Path) -> None:
             result["plots"],
         )
     )
+
+
+def format_summary(result: dict) -> str:
+    """A Markdown table of a recursive or mixture result (what the CLI prints)."""
+    if result["experiment"] == "recursive":
+        lines = [
+            "| arm | gen | held-out ppl | probe acc | unigram KL (bits) | distinct-2 | P>0.9 share |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, rows in result["arms"].items():
+            for r in rows:
+                g = r["generated"]
+                lines.append(
+                    f"| {name} | {r['generation']} | {_fmt(r['held_out_ppl'])} | "
+                    f"{_fmt(r['probe_accuracy'])} | {_fmt(g['unigram_kl'])} | "
+                    f"{_fmt(g['distinct_2'])} | {_fmt(g['hist10']['shares'][-1])} |"
+                )
+        return "\n".join(lines)
+    lines = [
+        "| arm | synthetic share | held-out ppl | train tokens | unigram KL (bits) | distinct-2 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in result["arms"].items():
+        lines.append(
+            f"| {name} | {_fmt(a['synthetic_share'])} | {_fmt(a['held_out_ppl'])} | "
+            f"{a['train']['train_tokens']} | {_fmt(a['data']['unigram_kl'])} | "
+            f"{_fmt(a['data']['distinct_2'])} |"
+        )
+    return "\n".join(lines)
