@@ -202,7 +202,14 @@ def plot_gaussian(result: dict, path) -> None:
             ax.plot(g[okm], med[okm], color=colours[arm], alpha=0.5, lw=1, label=f"{arm} median")
         theory = np.asarray(result["theory"][arm], dtype=float)
         okt = np.isfinite(theory) & (theory > 0)
-        ax.plot(g[okt], theory[okt], color=colours[arm], ls="--", lw=1, label=f"{arm} theory")
+        ax.plot(
+            g[okt],
+            theory[okt],
+            color=colours[arm],
+            ls="--",
+            lw=1,
+            label=f"{arm} theory" + (" (large n)" if arm == "tail" else ""),
+        )
     ax.set_yscale("log")
     ax.set_xlabel("generation")
     ax.set_ylabel("fitted variance")
