@@ -57,8 +57,8 @@ def local_out(tmp_path_factory, data, tiny_prior):
 
 
 def test_ray_output_is_byte_identical_to_local(tmp_path, ray_local, data, local_out, tiny_prior):
-    out = tmp_path / "scores"
-    r = invoke(*score_args(data, out, tiny_prior, "--engine", "ray"))
+    out = tmp_path / "scores"  # two actors write concurrently; the driver records entries
+    r = invoke(*score_args(data, out, tiny_prior, "--engine", "ray", "--ray-actors", "2"))
     assert r.returncode == 0, r.stderr
     assert "0 shard(s) already done" in r.stdout
     assert output_files(out) == output_files(local_out)

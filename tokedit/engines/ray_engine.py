@@ -10,10 +10,12 @@ results as they arrive and records each entry in the manifest, so the output lay
 manifest, resume after a crash and the refusal of other options are those of the local
 engine, and the output bytes are identical.
 
-Resources (see the Ray Data pitfall in DESIGN.md): each actor asks for ``num_cpus`` (1 by
-default) and, where the cluster has GPUs, one GPU. Without ``--ray-actors`` the pool has one
-actor per GPU, or on a CPU-only cluster one actor per CPU less one, so that the pool never
-claims every CPU and Ray Data's own tasks can always be scheduled.
+Resources (see the Ray Data pitfall in DESIGN.md): each actor asks for one CPU (so torch
+runs one thread in it) and, where the cluster has GPUs, one GPU. Without ``--ray-actors``
+the pool has one actor per GPU, or on a CPU-only cluster one actor per CPU less one, so that
+the pool never claims every CPU and Ray Data's own tasks can always be scheduled. The local
+instance started without ``--ray-address`` advertises one CPU more than the machine has:
+that CPU is the one kept free for Ray Data, and the actors get one per core.
 """
 
 from __future__ import annotations
@@ -71,8 +73,11 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         if address:
             ray.init(address=address, **kwargs)
         else:
-            # "local": a new instance, never a cluster some `ray start` left on this machine
-            ray.init(address="local", num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            # "local": a new instance, never a cluster some `ray start` left on this machine.
+            # One logical CPU more than the cores: kept free for Ray Data's own tasks (see
+            # default_resources), while the actors use every core.
+            num_cpus = num_cpus or (os.cpu_count() or 1) + 1
+            ray.init(address="local", num_cpus=num_cpus, **kwargs)
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         raise InputError(
             f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}",
