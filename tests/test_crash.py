@@ -1,0 +1,271 @@
+"""Crash suite: ``kill -9`` at random points, then the same command again, gives the bytes of
+an uninterrupted run with no duplicate, missing, partial or temporary file; an output that
+cannot be written is a clear error.
+
+Kill times are drawn from seeded generators over the measured length of an uninterrupted
+run, so they land during start-up, mid-shard, between shards or after the end; every case
+must end in the same bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import resource
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from scale_helpers import (
+    cli_command,
+    free_port,
+    invoke,
+    manifest_shards,
+    mixed_corpus,
+    output_files,
+    pid_alive,
+    run_cli,
+    score_args,
+    temp_files,
+)
+
+from tokedit.io.runner import remove_stale_temp_files
+from tokedit.io.write import HOST_TAG, temp_owner, temp_path_for
+
+SCORE_EXTRA = ("--candidates-min-p", "0.3")  # candidates wherever an edit at p=0.5 needs them
+
+
+def edit_args(data: Path, scores: Path, out: Path) -> list[str]:
+    return ["edit", str(data), "--scores", str(scores), "--out", str(out), "--p", "0.5", "-q"]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory, plays):
+    return mixed_corpus(tmp_path_factory.mktemp("crash-data"), plays, chars_per_shard=24_000)
+
+
+def timed_run(args: list[str], out: Path) -> tuple[float, float]:
+    """Run the CLI to the end; seconds until its manifest appeared and until it exited."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    started = None
+    while proc.poll() is None:
+        if started is None and (out / "manifest.json").exists():
+            started = time.perf_counter() - t0
+        time.sleep(0.005)
+    assert proc.returncode == 0, proc.stderr.read()
+    return started, time.perf_counter() - t0
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, data, tiny_prior):
+    """Uninterrupted score and edit runs (separate processes), with their timelines."""
+    root = tmp_path_factory.mktemp("crash-ref")
+    score = timed_run(score_args(data, root / "scores", tiny_prior, *SCORE_EXTRA), root / "scores")
+    edit = timed_run(edit_args(data, root / "scores", root / "edited"), root / "edited")
+    assert manifest_shards(root / "edited")["part-0.parquet"]["p"]["0.5"]["changed"] > 0
+    return {"scores": root / "scores", "edited": root / "edited", "score": score, "edit": edit}
+
+
+def kill_delay(seed: int, timeline: tuple[float, float]) -> float:
+    """A seeded point in a run: mostly while shards are processed, sometimes during start-up."""
+    started, total = timeline
+    return max(0.1, started + random.Random(seed).uniform(-0.15, 1.0) * (total - started))
+
+
+def kill_after(args: list[str], out: Path, delay: float) -> str:
+    """Start the CLI, ``kill -9`` it after ``delay`` seconds; describe the state it left."""
+    proc = subprocess.Popen(
+        cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        proc.wait(timeout=delay)
+        return "finished before the kill"
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    if not (out / "manifest.json").exists():
+        return f"killed at {delay:.1f}s before the manifest existed"
+    return (
+        f"killed at {delay:.1f}s with {len(manifest_shards(out))} shard(s) recorded and "
+        f"{len(temp_files(out))} temp file(s) left"
+    )
+
+
+def assert_same_as(out: Path, ref: Path) -> None:
+    assert output_files(out) == output_files(ref)  # no missing, extra or partial shard
+    assert manifest_shards(out) == manifest_shards(ref)  # one entry per shard, same hashes
+    assert not temp_files(out)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, reference, tiny_prior):
+    out = tmp_path / "scores"
+    args = score_args(data, out, tiny_prior, *SCORE_EXTRA)
+    delay = kill_delay(seed, reference["score"])
+    print(kill_after(args, out, delay))
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr
+    assert_same_as(out, reference["scores"])
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_kill_9_edit_at_a_random_point_then_rerun(tmp_path, seed, data, reference):
+    out = tmp_path / "edited"
+    args = edit_args(data, reference["scores"], out)
+    delay = kill_delay(100 + seed, reference["edit"])
+    print(kill_after(args, out, delay))
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr
+    assert_same_as(out, reference["edited"])
+
+
+def test_kill_9_edit_between_shards(tmp_path, data, reference):
+    out = tmp_path / "edited"
+    args = edit_args(data, reference["scores"], out)
+    proc = subprocess.Popen(
+        cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "manifest.json").exists() and manifest_shards(out):
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert 1 <= len(manifest_shards(out)) <= 4
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr
+    assert_same_as(out, reference["edited"])
+
+
+# ---------------------------------------------------------------- Ray
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A Ray head node in its own process (as on a cluster); stopped by its pid afterwards.
+
+    Yields its address and the environment a driver needs to join it (Ray's token
+    authentication with a token made for this test; drivers run as separate processes, as
+    Ray keeps one token per process).
+    """
+    pytest.importorskip("ray.data", reason="Ray Data is an optional extra")
+    port = free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # fmt: skip
+    log = tmp_path_factory.mktemp("ray-head") / "head.log"
+    head = subprocess.Popen(
+        [
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--num-cpus",
+            "2",
+            "--include-dashboard",
+            "false",
+            "--disable-usage-stats",
+            "--port",
+            str(port),
+        ],
+        stdout=open(log, "w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+    )
+    deadline = time.time() + 90
+    while "--block" not in log.read_text() and time.time() < deadline:
+        assert head.poll() is None, log.read_text()
+        time.sleep(0.2)
+    yield f"127.0.0.1:{port}", env
+    head.send_signal(signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        head.kill()
+        head.wait()
+
+
+def test_kill_9_ray_driver_then_rerun(tmp_path, data, reference, tiny_prior, ray_cluster):
+    address, env = ray_cluster
+    out = tmp_path / "scores"
+    args = score_args(data, out, tiny_prior, *SCORE_EXTRA, "--engine", "ray",
+                      "--ray-address", address)  # fmt: skip
+    proc = subprocess.Popen(
+        cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None and not temp_files(out):
+        time.sleep(0.01)  # an actor has started writing a shard
+    started, total = reference["score"]
+    time.sleep(random.Random(7).uniform(0.0, total - started))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    # Ray stops the dead driver's actors; wait until no writer of a temp file is alive.
+    deadline = time.time() + 60
+    while time.time() < deadline and any(pid_alive(temp_owner(p)[0]) for p in temp_files(out)):
+        time.sleep(0.2)
+    r = run_cli(*args, env=env)
+    assert r.returncode == 0, r.stderr
+    assert_same_as(out, reference["scores"])
+
+
+# ---------------------------------------------------------------- unwritable output
+
+
+def test_output_under_a_regular_file_is_a_clear_error(tmp_path, data, tiny_prior):
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the output directory should go")
+    r = invoke(*score_args(data, blocker / "scores", tiny_prior))
+    assert r.returncode == 2
+    assert "cannot create or write the output directory" in r.stderr and "not-a-dir" in r.stderr
+    assert "fix:" in r.stderr and "Traceback" not in r.stderr
+
+
+def _file_size_limit(limit: int):
+    def apply():  # like a full disk: writes beyond `limit` bytes fail (EFBIG)
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return apply
+
+
+def test_full_disk_is_a_clear_error_and_the_rerun_completes(tmp_path, data, reference, tiny_prior):
+    out = tmp_path / "scores"
+    args = score_args(data, out, tiny_prior, *SCORE_EXTRA)
+    r = subprocess.run(
+        cli_command(*args), capture_output=True, text=True, preexec_fn=_file_size_limit(32_000)
+    )
+    assert r.returncode == 2, r.stderr
+    assert "cannot write" in r.stderr and "File too large" in r.stderr
+    assert "fix:" in r.stderr and "Traceback" not in r.stderr
+    assert not temp_files(out)
+    done = manifest_shards(out)
+    assert all((out / e["outputs"][0]).is_file() for e in done.values())
+    assert len(output_files(out)) == len(done) < 4
+    again = invoke(*args)
+    assert again.returncode == 0, again.stderr
+    assert_same_as(out, reference["scores"])
+
+
+# ---------------------------------------------------------------- temp files of other machines
+
+
+def test_stale_temp_files_are_removed_only_for_dead_writers_of_this_host(tmp_path):
+    dead = 2**22 + 12345  # above the default pid_max: no such process
+    mine = temp_path_for(tmp_path / "a.parquet")
+    assert temp_owner(mine) == (os.getpid(), HOST_TAG)
+    files = {
+        "dead here": tmp_path / f".b.parquet.{dead}-{HOST_TAG}.tmp",
+        "dead, old name": tmp_path / f".c.parquet.{dead}.tmp",
+        "other host": tmp_path / f".d.parquet.{dead}-0badc0de.tmp",
+        "alive here": mine,
+    }
+    for f in files.values():
+        f.write_bytes(b"partial")
+    assert remove_stale_temp_files(tmp_path) == 2
+    assert {k for k, f in files.items() if f.exists()} == {"other host", "alive here"}
