@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 import sys
+import time
 
 import pytest
 
@@ -13,6 +14,7 @@ pytest.importorskip("ray.data", reason="Ray Data is an optional extra: pip insta
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 
 from scale_helpers import (  # noqa: E402
+    free_port,
     invoke,
     manifest_shards,
     mixed_corpus,
@@ -21,7 +23,11 @@ from scale_helpers import (  # noqa: E402
     temp_files,
 )
 
-from tokedit.engines.ray_engine import default_resources, import_ray  # noqa: E402
+from tokedit.engines.ray_engine import (  # noqa: E402
+    check_reachable,
+    default_resources,
+    import_ray,
+)
 from tokedit.errors import InputError  # noqa: E402
 from tokedit.scoring.run import ShardScorer  # noqa: E402
 from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
@@ -111,6 +117,13 @@ def test_missing_ray_gives_install_hint(monkeypatch):
     with pytest.raises(InputError) as e:
         import_ray()
     assert "pip install 'tokedit[ray]'" in str(e.value)
+
+
+def test_unreachable_cluster_fails_fast():
+    started = time.perf_counter()
+    with pytest.raises(InputError, match=r"cannot reach a Ray cluster at 127\.0\.0\.1:\d+"):
+        check_reachable(f"127.0.0.1:{free_port()}")
+    assert time.perf_counter() - started < 5
 
 
 def test_bad_actor_count_is_refused(tmp_path, data, tiny_prior):

@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -71,6 +72,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     }
     try:
         if address:
+            check_reachable(address)
             ray.init(address=address, **kwargs)
         else:
             # "local": a new instance, never a cluster some `ray start` left on this machine.
@@ -88,6 +90,21 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
         yield ray
     finally:
         ray.shutdown()
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast on a ``host:port`` nobody listens on (``ray.init`` retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit() or "://" in address:
+        return  # "auto", "ray://...": left to Ray
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise InputError(
+            f"cannot reach a Ray cluster at {address} ({e.strerror or e})",
+            remedy="start one with `ray start --head` and pass the address it prints, "
+            "or leave --ray-address out to start a local instance",
+        ) from e
 
 
 def default_resources(cluster: dict[str, float], num_actors: int | None) -> tuple[int, dict]:
