@@ -89,3 +89,18 @@ def test_generation_keeps_prefixes_and_length_and_is_seeded(tiny_prior, plays):
         assert n_gen <= 8 + 20 + 8  # re-tokenizing decoded bytes may merge or split a little
     assert out[-1] == "short"  # documents no longer than the prefix are kept as they are
     assert out[:5] != texts[:5]
+
+
+def test_tce_training_logs_the_masked_share(tmp_path, corpus_dir, tiny_prior):
+    # gamma 0.05: this weak prior gives ~15 % of tokens P > 0.05, so some are masked.
+    config = TrainConfig(max_steps=4, batch_size=4, block_size=64, loss="tce", gamma=0.05)
+    s = train_model(
+        str(corpus_dir),
+        str(tmp_path / "m"),
+        model_path=str(tiny_prior),
+        config=config,
+        progress=False,
+        log=lambda m: None,
+    )
+    shares = s["tce_masked_share"]
+    assert len(shares) >= 1 and all(0 < v < 0.6 for v in shares)

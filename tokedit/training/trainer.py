@@ -243,13 +243,18 @@ def train_model(
             disable_tqdm=not progress,
         )
         callbacks = [_TimeBudget(config.time_budget_s)] if config.time_budget_s else []
+        loss_func = make_loss_func(config)
         trainer = Trainer(
             model=model,
             args=args,
             train_dataset=BlockDataset(train_ids, train_labels),
-            compute_loss_func=make_loss_func(config),
+            compute_loss_func=loss_func,
             callbacks=callbacks,
         )
+        if loss_func is not None:  # TCE: log the share of masked tokens with the loss
+            from tokedit.training.tce import attach_masked_share_logging
+
+            attach_masked_share_logging(trainer, loss_func)
         result = trainer.train()
     train_seconds = time.perf_counter() - t0
     held_ppl = evaluate_perplexity(model, held_ids, held_labels)
@@ -263,6 +268,9 @@ def train_model(
             result.global_step * config.batch_size * config.grad_accum * config.block_size
         ),
         "train_loss": float(result.training_loss),
+        "tce_masked_share": [
+            h["tce_masked_share"] for h in trainer.state.log_history if "tce_masked_share" in h
+        ],
         "held_out_ppl": held_ppl,
         "seconds": train_seconds,
         "config": asdict(config),
