@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokedit.cli import main
+from tokedit.demo import write_demo_corpus
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
 from tokedit.scoring.windows import partition_starts, plan_batches, plan_windows
@@ -181,12 +182,12 @@ def test_no_bos_leaves_first_logprob_null(tmp_path, long_doc_dir, tiny_prior):
     assert row["mean_logprob"] == pytest.approx(float(np.mean(row["logprob"][1:])), abs=1e-6)
 
 
-def test_batch_budget_does_not_change_scores(tmp_path, corpus_dir, tiny_prior):
+def test_batch_budget_does_not_change_scores(tmp_path, small_corpus, tiny_prior):
     tables = []
     for budget in (300, 20000):
         out = tmp_path / str(budget)
         score_dataset(
-            str(corpus_dir),
+            str(small_corpus),
             str(out),
             model=str(tiny_prior),
             options=ScoreOptions(max_len=128, overlap=32, batch_tokens=budget),
@@ -200,6 +201,19 @@ def test_batch_budget_does_not_change_scores(tmp_path, corpus_dir, tiny_prior):
 
 
 # ---------------------------------------------------------------- processes, resume, CLI
+
+
+@pytest.fixture(scope="module")
+def small_corpus(tmp_path_factory, plays):
+    """8 shards of ~12k characters each: enough for process tests, cheap to score."""
+    out = tmp_path_factory.mktemp("small")
+    parts = {
+        f"{name}-{k}": text[k * 12000 : (k + 1) * 12000]
+        for name, text in list(plays.items())[:4]
+        for k in range(2)
+    }
+    write_demo_corpus(out, plays=parts, n_shards=8)
+    return out
 
 
 def run_cli(*args):
@@ -269,9 +283,9 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path, corpus_dir, tiny_prio
     assert not [p for p in crashed.rglob("*") if p.name.endswith(".tmp")]
 
 
-def test_split_across_processes_equals_one_process(tmp_path, corpus_dir, tiny_prior):
+def test_split_across_processes_equals_one_process(tmp_path, small_corpus, tiny_prior):
     one = tmp_path / "one"
-    assert run_cli(*score_args(corpus_dir, one, tiny_prior)).returncode == 0
+    assert run_cli(*score_args(small_corpus, one, tiny_prior)).returncode == 0
     split = tmp_path / "split"
     procs = [
         subprocess.Popen(
@@ -279,7 +293,7 @@ def test_split_across_processes_equals_one_process(tmp_path, corpus_dir, tiny_pr
                 sys.executable,
                 "-m",
                 "tokedit.cli",
-                *score_args(corpus_dir, split, tiny_prior),
+                *score_args(small_corpus, split, tiny_prior),
                 "--num-shards",
                 "2",
                 "--shard-index",
@@ -296,12 +310,12 @@ def test_split_across_processes_equals_one_process(tmp_path, corpus_dir, tiny_pr
     )
 
 
-def test_cli_summary_and_option_change_refusal(tmp_path, corpus_dir, tiny_prior):
+def test_cli_summary_and_option_change_refusal(tmp_path, small_corpus, tiny_prior):
     out = tmp_path / "s"
-    first = invoke(*score_args(corpus_dir, out, tiny_prior))
+    first = invoke(*score_args(small_corpus, out, tiny_prior))
     assert first.returncode == 0, first.stderr
     assert "padding" in first.stdout and "tokens/s" in first.stdout
-    changed = invoke(*score_args(corpus_dir, out, tiny_prior), "--top-k", "4")
+    changed = invoke(*score_args(small_corpus, out, tiny_prior), "--top-k", "4")
     assert changed.returncode == 2
     assert (
         "other options (top_k: 8 -> 4)" in changed.stderr
@@ -309,7 +323,7 @@ def test_cli_summary_and_option_change_refusal(tmp_path, corpus_dir, tiny_prior)
         and "Traceback" not in changed.stderr
     )
     assert (
-        invoke(*score_args(corpus_dir, out, tiny_prior), "--top-k", "4", "--overwrite").returncode
+        invoke(*score_args(small_corpus, out, tiny_prior), "--top-k", "4", "--overwrite").returncode
         == 0
     )
 
