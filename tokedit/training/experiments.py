@@ -702,6 +702,7 @@ def plot_recursive(result: dict, out: Path) -> dict[str, str]:
         for name, rows in result["arms"].items():
             ax.plot([r["generation"] for r in rows], [get(r) for r in rows], marker="o", label=name)
         ax.set_xlabel("generation")
+        ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_title(title)
         ax.legend()
         fig.tight_layout()
@@ -713,6 +714,8 @@ def plot_recursive(result: dict, out: Path) -> dict[str, str]:
         for r in result["arms"][name]:
             shares = [s or 0.0 for s in r["generated"]["hist10"]["shares"]]
             ax.plot(np.arange(0.05, 1, 0.1), shares, marker=".", label=f"gen {r['generation']}")
+        ax.set_yscale("symlog", linthresh=1e-3)  # the high-probability bins are small
+        ax.set_ylabel("share of tokens")
         ax.set_title(f"{name}: P(token) of generated data")
         ax.set_xlabel("probability bin")
         ax.legend(fontsize=7)
