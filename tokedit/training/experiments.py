@@ -312,6 +312,7 @@ def score(data_dir: Path, scores_dir: Path, model_dir: Path, preset: ExperimentP
         options=options,
         id_column="id",
         progress=False,
+        overwrite=True,  # a rerun into the same OUT must not reuse stale scores
     )
     return scores_dir
 
@@ -362,6 +363,7 @@ def toedit(
         options=EditOptions(ps=(p,), seed=seed),
         id_column="id",
         progress=False,
+        overwrite=True,
     )
     edited = read_dataset(work / "edited")
     totals = next(iter(result["totals"]["p"].values()), {}) if result.get("totals") else {}
