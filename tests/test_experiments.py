@@ -60,6 +60,11 @@ def test_recursive_outputs_every_key_finite(recursive):
             assert len(shares) == 10 and all(finite(s) for s in shares)
             assert sum(shares) == pytest.approx(1.0)
             assert row["train"]["steps"] == preset.steps
+            masked = row["train"]["tce_masked_share_last"]
+            if name.startswith("tce"):
+                assert finite(masked) and 0 <= masked <= 1
+            elif not (name == "toedit" and row["generation"] == 0):
+                assert masked is None
             if name == "toedit":
                 assert finite(row["edit"]["p"]) and 0 < row["edit"]["p"] < 1
     assert (out / "recursive.html").is_file()

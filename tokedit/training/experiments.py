@@ -249,7 +249,10 @@ def train_run(
             progress=False,
             log=lambda m: None,
         )
-    return {k: summary[k] for k in ("steps", "train_tokens", "train_loss", "seconds")}
+    out = {k: summary[k] for k in ("steps", "train_tokens", "train_loss", "seconds")}
+    shares = summary.get("tce_masked_share") or []  # TCE: share of masked tokens per log step
+    out["tce_masked_share_last"] = shares[-1] if shares else None
+    return out
 
 
 def quiet_transformers() -> None:
