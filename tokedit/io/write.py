@@ -90,50 +90,74 @@ def write_json(dest: str | os.PathLike, data: dict) -> None:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
-class ParquetShardWriter:
-    """Stream record batches into one parquet shard, renamed into place on ``close``."""
+class _ShardWriter:
+    """A shard streamed into a temporary file and renamed into place on :meth:`close`.
 
-    def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+    Subclasses open their streams in :meth:`_open` and close them in :meth:`_close_streams`;
+    every ``OSError`` becomes an :class:`OutputError` naming the destination.
+    """
+
+    def __init__(self, dest: str | os.PathLike):
         self._dest = Path(dest)
         self._ctx = atomic_path(dest)
         self._tmp = self._ctx.__enter__()
-        with _write_errors(self._dest):
-            self._writer = pq.ParquetWriter(self._tmp, schema, compression="zstd")
         self.rows = 0
+        with _write_errors(self._dest):
+            self._open()
+
+    def _open(self) -> None:
+        raise NotImplementedError
+
+    def _close_streams(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        with _write_errors(self._dest):
+            self._close_streams()
+        self._ctx.__exit__(None, None, None)
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self._close_streams()
+        self._tmp.unlink(missing_ok=True)
+
+
+class ParquetShardWriter(_ShardWriter):
+    """Stream tables into one zstd-compressed parquet shard."""
+
+    def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+        self._schema = schema
+        super().__init__(dest)
+
+    def _open(self) -> None:
+        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
 
     def write(self, table: pa.Table) -> None:
         with _write_errors(self._dest):
             self._writer.write_table(table)
         self.rows += table.num_rows
 
-    def close(self) -> None:
-        with _write_errors(self._dest):
-            self._writer.close()
-        self._ctx.__exit__(None, None, None)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._writer.close()
-        self._tmp.unlink(missing_ok=True)
+    def _close_streams(self) -> None:
+        self._writer.close()
 
 
-class JsonlShardWriter:
-    """Stream dict rows into ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``, atomically."""
+class JsonlShardWriter(_ShardWriter):
+    """Stream dict rows into ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``."""
 
     def __init__(self, dest: str | os.PathLike, fmt: str):
-        self._dest = Path(dest)
-        self._ctx = atomic_path(dest)
-        self._tmp = self._ctx.__enter__()
+        self._fmt = fmt
+        super().__init__(dest)
+
+    def _open(self) -> None:
         self._raw = open(self._tmp, "wb")
-        if fmt == "jsonl.gz":
+        if self._fmt == "jsonl.gz":
             self._out = gzip.GzipFile(filename="", mode="wb", fileobj=self._raw, mtime=0)
-        elif fmt == "jsonl.zst":
+        elif self._fmt == "jsonl.zst":
             import zstandard
 
             self._out = zstandard.ZstdCompressor(level=3).stream_writer(self._raw, closefd=False)
         else:
             self._out = self._raw
-        self.rows = 0
 
     def write_records(self, records: list[dict]) -> None:
         with _write_errors(self._dest):
@@ -143,43 +167,28 @@ class JsonlShardWriter:
                 )
         self.rows += len(records)
 
-    def close(self) -> None:
-        with _write_errors(self._dest):
-            if self._out is not self._raw:
-                self._out.close()
-            self._raw.close()
-        self._ctx.__exit__(None, None, None)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._raw.close()
-        self._tmp.unlink(missing_ok=True)
+    def _close_streams(self) -> None:
+        if self._out is not self._raw:
+            self._out.close()
+        self._raw.close()
 
 
-class ArrowStreamShardWriter:
+class ArrowStreamShardWriter(_ShardWriter):
     """Arrow IPC stream files, the format of ``datasets`` ``save_to_disk`` shards."""
 
     def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
-        self._dest = Path(dest)
-        self._ctx = atomic_path(dest)
-        self._tmp = self._ctx.__enter__()
-        with _write_errors(self._dest):
-            self._sink = pa.OSFile(str(self._tmp), "wb")
-            self._writer = pa.ipc.new_stream(self._sink, schema)
-        self.rows = 0
+        self._schema = schema
+        super().__init__(dest)
+
+    def _open(self) -> None:
+        self._sink = pa.OSFile(str(self._tmp), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self._schema)
 
     def write(self, table: pa.Table) -> None:
         with _write_errors(self._dest):
             self._writer.write_table(table)
         self.rows += table.num_rows
 
-    def close(self) -> None:
-        with _write_errors(self._dest):
-            self._writer.close()
-            self._sink.close()
-        self._ctx.__exit__(None, None, None)
-
-    def abort(self) -> None:
-        with contextlib.suppress(OSError):
-            self._sink.close()
-        self._tmp.unlink(missing_ok=True)
+    def _close_streams(self) -> None:
+        self._writer.close()
+        self._sink.close()
