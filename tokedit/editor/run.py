@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
@@ -22,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm.auto import tqdm
 
 from tokedit.editor.batch import (
     ScoreBatch,
@@ -44,7 +42,7 @@ from tokedit.io.read import (
     iter_batches,
     to_documents,
 )
-from tokedit.io.runner import run_shards
+from tokedit.io.runner import run_shards, token_bar
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import (
     ArrowStreamShardWriter,
@@ -634,14 +632,7 @@ def edit_dataset(
         )
 
     run_counts: dict[str, dict] = {p_label(p): {} for p in ps}
-    bar = tqdm(
-        desc="edit",
-        unit="tok",
-        unit_scale=True,
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = token_bar("edit", progress)
     started = time.perf_counter()
 
     def process(shard: Shard) -> dict:

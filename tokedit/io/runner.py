@@ -71,3 +71,18 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def token_bar(desc: str, enabled: bool = True):
+    """The progress bar of a sharded run: tokens done and tokens/s, on stderr."""
+    from tqdm.auto import tqdm
+
+    return tqdm(
+        desc=desc,
+        unit="tok",
+        unit_scale=True,
+        disable=not enabled,
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )

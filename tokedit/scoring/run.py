@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
-from tokedit.io.runner import run_shards
+from tokedit.io.runner import run_shards, token_bar
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import ParquetShardWriter
 from tokedit.scoring.scorer import SCORES_SCHEMA, ScoreOptions, Scorer, ScoreStats
@@ -124,14 +121,7 @@ def score_dataset(
         batch_rows=batch_rows,
     )
     run_stats = ScoreStats()
-    bar = tqdm(
-        desc="score",
-        unit="tok",
-        unit_scale=True,
-        disable=not progress,
-        file=sys.stderr,
-        dynamic_ncols=True,
-    )
+    bar = token_bar("score", progress)
     started = time.perf_counter()
 
     def record_info(info: dict) -> None:
