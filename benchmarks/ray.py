@@ -6,8 +6,9 @@ does not depend on training) and the same Shakespeare documents split into shard
   2. tokens/s of `--engine ray` on a local Ray instance (default pool: one 1-CPU actor per
      core; optionally other pool sizes), the Ray start-up time reported apart;
   3. the ratio ray / local (goal on a 2-CPU machine: >= 0.8), the engines alternating
-     `--repeats` times and the best run of each compared; every Ray run must write the
-     same bytes as the local run;
+     `--repeats` times and the best run of each compared, and whether each Ray run wrote
+     the local run's bytes (the default pool must; a pool with fewer threads per actor
+     than the local engine may differ in the last bit of some log-probs);
   4. peak RSS of the Ray driver process and of the scoring actors (sampled) on a corpus
      and on the same corpus 8 x larger (goal: flat).
 
@@ -148,6 +149,7 @@ def main() -> None:
 
         sizes = [None, *[int(x) for x in args.pool_sizes.split(",") if x.strip()]]
         rates: dict[str, list[float]] = {"local": [], **{pool_label(n): [] for n in sizes}}
+        differ: set[str] = set()
         # Engines alternate, `--repeats` times; the best of each is compared, which is the
         # fairest reading on a machine whose load changes during the run.
         for rep in range(args.repeats):
@@ -167,7 +169,8 @@ def main() -> None:
                         str(corpus), str(out), model=str(model), options=opts,
                         progress=False, engine="ray", ray_actors=size,
                     )  # fmt: skip
-                    assert outputs(out) == outputs(work / f"local-{rep}"), "bytes differ"
+                    if outputs(out) != outputs(work / f"local-{rep}"):
+                        differ.add(pool_label(size))
                     rates[pool_label(size)].append(s["tokens_per_s"])
         tokens = local["run"]["tokens"]
         print(
@@ -182,7 +185,14 @@ def main() -> None:
                 else f"   {max(values) / best_local:.2f} x local (goal >= 0.8)"
             )
             print(f"  {label:28s}{max(values):9.0f}   (runs: {runs}){ratio}")
-        print("  output bytes of every Ray run identical to the local run: yes")
+        for label in rates:
+            if label != "local":
+                same = (
+                    "DIFFERENT (see docs/scale.md: thread counts)"
+                    if label in differ
+                    else "identical"
+                )
+                print(f"  output bytes of {label} vs local: {same}")
 
         if not args.skip_memory:
             tiny = make_model(docs, work, "tiny", 512)

@@ -165,8 +165,8 @@ def ray_cluster(tmp_path_factory):
             "start",
             "--head",
             "--block",
-            "--num-cpus",
-            "2",
+            "--num-cpus",  # as tokedit sizes a local instance: one actor gets every core
+            str((os.cpu_count() or 1) + 1),
             "--include-dashboard",
             "false",
             "--disable-usage-stats",

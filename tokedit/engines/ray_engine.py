@@ -10,12 +10,13 @@ results as they arrive and records each entry in the manifest, so the output lay
 manifest, resume after a crash and the refusal of other options are those of the local
 engine, and the output bytes are identical.
 
-Resources (see the Ray Data pitfall in DESIGN.md): each actor asks for one CPU (so torch
-runs one thread in it) and, where the cluster has GPUs, one GPU. Without ``--ray-actors``
-the pool has one actor per GPU, or on a CPU-only cluster one actor per CPU less one, so that
-the pool never claims every CPU and Ray Data's own tasks can always be scheduled. The local
-instance started without ``--ray-address`` advertises one CPU more than the machine has:
-that CPU is the one kept free for Ray Data, and the actors get one per core.
+Resources (see the Ray Data pitfall in DESIGN.md and :func:`default_resources`): where the
+cluster has GPUs, one actor per GPU (1 GPU and 1 CPU each). On CPUs, one CPU of the cluster
+is always left free for Ray Data's own tasks (a pool that claims every CPU starves them and
+the run hangs), and each actor gets as many CPUs, and torch threads, as the local engine
+would use, because torch's CPU results can differ in the last bit between thread counts.
+The local instance started without ``--ray-address`` advertises one CPU more than the
+machine has cores: that is the CPU kept free, and one actor gets all the cores.
 """
 
 from __future__ import annotations
@@ -107,29 +108,57 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
         ) from e
 
 
-def default_resources(cluster: dict[str, float], num_actors: int | None) -> tuple[int, dict]:
-    """Pool size and per-actor resources for a cluster's ``ray.cluster_resources()``.
+def default_resources(
+    cluster: dict[str, float],
+    num_actors: int | None,
+    *,
+    threads: int = 1,
+    max_node_cpus: float | None = None,
+) -> tuple[int, dict, int | None]:
+    """Pool size, per-actor resources and torch threads per actor.
 
-    >>> default_resources({"CPU": 2.0}, None)
-    (1, {'num_cpus': 1})
-    >>> default_resources({"CPU": 64.0, "GPU": 8.0}, None)
-    (8, {'num_cpus': 1, 'num_gpus': 1})
+    ``cluster`` is ``ray.cluster_resources()``; ``threads`` the torch thread count of the
+    local engine (this process); ``max_node_cpus`` the CPUs of the largest node.
+
+    With GPUs: one actor per GPU (1 GPU, 1 CPU each; torch threads left alone). CPU only:
+    one CPU of the cluster always stays free for Ray Data's own tasks; an actor asks for as
+    many CPUs as the local engine has threads (so that it computes exactly as a local run:
+    on CPU, torch results can differ in the last bit between thread counts), at most what
+    the largest node can give, and runs torch with that many threads. An explicit
+    ``num_actors`` that does not fit gets fewer CPUs (threads) per actor.
+
+    >>> default_resources({"CPU": 3.0}, None, threads=2, max_node_cpus=3)
+    (1, {'num_cpus': 2}, 2)
+    >>> default_resources({"CPU": 3.0}, 2, threads=2, max_node_cpus=3)
+    (2, {'num_cpus': 1}, 1)
+    >>> default_resources({"CPU": 64.0, "GPU": 8.0}, None, threads=16, max_node_cpus=64)
+    (8, {'num_cpus': 1, 'num_gpus': 1}, None)
     """
     cpus = int(cluster.get("CPU", 1))
     gpus = int(cluster.get("GPU", 0))
     if gpus >= 1:
-        size = num_actors or gpus
-        return size, {"num_cpus": 1, "num_gpus": 1}
-    size = num_actors or max(1, cpus - 1)
-    return size, {"num_cpus": 1}
+        return num_actors or gpus, {"num_cpus": 1, "num_gpus": 1}, None
+    spare = max(1, cpus - 1)
+    node = int(max_node_cpus) if max_node_cpus else cpus
+    per = max(1, min(threads, node - 1 if node > 1 else 1, spare))
+    if num_actors:
+        per = max(1, min(per, spare // num_actors))
+    return num_actors or max(1, spare // per), {"num_cpus": per}, per
 
 
 class _ShardActorBase:
     """A Ray Data actor: runs ``fn`` (the per-shard callable) on one shard per call."""
 
     fn: Callable[[Shard], dict]
+    threads: int | None = None  # torch intra-op threads (CPU pools), set once per actor
+    _threads_set = False
 
     def __call__(self, batch: dict) -> dict:
+        if self.threads and not self._threads_set:
+            import torch
+
+            torch.set_num_threads(self.threads)
+            self._threads_set = True
         out: dict[str, list] = {"rel": [], "entry": [], "error": [], "info": []}
         for root, rel, fmt in zip(batch["root"], batch["rel"], batch["fmt"], strict=True):
             shard = Shard(Path(str(root)), str(rel), str(fmt))
@@ -149,10 +178,18 @@ class _ShardActorBase:
         return out
 
 
-def _actor_class(fn: Callable[[Shard], dict]) -> type:
+def _actor_class(fn: Callable[[Shard], dict], threads: int | None) -> type:
     # The callable travels inside the (pickled) class rather than as a constructor argument,
     # so Ray keeps no constructor arguments in the object store for actor restarts.
-    return type("ShardActor", (_ShardActorBase,), {"fn": fn})
+    return type("ShardActor", (_ShardActorBase,), {"fn": fn, "threads": threads})
+
+
+def _local_threads() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 1
+    return torch.get_num_threads()
 
 
 def _reraise(error_json: str) -> None:
@@ -168,7 +205,7 @@ def run_shards_ray(
     *,
     address: str | None = None,
     num_actors: int | None = None,
-    num_cpus_per_actor: float | None = None,
+    threads: int | None = None,
     on_entry: Callable[[str, dict], None] | None = None,
     on_info: Callable[[dict], None] | None = None,
     progress: bool = True,
@@ -181,6 +218,8 @@ def run_shards_ray(
     shard's result arrives; ``on_entry(rel, entry)`` is then called (progress), and
     ``on_info(info)`` once with ``process_shard.info()`` of the first actor that answered.
     A :class:`TokeditError` raised in an actor is raised here with the same message.
+    ``threads``: torch threads of a CPU actor (default: this process's, see
+    :func:`default_resources`).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if num_actors is not None and num_actors < 1:
@@ -196,12 +235,16 @@ def run_shards_ray(
             ctx.print_on_execution_start = False
             ctx.enable_auto_log_stats = False
             logging.getLogger("ray.data").setLevel(logging.ERROR)
-            size, resources = default_resources(ray.cluster_resources(), num_actors)
-            if num_cpus_per_actor is not None:
-                resources["num_cpus"] = num_cpus_per_actor
+            nodes = [n for n in ray.nodes() if n.get("Alive")]
+            size, resources, actor_threads = default_resources(
+                ray.cluster_resources(),
+                num_actors,
+                threads=threads or _local_threads(),
+                max_node_cpus=max((n["Resources"].get("CPU", 0) for n in nodes), default=None),
+            )
             items = [{"root": str(s.root.resolve()), "rel": s.rel, "fmt": s.fmt} for s in todo]
             ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _actor_class(process_shard),
+                _actor_class(process_shard, actor_threads),
                 batch_size=1,
                 compute=ray.data.ActorPoolStrategy(size=min(size, len(items))),
                 **resources,
