@@ -173,6 +173,8 @@ def run_demo(
 
     Stages whose output is complete are skipped, so a rerun is cheap.
     """
+    # No weight-loading bars (nothing is downloaded here); read when transformers is imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
@@ -186,9 +188,6 @@ def run_demo(
 
     out = Path(out_dir)
     corpus, prior, scores, edited = out / "corpus", out / "prior", out / "scores", out / "edited"
-    os.environ.setdefault(
-        "HF_HUB_DISABLE_PROGRESS_BARS", "1"
-    )  # no weight-loading bars: nothing is downloaded
     summary: dict = {"out": str(out)}
     if not (corpus / ".complete").is_file():
         log(f"[1/6] writing the demo corpus to {corpus}")
