@@ -185,6 +185,12 @@ def main() -> None:
                 else f"   {max(values) / best_local:.2f} x local (goal >= 0.8)"
             )
             print(f"  {label:28s}{max(values):9.0f}   (runs: {runs}){ratio}")
+        for label, values in rates.items():
+            if label != "local":
+                pairs = ", ".join(
+                    f"{r / lo:.2f}" for r, lo in zip(values, rates["local"], strict=True)
+                )
+                print(f"  {label} / local, repeat by repeat: {pairs}")
         for label in rates:
             if label != "local":
                 same = (
