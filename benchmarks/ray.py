@@ -194,7 +194,7 @@ def main() -> None:
         for label in rates:
             if label != "local":
                 same = (
-                    "DIFFERENT (see docs/scale.md: thread counts)"
+                    "DIFFERENT (see the README (scaling out): thread counts)"
                     if label in differ
                     else "identical"
                 )

@@ -47,7 +47,9 @@ def make_model(texts: list[str], workdir: Path, preset: str, vocab: int) -> Path
 @torch.inference_mode()
 def raw_forward_tokens_per_s(model, token_ids: np.ndarray, max_len: int, batch_rows: int) -> float:
     n_blocks = len(token_ids) // max_len
-    blocks = torch.from_numpy(token_ids[: n_blocks * max_len].astype(np.int64)).view(n_blocks, max_len)
+    blocks = torch.from_numpy(token_ids[: n_blocks * max_len].astype(np.int64)).view(
+        n_blocks, max_len
+    )
     model(input_ids=blocks[:1])  # warm-up
     t0 = time.perf_counter()
     for a in range(0, n_blocks, batch_rows):
@@ -83,7 +85,9 @@ def peak_rss_mb(corpus: Path, model: Path, out: Path) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--docs", type=int, default=120, help="documents for the throughput part")
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--batch-tokens", type=int, default=16384)
@@ -93,7 +97,10 @@ def main() -> None:
     plays = read_plays()
     docs = [d for text in plays.values() for d in split_documents(text)]
     rng = np.random.default_rng(0)
-    sample = [docs[i] for i in sorted(rng.choice(len(docs), size=min(args.docs, len(docs)), replace=False))]
+    sample = [
+        docs[i]
+        for i in sorted(rng.choice(len(docs), size=min(args.docs, len(docs)), replace=False))
+    ]
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
@@ -107,31 +114,52 @@ def main() -> None:
         tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
         n_params = sum(p.numel() for p in model.parameters())
-        all_ids = np.concatenate([[tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"] for t in sample]).astype(np.int64)
-        print(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; corpus: {len(sample)} documents, {len(all_ids)} tokens; torch threads {torch.get_num_threads()}")
+        all_ids = np.concatenate(
+            [
+                [tokenizer.bos_token_id] + tokenizer(t, add_special_tokens=False)["input_ids"]
+                for t in sample
+            ]
+        ).astype(np.int64)
+        print(
+            f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tokenizer)}; corpus: {len(sample)} documents, {len(all_ids)} tokens; torch threads {torch.get_num_threads()}"
+        )
 
-        raw = raw_forward_tokens_per_s(model, all_ids, args.max_length, max(1, args.batch_tokens // args.max_length))
+        raw = raw_forward_tokens_per_s(
+            model, all_ids, args.max_length, max(1, args.batch_tokens // args.max_length)
+        )
         print(f"raw forward (packed, no padding):  {raw:10.0f} tokens/s")
 
-        opts = ScoreOptions(max_len=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens)
+        opts = ScoreOptions(
+            max_len=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
+        )
         t0 = time.perf_counter()
-        s = score_dataset(str(corpus), str(work / "scores"), model=str(model_path), options=opts, progress=False)
+        s = score_dataset(
+            str(corpus), str(work / "scores"), model=str(model_path), options=opts, progress=False
+        )
         e2e = s["run"]["tokens"] / (time.perf_counter() - t0)  # includes model loading
         padding = s["totals"]["padding_share"]
         overlap_extra = s["totals"]["computed_positions"] / s["run"]["tokens"] - 1
-        print(f"tokedit score end to end:          {e2e:10.0f} tokens/s   ({e2e / raw:.2f} x raw forward; goal >= 0.85)")
-        print(f"  padding: {100 * padding:.1f} % of computed positions (goal <= 10 %); window overlap adds {100 * (overlap_extra - padding):.1f} % positions")
+        print(
+            f"tokedit score end to end:          {e2e:10.0f} tokens/s   ({e2e / raw:.2f} x raw forward; goal >= 0.85)"
+        )
+        print(
+            f"  padding: {100 * padding:.1f} % of computed positions (goal <= 10 %); window overlap adds {100 * (overlap_extra - padding):.1f} % positions"
+        )
 
         loop_docs = sample[: max(10, len(sample) // 4)]
         loop = per_document_loop_tokens_per_s(model, tokenizer, loop_docs, args.max_length)
-        print(f"per-document bs=1 HF loop:         {loop:10.0f} tokens/s   (tokedit = {e2e / loop:.1f} x; goal >= 5)")
+        print(
+            f"per-document bs=1 HF loop:         {loop:10.0f} tokens/s   (tokedit = {e2e / loop:.1f} x; goal >= 5)"
+        )
 
         if not args.skip_memory:
             small = make_model(docs, work, "tiny", 512)
             base = work / "mem1"
             base.mkdir()
             one = docs[: len(docs) // 8]
-            pq.write_table(pa.Table.from_pylist([{"text": t} for t in one]), base / "part-0.parquet")
+            pq.write_table(
+                pa.Table.from_pylist([{"text": t} for t in one]), base / "part-0.parquet"
+            )
             big = work / "mem8"
             big.mkdir()
             for k in range(8):
@@ -139,7 +167,9 @@ def main() -> None:
             rss1 = peak_rss_mb(base, small, work / "o1")
             rss8 = peak_rss_mb(big, small, work / "o8")
             chars = sum(len(t) for t in one)
-            print(f"peak RSS: {rss1:.0f} MB on {chars / 1e6:.1f} M chars, {rss8:.0f} MB on 8 x that ({100 * (rss8 / rss1 - 1):+.1f} %; goal <= +20 %)")
+            print(
+                f"peak RSS: {rss1:.0f} MB on {chars / 1e6:.1f} M chars, {rss8:.0f} MB on 8 x that ({100 * (rss8 / rss1 - 1):+.1f} %; goal <= +20 %)"
+            )
 
 
 if __name__ == "__main__":

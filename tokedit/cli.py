@@ -659,7 +659,7 @@ def _experiment_options(fn):
                 type=click.Choice(["test", "tiny", "gpu-1b"]),
                 default="tiny",
                 show_default=True,
-                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see docs/experiments.md).",
+                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see the README (experiments)).",
             ),
             click.option(
                 "--steps",

@@ -20,7 +20,7 @@ Common setup (both experiments):
 * Held-out perplexity is plain cross entropy (whatever the training loss) on the held-out
   real documents packed into blocks.
 
-See ``docs/experiments.md`` for the arms, the metrics and the presets.
+See ``the README (experiments)`` for the arms, the metrics and the presets.
 """
 
 from __future__ import annotations
@@ -477,7 +477,7 @@ def run_recursive(
     with_toedit: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """The ForTIFAI recursive-training loop (see the module and ``docs/experiments.md``).
+    """The ForTIFAI recursive-training loop (see the module and ``the README (experiments)``).
 
     Generation 0 trains on real slice 0. After training generation ``g``, its model rewrites
     its whole training set (``regenerate``: prefix-conditioned sampling; ``toedit``: ToEdit
@@ -759,7 +759,7 @@ def write_recursive_report(result: dict, out: Path) -> None:
     intro = (
         f"Recursive training, preset {result['preset']['model']} model "
         f"({result['parameters'] / 1e6:.2f}M parameters), seed {result['seed']}. "
-        "Small-scale results; see docs/experiments.md for definitions."
+        "Small-scale results; see the README (experiments) for definitions."
     )
     (out / "recursive.json").write_text(json.dumps(_json_ready(result), indent=2) + "\n")
     (out / "recursive.html").write_text(
@@ -790,7 +790,7 @@ def write_mixture_report(result: dict, out: Path) -> None:
     intro = (
         f"Human vs synthetic mixtures vs ToEdit-edited data; prior held-out ppl "
         f"{_fmt(result['prior']['held_out_ppl'])}; edit threshold p = {result['edit']['p']}. "
-        "Small-scale results; see docs/experiments.md."
+        "Small-scale results; see the README (experiments)."
     )
     (out / "mixture.json").write_text(json.dumps(_json_ready(result), indent=2) + "\n")
     (out / "mixture.html").write_text(
