@@ -95,7 +95,7 @@ def main():
     Typical flow:
       tokedit score DATA --model PRIOR --out SCORES     per-token log-probs of a prior LM
       tokedit edit  DATA --scores SCORES --out EDITED   resample over-confident tokens
-      tokedit report DATA SCORES EDITED --out REPORT   distribution report (JSON + HTML)
+      tokedit report SCORES EDITED --out REPORT        distribution report (JSON + HTML)
     """
 
 
