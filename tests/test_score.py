@@ -14,12 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from click.testing import CliRunner
 from hypothesis import given
 from hypothesis import strategies as st
+from scale_helpers import invoke, score_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from tokedit.cli import main
 from tokedit.demo import write_demo_corpus
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
@@ -221,32 +220,6 @@ def run_cli(*args):
     return subprocess.run(
         [sys.executable, "-m", "tokedit.cli", *args], capture_output=True, text=True
     )
-
-
-def invoke(*args):
-    """In-process CLI call (fast): returncode, stdout and stderr like a process."""
-    r = CliRunner().invoke(main, list(args))
-    if r.exception and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
-
-
-def score_args(corpus_dir, out, prior):
-    return [
-        "score",
-        str(corpus_dir),
-        "--model",
-        str(prior),
-        "--out",
-        str(out),
-        "--max-length",
-        "128",
-        "--overlap",
-        "32",
-        "--id-column",
-        "id",
-        "-q",
-    ]
 
 
 def shard_bytes(out):
