@@ -568,11 +568,6 @@ def edit_dataset(
             candidates_min_p=1.0,
             add_bos=model_options.add_bos,
         ).resolved(positions)
-        if positions and score_options.max_len > positions:
-            raise InputError(
-                f"--max-length {score_options.max_len} exceeds the model's {positions} positions",
-                remedy=f"pass --max-length {positions} or less",
-            )
         identity = {
             "mode": "model",
             "model": model,

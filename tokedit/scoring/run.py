@@ -80,11 +80,6 @@ def score_dataset(
     tokenizer = load_tokenizer(model, revision)
     positions = model_positions(model, revision)
     options = options.resolved(positions)
-    if positions and options.max_len > positions:
-        raise InputError(
-            f"--max-length {options.max_len} exceeds the model's {positions} positions",
-            remedy=f"pass --max-length {positions} or less",
-        )
     Scorer(None, tokenizer, options)  # checks the options before anything is written
     manifest_options = {
         "model": model,

@@ -44,8 +44,14 @@ class ScoreOptions:
     add_bos: bool = True
 
     def resolved(self, model_positions: int | None) -> ScoreOptions:
-        """Fill ``max_len`` / ``overlap`` defaults from the model's number of positions."""
+        """Fill ``max_len`` / ``overlap`` defaults from the model's number of positions,
+        and refuse a ``max_len`` the model cannot read."""
         max_len = self.max_len or min(DEFAULT_MAX_LEN, model_positions or DEFAULT_MAX_LEN)
+        if model_positions and max_len > model_positions:
+            raise InputError(
+                f"--max-length {max_len} exceeds the model's {model_positions} positions",
+                remedy=f"pass --max-length {model_positions} or less",
+            )
         overlap = self.overlap if self.overlap is not None else max(1, max_len // 8)
         return replace(self, max_len=max_len, overlap=overlap)
 
