@@ -190,28 +190,43 @@ def ray_cluster(tmp_path_factory):
         head.wait()
 
 
-def test_kill_9_ray_driver_then_rerun(tmp_path, data, reference, tiny_prior, ray_cluster):
+@pytest.mark.parametrize("command", ["score", "edit"])
+def test_kill_9_ray_driver_then_rerun(tmp_path, command, data, reference, tiny_prior, ray_cluster):
     address, env = ray_cluster
-    out = tmp_path / "scores"
-    args = score_args(data, out, tiny_prior, *SCORE_EXTRA, "--engine", "ray",
-                      "--ray-address", address)  # fmt: skip
+    out = tmp_path / command
+    ray = ("--engine", "ray", "--ray-address", address)
+    if command == "score":
+        args = score_args(data, out, tiny_prior, *SCORE_EXTRA, *ray)
+    else:
+        args = [*edit_args(data, reference["scores"], out), *ray]
     proc = subprocess.Popen(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
     deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None and not temp_files(out):
-        time.sleep(0.01)  # an actor has started writing a shard
-    started, total = reference["score"]
-    time.sleep(random.Random(7).uniform(0.0, total - started))
+    while time.time() < deadline and proc.poll() is None and not started_writing(out):
+        time.sleep(0.005)  # an actor has started writing a shard
+    # Within the first 60 % of the local run's length: a Ray run, started later, takes
+    # about as long after its first shard began (measured: 1.5-8 s left for edit, 2 s for score).
+    started, total = reference[command]
+    time.sleep(random.Random(7).uniform(0.0, 0.6) * (total - started))
+    killed_while_running = proc.poll() is None
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     # Ray stops the dead driver's actors; wait until no writer of a temp file is alive.
     deadline = time.time() + 60
     while time.time() < deadline and any(pid_alive(temp_owner(p)[0]) for p in temp_files(out)):
         time.sleep(0.2)
+    assert killed_while_running, "the run ended before the kill: nothing was tested"
     r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stderr
-    assert_same_as(out, reference["scores"])
+    assert_same_as(out, reference["scores" if command == "score" else "edited"])
+
+
+def started_writing(out: Path) -> bool:
+    """A shard is being written (a temp file) or already recorded in the manifest."""
+    return bool(temp_files(out)) or (
+        (out / "manifest.json").exists() and bool(manifest_shards(out))
+    )
 
 
 # ---------------------------------------------------------------- unwritable output

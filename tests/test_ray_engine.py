@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import shutil
 import sys
 import time
 
@@ -26,6 +27,7 @@ from scale_helpers import (  # noqa: E402
     temp_files,
 )
 
+from tokedit.editor.run import EditOptions, ShardEditor  # noqa: E402
 from tokedit.engines.ray_engine import (  # noqa: E402
     check_reachable,
     default_resources,
@@ -190,3 +192,106 @@ def test_shard_scorer_pickles_its_configuration_only(tmp_path, tiny_prior):
     assert len(blob) < 2000  # no model, no tokenizer, no callback
     copy = pickle.loads(blob)
     assert copy == s and copy._scorer is None and copy.on_tokens is None
+
+
+# ---------------------------------------------------------------- tokedit edit --engine ray
+
+
+def edit_args(data, out, *extra: str) -> list[str]:
+    return ["edit", str(data), "--out", str(out), "-q", *extra]
+
+
+@pytest.fixture(scope="module")
+def local_edit(tmp_path_factory, data, local_out):
+    """A local two-threshold sweep from the local scores (candidates where P >= 0.9)."""
+    out = tmp_path_factory.mktemp("ray-local-edit") / "edited"
+    r = invoke(*edit_args(data, out, "--scores", str(local_out), "--p", "0.9,0.95"))
+    assert r.returncode == 0, r.stderr
+    assert sum(e["p"]["0.9"]["changed"] for e in manifest_shards(out).values()) > 0
+    return out
+
+
+def summary_counts(stdout: str) -> list[str]:
+    """The edit summary without its first line (timings)."""
+    return stdout.strip().splitlines()[1:]
+
+
+def test_ray_edit_is_byte_identical_to_local(tmp_path, ray_local, data, local_out, local_edit):
+    out = tmp_path / "edited"
+    r = invoke(*edit_args(data, out, "--scores", str(local_out), "--p", "0.9,0.95", "--engine", "ray"))  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "0 shard(s) already done" in r.stdout
+    assert len(output_files(out)) == 8  # 4 shards x 2 thresholds
+    assert output_files(out) == output_files(local_edit)
+    assert manifest_shards(out) == manifest_shards(local_edit)
+    ray_manifest = json.loads((out / "manifest.json").read_text())
+    local_manifest = json.loads((local_edit / "manifest.json").read_text())
+    assert ray_manifest["options"] == local_manifest["options"]
+    assert ray_manifest["totals"] == local_manifest["totals"]
+    local_again = invoke(*edit_args(data, tmp_path / "again", "--scores", str(local_out), "--p", "0.9,0.95"))  # fmt: skip
+    assert summary_counts(r.stdout) == [
+        line.replace(str(tmp_path / "again"), str(out))
+        for line in summary_counts(local_again.stdout)
+    ]  # this run's counts come back from the actors
+
+
+def test_ray_one_pass_edit_is_byte_identical_to_local(tmp_path, ray_local, data, tiny_prior):
+    args = ("--model", str(tiny_prior), "--id-column", "id", "--p", "0.5",
+            "--max-length", "128", "--overlap", "32")  # fmt: skip
+    local = invoke(*edit_args(data, tmp_path / "local", *args))
+    ray = invoke(*edit_args(data, tmp_path / "ray", *args, "--engine", "ray"))
+    assert local.returncode == 0, local.stderr
+    assert ray.returncode == 0, ray.stderr
+    assert output_files(tmp_path / "ray") == output_files(tmp_path / "local")
+    assert manifest_shards(tmp_path / "ray") == manifest_shards(tmp_path / "local")
+    changed = sum(e["p"]["0.5"]["changed"] for e in manifest_shards(tmp_path / "ray").values())
+    assert changed > 0
+    info = json.loads((tmp_path / "ray" / "manifest.json").read_text())["info"]
+    assert info["device"] == "cpu"  # reported by the actor that loaded the model
+
+
+def test_edit_engines_resume_each_other(tmp_path, ray_local, data, local_out, local_edit):
+    out = tmp_path / "edited"
+    args = ("--scores", str(local_out), "--p", "0.9,0.95")
+    half = invoke(*edit_args(data, out, *args, "--num-shards", "2", "--shard-index", "1"))
+    assert half.returncode == 0, half.stderr
+    assert len(manifest_shards(out)) == 2
+    rest = invoke(*edit_args(data, out, *args, "--engine", "ray"))
+    assert rest.returncode == 0, rest.stderr
+    assert "resumed: 2 shard(s) already complete" in rest.stderr
+    assert output_files(out) == output_files(local_edit)
+    assert manifest_shards(out) == manifest_shards(local_edit)
+    refused = invoke(*edit_args(data, out, *args, "--seed", "1", "--engine", "ray"))
+    assert refused.returncode == 2
+    assert "other options (seed: 0 -> 1)" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_ray_edit_errors_read_like_local_errors(tmp_path, ray_local, data, local_out):
+    """An input that changed since scoring is refused inside the actor, as it is locally."""
+    changed = tmp_path / "data"
+    shutil.copytree(data, changed)
+    rows = [json.loads(line) for line in (changed / "part-1.jsonl").read_text().splitlines()]
+    rows[-1]["text"] = rows[-1]["text"][:5]
+    (changed / "part-1.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    args = ("--scores", str(local_out), "--p", "0.9")
+    local = invoke(*edit_args(changed, tmp_path / "local", *args))
+    ray = invoke(*edit_args(changed, tmp_path / "ray", *args, "--engine", "ray"))
+    assert local.returncode == ray.returncode == 2
+    for r in (local, ray):
+        assert f"part-1.jsonl:{len(rows)}: the text is shorter than the text scored" in r.stderr
+        assert "fix: rerun `tokedit score`" in r.stderr and "Traceback" not in r.stderr
+    assert "part-1.jsonl" not in manifest_shards(tmp_path / "ray")
+    assert not (tmp_path / "ray" / "part-1.jsonl").exists() and not temp_files(tmp_path / "ray")
+
+
+def test_shard_editor_pickles_its_configuration_only(tmp_path, local_out, tiny_prior):
+    rows = {rel: e["rows"] for rel, e in manifest_shards(local_out).items()}
+    e = ShardEditor(
+        str(tmp_path), EditOptions(ps=(0.9,)), "text", "id", 512, str(tiny_prior),
+        scores_dir=str(local_out), scores_rows=rows,
+    ).load()  # fmt: skip
+    e.on_tokens = print
+    blob = pickle.dumps(e)
+    assert len(blob) < 2000  # no tokenizer, renderer or scores reader, no callback
+    copy = pickle.loads(blob)
+    assert copy == e and copy._source is None and copy.on_tokens is None

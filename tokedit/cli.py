@@ -327,9 +327,10 @@ def format_score_summary(s: dict) -> str:
 )
 @click.option("--revision", default=None, help="--model: hub revision.")
 @output_options
+@engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
-def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temperature, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, num_shards, shard_index, overwrite, quiet):  # fmt: skip
+def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temperature, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
 
     Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
@@ -367,6 +368,9 @@ def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temp
         overwrite=overwrite,
         batch_rows=batch_rows,
         progress=not quiet,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
     )
     click.echo(format_edit_summary(summary))
 

@@ -14,8 +14,8 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +51,7 @@ from tokedit.io.write import (
     write_json,
 )
 from tokedit.scoring.run import file_sha256, scores_rel
+from tokedit.scoring.scorer import ScoreOptions
 
 PROVENANCE_COLUMNS = ("tokedit_n_above", "tokedit_n_changed", "tokedit_n_skipped", "tokedit_edits")
 SCORES_COLUMNS = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", "topk_logprobs"]
@@ -428,15 +429,14 @@ def _write_dataset_sidecars(
 class _ScoresSource:
     """Documents with their stored scores and the draws from the stored candidates."""
 
-    def __init__(self, scores_dir: Path, manifest: dict, rule, banned, seed, p_min):
+    def __init__(self, scores_dir: Path, rows: dict, rule, banned, seed, p_min):
         self.dir = scores_dir
-        self.manifest = manifest
+        self.rows = rows  # the scores manifest's row count of each shard
         self.rule, self.banned, self.seed, self.p_min = rule, banned, seed, p_min
         self.current: _AlignedScores | None = None
 
     def open(self, shard: Shard) -> None:
-        entry = self.manifest["shards"][shard.rel]
-        self.current = _AlignedScores(self.dir / scores_rel(shard), entry.get("rows"))
+        self.current = _AlignedScores(self.dir / scores_rel(shard), self.rows.get(shard.rel))
 
     def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
         row0 = self.current.taken
@@ -495,14 +495,22 @@ def edit_dataset(
     overwrite: bool = False,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     progress: bool = True,
+    engine: str = "local",
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
 ) -> dict:
     """Edit ``input_dir`` into ``out_dir`` from ``scores_dir`` (or in one pass with ``model``).
 
-    Returns counts of this run and, per threshold, totals over the whole output directory.
+    ``engine="local"`` edits the shards one after the other in this process;
+    ``engine="ray"`` runs the same :class:`ShardEditor` in a pool of Ray actors. Both write
+    the same bytes and manifest entries. Returns counts of this run and, per threshold,
+    totals over the whole output directory.
     """
     from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
 
     options = options or EditOptions()
+    if engine not in ("local", "ray"):
+        raise InputError(f"unknown engine {engine!r}", remedy="use --engine local or --engine ray")
     if (scores_dir is None) == (model is None):
         raise InputError(
             "pass either --scores (edit from a scores directory) or --model (score and edit in one pass)",
@@ -514,7 +522,6 @@ def edit_dataset(
     ps = parse_ps(options.ps)
     options = replace(options, ps=ps)
     sweep = len(ps) > 1
-    p_min = min(ps)
     all_shards = discover_shards(input_path)
     shards = discover_shards(input_path, num_shards=num_shards, shard_index=shard_index)
     _check_out_dir(out_path, input_path, Path(scores_dir) if scores_dir else None)
@@ -535,7 +542,8 @@ def edit_dataset(
         text_column = sopts.get("text_column", "text")
         id_column = sopts.get("id_column")
         tok_source = tokenizer or sopts.get("model")
-        tok = load_tokenizer(tok_source, None if tokenizer else sopts.get("revision"))
+        tok_revision = None if tokenizer else sopts.get("revision")
+        tok = load_tokenizer(tok_source, tok_revision)
         thash = tokenizer_hash(tok)
         if thash != sopts.get("tokenizer_hash"):
             raise InputError(
@@ -550,9 +558,14 @@ def edit_dataset(
             "tokenizer_hash": thash,
         }
         info = {"input": str(input_path.resolve()), "scores": str(scores_path.resolve())}
+        reads = {  # where the ShardEditor reads its tokens and candidates from
+            "tokenizer": tok_source,
+            "tokenizer_revision": tok_revision,
+            "scores_dir": str(scores_path.resolve()),
+            "scores_rows": {rel: e.get("rows") for rel, e in smanifest["shards"].items()},
+        }
     else:
         from tokedit.scoring.hf import model_positions
-        from tokedit.scoring.scorer import ScoreOptions
 
         model_options = model_options or ModelOptions()
         text_column = text_column or "text"
@@ -579,6 +592,13 @@ def edit_dataset(
             "add_bos": score_options.add_bos and tok.bos_token_id is not None,
         }
         info = {"input": str(input_path.resolve())}
+        reads = {
+            "tokenizer": model,
+            "tokenizer_revision": model_options.revision,
+            "model": model,
+            "model_options": model_options,
+            "score_options": score_options,
+        }
 
     manifest_options = {
         **identity,
@@ -596,101 +616,58 @@ def edit_dataset(
     }
     manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=overwrite)
     todo = [s for s in shards if not manifest.is_complete(s.rel)]
-    renderer = Renderer(tok)
-
-    source = None
-    if todo and scores_dir is not None:
-        banned = banned_mask(tok)
-        source = _ScoresSource(scores_path, smanifest, rule, banned, options.seed, p_min)
-    elif todo:
-        from tokedit.editor.onepass import DrawingBackend
-        from tokedit.scoring.hf import HFBackend
-        from tokedit.scoring.scorer import Scorer
-
-        engine = HFBackend(
-            model,
-            device=model_options.device,
-            dtype=model_options.dtype,
-            revision=model_options.revision,
-        )
-        vocab = engine.head.weight.shape[0]
-        banned = banned_mask(tok, extra_size=vocab)
-        bos = 1 if score_options.add_bos and tok.bos_token_id is not None else 0
-        drawing = DrawingBackend(engine, rule, banned, p_min, bos, options.seed)
-        source = _ModelSource(Scorer(drawing, tok, score_options), drawing)
-        manifest.update(
-            info={
-                **manifest.data.get("info", {}),
-                "device": str(engine.device),
-                "torch_dtype": str(engine.dtype),
-            }
-        )
+    shard_editor = ShardEditor(
+        str(out_path.resolve()),
+        replace(options, rule=rule),
+        text_column=text_column,
+        id_column=id_column,
+        batch_rows=batch_rows,
+        **reads,
+    )
 
     run_counts: dict[str, dict] = {p_label(p): {} for p in ps}
     bar = token_bar("edit", progress)
     started = time.perf_counter()
 
-    def process(shard: Shard) -> dict:
-        outs = {p: _ShardOutput(out_path / output_rel(shard, p, sweep), shard.fmt) for p in ps}
-        shard_counts: dict[str, dict] = {p_label(p): {} for p in ps}
-        statuses: dict[str, int] = {}
-        rows = 0
-        try:
-            source.open(shard)
-            got_any = False
-            for batch in iter_batches(shard, batch_rows):
-                got_any = True
-                _edit_batch(batch, outs, shard_counts, statuses)
-                rows += len(batch)
-            if not got_any and shard.fmt in ("parquet", "arrow"):
-                _edit_batch(_empty_batch(shard), outs, shard_counts, statuses)
-            source.close(shard)
-            for o in outs.values():
-                o.close()
-        except BaseException:
-            for o in outs.values():
-                o.abort()
-            raise
-        outputs, sha = [], {}
-        for p, o in outs.items():
-            rel = output_rel(shard, p, sweep)
-            outputs.append(rel)
-            sha[rel] = file_sha256(out_path / rel)
-            if shard.fmt == "arrow":
-                outputs += _write_dataset_sidecars(
-                    shard, out_path, o.schema, p_dir(p) if sweep else ""
-                )
-        for k, c in shard_counts.items():
+    def record(entry: dict) -> None:
+        for k, c in entry["p"].items():
             add_counts(run_counts[k], c)
-        return {
-            "outputs": outputs,
-            "rows": rows,
-            "sha256": sha,
-            "statuses": statuses,
-            "p": shard_counts,
-        }
 
-    def _edit_batch(batch, outs, shard_counts, statuses):
-        docs = to_documents(batch, text_column, id_column)
-        target = options.output_column
-        if target and target != text_column and batch.has_column(target):
-            raise InputError(
-                f"{batch.shard.path}: already has a column {target!r}",
-                remedy="choose another --output-column, or leave it out to edit the text in place",
-            )
-        for s in docs.statuses:
-            statuses[s] = statuses.get(s, 0) + 1
-        sb, draws = source.batch(batch, docs, on_tokens=bar.update)
-        for p, out in outs.items():
-            edited = apply_draws(sb, docs.texts, draws, p, renderer)
-            add_counts(shard_counts[p_label(p)], edited.counts)
-            if batch.table is not None:
-                out.write_table(output_table(batch, docs, edited, text_column, options))
-            else:
-                out.write_records(output_records(batch, docs, edited, text_column, options))
+    def record_info(extra: dict) -> None:
+        if extra:
+            manifest.update(info={**manifest.data.get("info", {}), **extra})
 
     try:
-        counts = run_shards(shards, manifest, process)
+        if engine == "ray":
+            from tokedit.engines.ray_engine import run_shards_ray
+
+            def on_entry(rel: str, entry: dict) -> None:
+                record(entry)
+                bar.update(entry_tokens(entry))
+                bar.set_postfix(shard=rel, refresh=False)
+
+            counts = run_shards_ray(
+                shards,
+                manifest,
+                shard_editor,
+                address=ray_address,
+                num_actors=ray_actors,
+                on_entry=on_entry,
+                on_info=record_info,
+                progress=progress,
+            )
+        else:
+            if todo:
+                record_info(shard_editor.load(tok).info())
+            shard_editor.on_tokens = bar.update
+
+            def process(shard: Shard) -> dict:
+                bar.set_postfix(shard=shard.rel, refresh=False)
+                entry = shard_editor(shard)
+                record(entry)
+                return entry
+
+            counts = run_shards(shards, manifest, process)
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
@@ -708,6 +685,152 @@ def edit_dataset(
         "out": str(out_path),
         "outputs": {p_label(p): str(out_path / p_dir(p)) if sweep else str(out_path) for p in ps},
     }
+
+
+def entry_tokens(entry: dict) -> int:
+    """Tokens read for one shard (every threshold of a sweep reads the same tokens)."""
+    return max((c.get("tokens", 0) for c in entry["p"].values()), default=0)
+
+
+@dataclass
+class ShardEditor:
+    """The per-shard step of ``tokedit edit``: read a shard (and its scores), write its edits.
+
+    Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
+    in each Ray actor. It is pickled with its configuration only; the tokenizer, and in
+    one-pass mode the model, load lazily, once per process. It writes one output shard per
+    threshold atomically and returns the shard's manifest entry; the caller records it.
+    Exactly one of ``scores_dir`` (with ``scores_rows``, the scores manifest's row count per
+    shard) and ``model`` (with ``model_options`` and the resolved ``score_options``) is set.
+    """
+
+    out_dir: str
+    options: EditOptions  # thresholds parsed, rule checked against the scores
+    text_column: str
+    id_column: str | None
+    batch_rows: int
+    tokenizer: str  # what load_tokenizer loads: the scores' model, --tokenizer, or --model
+    tokenizer_revision: str | None = None
+    scores_dir: str | None = None
+    scores_rows: dict[str, int | None] | None = None
+    model: str | None = None
+    model_options: ModelOptions | None = None
+    score_options: ScoreOptions | None = None  # resolved: max_len and overlap set
+
+    def __post_init__(self) -> None:
+        self._renderer: Renderer | None = None
+        self._source: _ScoresSource | _ModelSource | None = None
+        self._info: dict = {}
+        self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
+
+    def __getstate__(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
+
+    @property
+    def ps(self) -> tuple[float, ...]:
+        return self.options.ps
+
+    @property
+    def sweep(self) -> bool:
+        return len(self.options.ps) > 1
+
+    def load(self, tokenizer=None) -> ShardEditor:
+        """Load the tokenizer (unless given) and the scores reader or the model, once."""
+        if self._source is not None:
+            return self
+        from tokedit.scoring.hf import load_tokenizer
+
+        tok = tokenizer or load_tokenizer(self.tokenizer, self.tokenizer_revision)
+        rule, seed, p_min = self.options.rule, self.options.seed, min(self.ps)
+        if self.scores_dir is not None:
+            source = _ScoresSource(
+                Path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
+            )
+        else:
+            from tokedit.editor.onepass import DrawingBackend
+            from tokedit.scoring.hf import HFBackend
+            from tokedit.scoring.scorer import Scorer
+
+            mo, so = self.model_options, self.score_options
+            engine = HFBackend(self.model, device=mo.device, dtype=mo.dtype, revision=mo.revision)
+            banned = banned_mask(tok, extra_size=engine.head.weight.shape[0])
+            bos = 1 if so.add_bos and tok.bos_token_id is not None else 0
+            drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
+            source = _ModelSource(Scorer(drawing, tok, so), drawing)
+            self._info = {"device": str(engine.device), "torch_dtype": str(engine.dtype)}
+        self._renderer = Renderer(tok)
+        self._source = source
+        return self
+
+    def info(self) -> dict:
+        """Facts about the loaded model (one-pass mode), recorded in the manifest's ``info``."""
+        return dict(self.load()._info)
+
+    def __call__(self, shard: Shard) -> dict:
+        self.load()
+        out_root = Path(self.out_dir)
+        outs = {
+            p: _ShardOutput(out_root / output_rel(shard, p, self.sweep), shard.fmt) for p in self.ps
+        }
+        shard_counts: dict[str, dict] = {p_label(p): {} for p in self.ps}
+        statuses: dict[str, int] = {}
+        rows = 0
+        try:
+            self._source.open(shard)
+            got_any = False
+            for batch in iter_batches(shard, self.batch_rows):
+                got_any = True
+                self._edit_batch(batch, outs, shard_counts, statuses)
+                rows += len(batch)
+            if not got_any and shard.fmt in ("parquet", "arrow"):
+                self._edit_batch(_empty_batch(shard), outs, shard_counts, statuses)
+            self._source.close(shard)
+            for o in outs.values():
+                o.close()
+        except BaseException:
+            for o in outs.values():
+                o.abort()
+            raise
+        outputs, sha = [], {}
+        for p, o in outs.items():
+            rel = output_rel(shard, p, self.sweep)
+            outputs.append(rel)
+            sha[rel] = file_sha256(out_root / rel)
+            if shard.fmt == "arrow":
+                outputs += _write_dataset_sidecars(
+                    shard, out_root, o.schema, p_dir(p) if self.sweep else ""
+                )
+        return {
+            "outputs": outputs,
+            "rows": rows,
+            "sha256": sha,
+            "statuses": statuses,
+            "p": shard_counts,
+        }
+
+    def _edit_batch(self, batch, outs, shard_counts, statuses) -> None:
+        text_column, options = self.text_column, self.options
+        docs = to_documents(batch, text_column, self.id_column)
+        target = options.output_column
+        if target and target != text_column and batch.has_column(target):
+            raise InputError(
+                f"{batch.shard.path}: already has a column {target!r}",
+                remedy="choose another --output-column, or leave it out to edit the text in place",
+            )
+        for s in docs.statuses:
+            statuses[s] = statuses.get(s, 0) + 1
+        sb, draws = self._source.batch(batch, docs, on_tokens=self.on_tokens)
+        for p, out in outs.items():
+            edited = apply_draws(sb, docs.texts, draws, p, self._renderer)
+            add_counts(shard_counts[p_label(p)], edited.counts)
+            if batch.table is not None:
+                out.write_table(output_table(batch, docs, edited, text_column, options))
+            else:
+                out.write_records(output_records(batch, docs, edited, text_column, options))
 
 
 def directory_totals(manifest: Manifest, ps: Sequence[float]) -> dict:
