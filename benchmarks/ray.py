@@ -3,16 +3,20 @@
 Prints, on the same ~4M-parameter Llama-style model (preset "small", random weights: speed
 does not depend on training) and the same Shakespeare documents split into shards:
   1. tokens/s of `--engine local` (one process, the shards one after the other);
-  2. tokens/s of `--engine ray` on a local Ray instance (default pool: one 1-CPU actor per
-     core; optionally other pool sizes), the Ray start-up time reported apart;
+  2. tokens/s of `--engine ray` on a local Ray instance (default pool: as many torch threads
+     per actor as the local engine, one CPU left to Ray Data; optionally other pool sizes),
+     the Ray start-up time reported apart;
   3. the ratio ray / local (goal on a 2-CPU machine: >= 0.8), the engines alternating
      `--repeats` times and the best run of each compared, and whether each Ray run wrote
      the local run's bytes (the default pool must; a pool with fewer threads per actor
      than the local engine may differ in the last bit of some log-probs);
-  4. peak RSS of the Ray driver process and of the scoring actors (sampled) on a corpus
+  4. the same comparison for `tokedit edit --scores` (no model: reading, drawing, splicing
+     and writing), from the local run's scores, and whether the bytes match;
+  5. peak RSS of the Ray driver process and of the scoring actors (sampled) on a corpus
      and on the same corpus 8 x larger (goal: flat).
 
     .venv/bin/python benchmarks/ray.py [--docs 160] [--shards 4] [--max-length 512]
+                                       [--skip-edit] [--skip-memory]
 """
 
 from __future__ import annotations
@@ -40,6 +44,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
 from tokedit.demo import read_plays, split_documents  # noqa: E402
+from tokedit.editor.run import edit_dataset  # noqa: E402
 from tokedit.engines.ray_engine import ray_session  # noqa: E402
 from tokedit.scoring.run import score_dataset  # noqa: E402
 from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
@@ -127,6 +132,7 @@ def main() -> None:
         help="extra --ray-actors values to time, e.g. 2 (comma-separated)",
     )
     ap.add_argument("--repeats", type=int, default=2, help="alternating runs of each engine")
+    ap.add_argument("--skip-edit", action="store_true", help="time only `score`")
     ap.add_argument("--skip-memory", action="store_true")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -150,6 +156,8 @@ def main() -> None:
         sizes = [None, *[int(x) for x in args.pool_sizes.split(",") if x.strip()]]
         rates: dict[str, list[float]] = {"local": [], **{pool_label(n): [] for n in sizes}}
         differ: set[str] = set()
+        edit_rates: dict[str, list[float]] = {"local": [], "ray": []}
+        edit_differ = False
         # Engines alternate, `--repeats` times; the best of each is compared, which is the
         # fairest reading on a machine whose load changes during the run.
         for rep in range(args.repeats):
@@ -158,6 +166,12 @@ def main() -> None:
                 progress=False,
             )  # fmt: skip
             rates["local"].append(local["tokens_per_s"])
+            if not args.skip_edit:
+                edited = edit_dataset(
+                    str(corpus), str(work / f"edit-local-{rep}"),
+                    scores_dir=str(work / f"local-{rep}"), progress=False,
+                )  # fmt: skip
+                edit_rates["local"].append(edited["tokens_per_s"])
             t0 = time.perf_counter()
             with ray_session(None):
                 print(
@@ -172,6 +186,14 @@ def main() -> None:
                     if outputs(out) != outputs(work / f"local-{rep}"):
                         differ.add(pool_label(size))
                     rates[pool_label(size)].append(s["tokens_per_s"])
+                if not args.skip_edit:
+                    out = work / f"edit-ray-{rep}"
+                    edited = edit_dataset(
+                        str(corpus), str(out), scores_dir=str(work / f"local-{rep}"),
+                        progress=False, engine="ray",
+                    )  # fmt: skip
+                    edit_rates["ray"].append(edited["tokens_per_s"])
+                    edit_differ |= outputs(out) != outputs(work / f"edit-local-{rep}")
         tokens = local["run"]["tokens"]
         print(
             f"{tokens} tokens per run; tokens/s end to end (model loading included), best of {args.repeats}:"
@@ -199,6 +221,18 @@ def main() -> None:
                     else "identical"
                 )
                 print(f"  output bytes of {label} vs local: {same}")
+        if not args.skip_edit:
+            pairs = ", ".join(
+                f"{r / lo:.2f}"
+                for r, lo in zip(edit_rates["ray"], edit_rates["local"], strict=True)
+            )
+            print(
+                "edit --scores, tokens/s (no model; reading, drawing, splicing, writing): "
+                f"local {', '.join(f'{v:.0f}' for v in edit_rates['local'])}; "
+                f"ray {', '.join(f'{v:.0f}' for v in edit_rates['ray'])}; "
+                f"ray / local per repeat: {pairs}; bytes "
+                + ("DIFFERENT" if edit_differ else "identical")
+            )
 
         if not args.skip_memory:
             tiny = make_model(docs, work, "tiny", 512)

@@ -15,7 +15,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,7 +42,7 @@ from tokedit.io.read import (
     iter_batches,
     to_documents,
 )
-from tokedit.io.runner import run_shards, token_bar
+from tokedit.io.runner import PickledAsConfig, run_shards, token_bar
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import (
     ArrowStreamShardWriter,
@@ -693,7 +693,7 @@ def entry_tokens(entry: dict) -> int:
 
 
 @dataclass
-class ShardEditor:
+class ShardEditor(PickledAsConfig):
     """The per-shard step of ``tokedit edit``: read a shard (and its scores), write its edits.
 
     Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
@@ -722,13 +722,6 @@ class ShardEditor:
         self._source: _ScoresSource | _ModelSource | None = None
         self._info: dict = {}
         self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
-
-    def __getstate__(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__post_init__()
 
     @property
     def ps(self) -> tuple[float, ...]:

@@ -5,12 +5,29 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.write import HOST_TAG, TMP_SUFFIX, temp_owner
+
+
+class PickledAsConfig:
+    """Mixin for the dataclass of a per-shard step, sent to other processes (Ray actors).
+
+    Only the dataclass fields (the configuration) are pickled; what ``__post_init__`` sets up
+    (loaded models, callbacks such as a progress bar) stays in the process that made it and
+    is set up afresh, lazily, in the process that unpickles the step.
+    """
+
+    def __getstate__(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.__post_init__()
 
 
 def run_shards(

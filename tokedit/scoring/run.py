@@ -12,7 +12,7 @@ from pathlib import Path
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
-from tokedit.io.runner import run_shards, token_bar
+from tokedit.io.runner import PickledAsConfig, run_shards, token_bar
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import ParquetShardWriter
 from tokedit.scoring.scorer import SCORES_SCHEMA, ScoreOptions, Scorer, ScoreStats
@@ -186,7 +186,7 @@ def entry_stats(entry: dict) -> ScoreStats:
 
 
 @dataclass
-class ShardScorer:
+class ShardScorer(PickledAsConfig):
     """The per-shard step of ``tokedit score``: read a shard, score it, write it atomically.
 
     Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
@@ -209,13 +209,6 @@ class ShardScorer:
     def __post_init__(self) -> None:
         self._scorer: Scorer | None = None
         self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
-
-    def __getstate__(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__post_init__()
 
     def load(self, tokenizer=None) -> ShardScorer:
         """Load the tokenizer (unless given) and the backend, once per process."""
