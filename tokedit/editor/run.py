@@ -42,7 +42,7 @@ from tokedit.io.read import (
     iter_batches,
     to_documents,
 )
-from tokedit.io.runner import PickledAsConfig, run_shards, token_bar
+from tokedit.io.runner import PickledAsConfig, check_engine, run_step, token_bar
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import (
     ArrowStreamShardWriter,
@@ -509,8 +509,7 @@ def edit_dataset(
     from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
 
     options = options or EditOptions()
-    if engine not in ("local", "ray"):
-        raise InputError(f"unknown engine {engine!r}", remedy="use --engine local or --engine ray")
+    check_engine(engine)
     if (scores_dir is None) == (model is None):
         raise InputError(
             "pass either --scores (edit from a scores directory) or --model (score and edit in one pass)",
@@ -615,7 +614,6 @@ def edit_dataset(
         "provenance": options.provenance,
     }
     manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=overwrite)
-    todo = [s for s in shards if not manifest.is_complete(s.rel)]
     shard_editor = ShardEditor(
         str(out_path.resolve()),
         replace(options, rule=rule),
@@ -629,45 +627,24 @@ def edit_dataset(
     bar = token_bar("edit", progress)
     started = time.perf_counter()
 
-    def record(entry: dict) -> None:
+    def record(rel: str, entry: dict) -> None:
         for k, c in entry["p"].items():
             add_counts(run_counts[k], c)
 
-    def record_info(extra: dict) -> None:
-        if extra:
-            manifest.update(info={**manifest.data.get("info", {}), **extra})
-
     try:
-        if engine == "ray":
-            from tokedit.engines.ray_engine import run_shards_ray
-
-            def on_entry(rel: str, entry: dict) -> None:
-                record(entry)
-                bar.update(entry_tokens(entry))
-                bar.set_postfix(shard=rel, refresh=False)
-
-            counts = run_shards_ray(
-                shards,
-                manifest,
-                shard_editor,
-                address=ray_address,
-                num_actors=ray_actors,
-                on_entry=on_entry,
-                on_info=record_info,
-                progress=progress,
-            )
-        else:
-            if todo:
-                record_info(shard_editor.load(tok).info())
-            shard_editor.on_tokens = bar.update
-
-            def process(shard: Shard) -> dict:
-                bar.set_postfix(shard=shard.rel, refresh=False)
-                entry = shard_editor(shard)
-                record(entry)
-                return entry
-
-            counts = run_shards(shards, manifest, process)
+        counts = run_step(
+            shards,
+            manifest,
+            shard_editor,
+            bar=bar,
+            on_entry=record,
+            entry_tokens=entry_tokens,
+            engine=engine,
+            tokenizer=tok,
+            ray_address=ray_address,
+            ray_actors=ray_actors,
+            progress=progress,
+        )
     finally:
         bar.close()
     elapsed = time.perf_counter() - started

@@ -9,6 +9,7 @@ from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
+from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.write import HOST_TAG, TMP_SUFFIX, temp_owner
@@ -59,6 +60,73 @@ def run_shards(
             f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
         )
     return {"processed": done, "skipped": skipped}
+
+
+ENGINES = ("local", "ray")
+
+
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise InputError(f"unknown engine {engine!r}", remedy="use --engine local or --engine ray")
+
+
+def run_step(
+    shards: list[Shard],
+    manifest: Manifest,
+    step,
+    *,
+    bar,
+    on_entry: Callable[[str, dict], None],
+    entry_tokens: Callable[[dict], int],
+    engine: str = "local",
+    tokenizer=None,
+    ray_address: str | None = None,
+    ray_actors: int | None = None,
+    progress: bool = True,
+) -> dict[str, int]:
+    """Run a per-shard step (``ShardScorer``, ``ShardEditor``) with either engine.
+
+    ``step`` is a :class:`PickledAsConfig` dataclass with ``load(tokenizer)``, ``info()``,
+    an ``on_tokens`` hook and ``__call__(shard) -> manifest entry``. ``on_entry(rel, entry)``
+    runs in this process for every shard done now (this run's counts). The ``bar`` counts
+    tokens: batch by batch with ``--engine local``, shard by shard (``entry_tokens``) with
+    ``--engine ray``. What ``step.info()`` reports (device, dtype) goes into the manifest.
+    """
+    check_engine(engine)
+
+    def record_info(info: dict) -> None:
+        if info:
+            manifest.update(info={**manifest.data.get("info", {}), **info})
+
+    if engine == "ray":
+        from tokedit.engines.ray_engine import run_shards_ray
+
+        def on_ray_entry(rel: str, entry: dict) -> None:
+            on_entry(rel, entry)
+            bar.update(entry_tokens(entry))
+            bar.set_postfix(shard=rel, refresh=False)
+
+        return run_shards_ray(
+            shards,
+            manifest,
+            step,
+            address=ray_address,
+            num_actors=ray_actors,
+            on_entry=on_ray_entry,
+            on_info=record_info,
+            progress=progress,
+        )
+    if not all(manifest.is_complete(s.rel) for s in shards):
+        record_info(step.load(tokenizer).info())
+    step.on_tokens = bar.update
+
+    def process(shard: Shard) -> dict:
+        bar.set_postfix(shard=shard.rel, refresh=False)
+        entry = step(shard)
+        on_entry(shard.rel, entry)
+        return entry
+
+    return run_shards(shards, manifest, process)
 
 
 def remove_stale_temp_files(out_dir: Path) -> int:

@@ -12,7 +12,7 @@ from pathlib import Path
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
-from tokedit.io.runner import PickledAsConfig, run_shards, token_bar
+from tokedit.io.runner import PickledAsConfig, check_engine, run_step, token_bar
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import ParquetShardWriter
 from tokedit.scoring.scorer import SCORES_SCHEMA, ScoreOptions, Scorer, ScoreStats
@@ -71,8 +71,7 @@ def score_dataset(
     :mod:`tokedit.engines.ray_engine`). Both write the same bytes and manifest entries.
     """
     options = options or ScoreOptions()
-    if engine not in ("local", "ray"):
-        raise InputError(f"unknown engine {engine!r}", remedy="use --engine local or --engine ray")
+    check_engine(engine)
     shards = discover_shards(input_dir, num_shards=num_shards, shard_index=shard_index)
     check_unique_outputs(shards, scores_rel)
     from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
@@ -102,7 +101,6 @@ def score_dataset(
         info={"input": str(Path(input_dir).resolve()), "batch_tokens": options.batch_tokens},
         overwrite=overwrite,
     )
-    todo = [s for s in shards if not manifest.is_complete(s.rel)]
     shard_scorer = ShardScorer(
         str(Path(out_dir).resolve()),
         model,
@@ -118,41 +116,20 @@ def score_dataset(
     run_stats = ScoreStats()
     bar = token_bar("score", progress)
     started = time.perf_counter()
-
-    def record_info(info: dict) -> None:
-        manifest.update(info={**manifest.data.get("info", {}), **info})
-
     try:
-        if engine == "ray":
-            from tokedit.engines.ray_engine import run_shards_ray
-
-            def on_entry(rel: str, entry: dict) -> None:
-                run_stats.add(entry_stats(entry))
-                bar.update(entry["tokens"])
-                bar.set_postfix(docs=run_stats.documents, shard=rel, refresh=False)
-
-            counts = run_shards_ray(
-                shards,
-                manifest,
-                shard_scorer,
-                address=ray_address,
-                num_actors=ray_actors,
-                on_entry=on_entry,
-                on_info=record_info,
-                progress=progress,
-            )
-        else:
-            if todo:
-                record_info(shard_scorer.load(tokenizer).info())
-            shard_scorer.on_tokens = bar.update
-
-            def process(shard: Shard) -> dict:
-                bar.set_postfix(docs=run_stats.documents, shard=shard.rel, refresh=False)
-                entry = shard_scorer(shard)
-                run_stats.add(entry_stats(entry))
-                return entry
-
-            counts = run_shards(shards, manifest, process)
+        counts = run_step(
+            shards,
+            manifest,
+            shard_scorer,
+            bar=bar,
+            on_entry=lambda rel, entry: run_stats.add(entry_stats(entry)),
+            entry_tokens=lambda entry: entry["tokens"],
+            engine=engine,
+            tokenizer=tokenizer,
+            ray_address=ray_address,
+            ray_actors=ray_actors,
+            progress=progress,
+        )
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
