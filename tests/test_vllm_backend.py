@@ -9,6 +9,7 @@ arrays as the ``hf`` backend.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 import types
@@ -22,6 +23,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scale_helpers import invoke
 
+from tokedit.editor.rules import EditRule
+from tokedit.editor.run import EditOptions, ModelOptions, edit_dataset
 from tokedit.errors import InputError
 from tokedit.scoring.hf import HFBackend, load_tokenizer
 from tokedit.scoring.run import score_dataset
@@ -198,6 +201,63 @@ def test_score_dataset_with_vllm_backend_matches_hf(tmp_path, tiny_prior, hf, pl
     for x, y in zip(a["logprob"], b["logprob"], strict=True):
         np.testing.assert_allclose(np.array(x, float), np.array(y, float), atol=1e-5)
     assert a["topk_ids"] == b["topk_ids"]
+
+
+# ---------------------------------------------------------------- one-pass edit
+
+
+def test_one_pass_edit_with_vllm_backend(tmp_path, tiny_prior, hf, plays, monkeypatch):
+    """``edit --model --backend vllm`` draws from vLLM's top-k candidates: the same bytes as
+    scoring with vLLM and editing from those scores, and as one-pass ``hf`` with that top-k."""
+    import pyarrow as pa
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"text": plays[name][:3000]} for name in ("macbeth", "hamlet", "tempest")]
+    pq.write_table(pa.Table.from_pylist([*rows, {"text": ""}, {"text": None}]), data / "a.parquet")
+    monkeypatch.setattr(
+        VLLMBackend, "load", classmethod(lambda cls, *a, **k: fake_backend(hf.model))
+    )
+    rule, ps = EditRule(top_k=8), (0.3, 0.6)
+    window = dict(max_len=96, overlap=24)
+    out = {}
+    for backend in ("vllm", "hf"):
+        out[backend] = tmp_path / f"one-pass-{backend}"
+        summary = edit_dataset(
+            str(data), str(out[backend]), model=str(tiny_prior),
+            options=EditOptions(ps=ps, rule=rule), progress=False,
+            model_options=ModelOptions(**window, device="cpu", backend=backend),
+        )  # fmt: skip
+        assert summary["totals"]["p"]["0.3"]["changed"] > 0
+    score_dataset(
+        str(data), str(tmp_path / "scores"), model=str(tiny_prior), backend="vllm",
+        options=ScoreOptions(**window, top_k=8, candidates_min_p=0.3), progress=False,
+    )  # fmt: skip
+    edit_dataset(
+        str(data), str(tmp_path / "two-pass"), scores_dir=str(tmp_path / "scores"),
+        options=EditOptions(ps=ps, rule=rule), progress=False,
+    )  # fmt: skip
+    for rel in ("p=0.3/a.parquet", "p=0.6/a.parquet"):
+        one_pass = (out["vllm"] / rel).read_bytes()
+        assert one_pass == (tmp_path / "two-pass" / rel).read_bytes()
+        assert one_pass == (out["hf"] / rel).read_bytes()
+    manifest = json.loads((out["vllm"] / "manifest.json").read_text())
+    assert manifest["options"]["backend"] == "vllm"
+
+
+def test_vllm_one_pass_edit_refuses_the_full_distribution(tmp_path, tiny_prior):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a.jsonl").write_text('{"text": "To be"}\n')
+    args = ("edit", str(data), "--model", str(tiny_prior), "--out", str(tmp_path / "o"),
+            "--backend", "vllm", "-q")  # fmt: skip
+    r = invoke(*args, "--top-k", "0")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "--top-k 0 (the full distribution) cannot be drawn with --backend vllm" in r.stderr
+    assert "fix: pass --top-k K" in r.stderr
+    r = invoke("edit", str(data), "--scores", str(tmp_path), "--out", str(tmp_path / "o"),
+               "--backend", "vllm", "-q")  # fmt: skip
+    assert r.returncode == 2 and "with --scores nothing is scored" in r.stderr
 
 
 @settings(max_examples=60, deadline=None)

@@ -326,11 +326,18 @@ def format_score_summary(s: dict) -> str:
     help="--model only.",
 )
 @click.option("--revision", default=None, help="--model: hub revision.")
+@click.option(
+    "--backend",
+    type=click.Choice(["hf", "vllm"]),
+    default="hf",
+    show_default=True,
+    help="--model: hf draws from full rows (any --top-k); vllm (CUDA GPU) from its top-k candidates (--top-k >= 1).",
+)
 @output_options
 @engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
-def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temperature, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
+def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temperature, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
 
     Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
@@ -358,7 +365,7 @@ def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temp
         model=model,
         options=EditOptions(parse_ps(ps), rule, seed, output_column, not no_provenance),
         model_options=ModelOptions(
-            max_length, overlap, batch_tokens, not no_bos, device, dtype, revision
+            max_length, overlap, batch_tokens, not no_bos, device, dtype, revision, backend
         ),
         text_column=text_column,
         id_column=id_column,

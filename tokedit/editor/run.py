@@ -50,7 +50,7 @@ from tokedit.io.write import (
     ParquetShardWriter,
     write_json,
 )
-from tokedit.scoring.run import file_sha256, scores_rel
+from tokedit.scoring.run import file_sha256, load_backend, scores_rel
 from tokedit.scoring.scorer import ScoreOptions
 
 PROVENANCE_COLUMNS = ("tokedit_n_above", "tokedit_n_changed", "tokedit_n_skipped", "tokedit_edits")
@@ -80,6 +80,7 @@ class ModelOptions:
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None
+    backend: str = "hf"  # "vllm": top-k candidates only (no --top-k 0), on a CUDA GPU
 
 
 def parse_ps(text: str | Sequence[float]) -> tuple[float, ...]:
@@ -193,6 +194,20 @@ def _resolve_rule(rule: EditRule, stored_k: int | None, scores_mode: bool) -> Ed
         raise InputError(
             f"--top-k {rule.top_k} but the scores store only {stored_k} candidates per position",
             remedy=f"pass --top-k {stored_k} or less, or rescore with --top-k {rule.top_k}",
+        )
+    return rule
+
+
+def _resolve_model_rule(rule: EditRule, backend: str) -> EditRule:
+    if backend not in ("hf", "vllm"):
+        raise InputError(
+            f"unknown backend {backend!r}", remedy="use --backend hf or --backend vllm"
+        )
+    if backend == "vllm" and rule.top_k == 0:
+        raise InputError(
+            "--top-k 0 (the full distribution) cannot be drawn with --backend vllm: vLLM "
+            "returns at most max_logprobs candidates per position, not full rows",
+            remedy="pass --top-k K (e.g. --top-k 8), or use --backend hf for --top-k 0",
         )
     return rule
 
@@ -452,6 +467,31 @@ class _ScoresSource:
         self.current.finish(shard)
 
 
+class _CandidatesSource:
+    """One pass with a backend that returns only the top-k candidates (vLLM).
+
+    The documents are scored in memory, with candidates wherever P >= the lowest threshold,
+    and drawn from exactly as from a scores directory: the same output as ``tokedit score``
+    followed by ``tokedit edit --scores`` with the same options.
+    """
+
+    def __init__(self, scorer, rule, banned, seed, p_min):
+        self.scorer = scorer
+        self.rule, self.banned, self.seed, self.p_min = rule, banned, seed, p_min
+
+    def open(self, shard: Shard) -> None:
+        pass
+
+    def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
+        table, _ = self.scorer.score(docs, on_tokens=on_tokens)
+        sb = ScoreBatch.from_table(table)
+        keys = doc_keys(self.seed, sb.ids)
+        return sb, draw_batch(sb, keys, self.p_min, self.rule, self.banned)
+
+    def close(self, shard: Shard) -> None:
+        pass
+
+
 class _ModelSource:
     """Documents scored by a model in the same pass, with draws from the full rows."""
 
@@ -526,6 +566,11 @@ def edit_dataset(
     _check_out_dir(out_path, input_path, Path(scores_dir) if scores_dir else None)
 
     if scores_dir is not None:
+        if model_options is not None and model_options.backend != "hf":
+            raise InputError(
+                f"--backend {model_options.backend} scores with --model; with --scores nothing is scored",
+                remedy="leave --backend out, or pass --model instead of --scores",
+            )
         scores_path = Path(scores_dir)
         smanifest = load_scores_manifest(scores_path, input_path, all_shards, ps)
         sopts = smanifest["options"]
@@ -570,18 +615,20 @@ def edit_dataset(
         text_column = text_column or "text"
         tok = load_tokenizer(model, model_options.revision)
         thash = tokenizer_hash(tok)
-        rule = options.rule
+        rule = _resolve_model_rule(options.rule, model_options.backend)
         positions = model_positions(model, model_options.revision)
+        full_rows = model_options.backend == "hf"  # hf draws from full rows; vllm from top-k
         score_options = ScoreOptions(
             max_len=model_options.max_len,
             overlap=model_options.overlap,
             batch_tokens=model_options.batch_tokens,
-            top_k=0,
-            candidates_min_p=1.0,
+            top_k=0 if full_rows else rule.top_k,
+            candidates_min_p=1.0 if full_rows else min(ps),
             add_bos=model_options.add_bos,
         ).resolved(positions)
         identity = {
             "mode": "model",
+            "backend": model_options.backend,
             "model": model,
             "revision": model_options.revision,
             "tokenizer_hash": thash,
@@ -696,7 +743,7 @@ class ShardEditor(PickledAsConfig):
 
     def __post_init__(self) -> None:
         self._renderer: Renderer | None = None
-        self._source: _ScoresSource | _ModelSource | None = None
+        self._source: _ScoresSource | _ModelSource | _CandidatesSource | None = None
         self._info: dict = {}
         self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
 
@@ -721,16 +768,23 @@ class ShardEditor(PickledAsConfig):
                 Path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
             )
         else:
-            from tokedit.editor.onepass import DrawingBackend
-            from tokedit.scoring.hf import HFBackend
             from tokedit.scoring.scorer import Scorer
 
             mo, so = self.model_options, self.score_options
-            engine = HFBackend(self.model, device=mo.device, dtype=mo.dtype, revision=mo.revision)
-            banned = banned_mask(tok, extra_size=engine.head.weight.shape[0])
-            bos = 1 if so.add_bos and tok.bos_token_id is not None else 0
-            drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
-            source = _ModelSource(Scorer(drawing, tok, so), drawing)
+            engine = load_backend(
+                mo.backend, self.model, options=so, device=mo.device, dtype=mo.dtype,
+                revision=mo.revision,
+            )  # fmt: skip
+            if mo.backend == "hf":
+                from tokedit.editor.onepass import DrawingBackend
+
+                banned = banned_mask(tok, extra_size=engine.head.weight.shape[0])
+                bos = 1 if so.add_bos and tok.bos_token_id is not None else 0
+                drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
+                source = _ModelSource(Scorer(drawing, tok, so), drawing)
+            else:
+                scorer = Scorer(engine, tok, so)
+                source = _CandidatesSource(scorer, rule, banned_mask(tok), seed, p_min)
             self._info = {"device": str(engine.device), "torch_dtype": str(engine.dtype)}
         self._renderer = Renderer(tok)
         self._source = source

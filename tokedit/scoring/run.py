@@ -193,7 +193,7 @@ class ShardScorer(PickledAsConfig):
             from tokedit.scoring.hf import load_tokenizer
 
             tokenizer = tokenizer or load_tokenizer(self.model, self.revision)
-            engine = _load_backend(
+            engine = load_backend(
                 self.backend,
                 self.model,
                 device=self.device,
@@ -236,7 +236,8 @@ class ShardScorer(PickledAsConfig):
         }
 
 
-def _load_backend(backend: str, model: str, *, options: ScoreOptions | None = None, **kwargs):
+def load_backend(backend: str, model: str, *, options: ScoreOptions | None = None, **kwargs):
+    """The scoring backend ``backend`` (hf or vllm) for ``model``, loaded in this process."""
     if backend == "hf":
         from tokedit.scoring.hf import HFBackend
 
