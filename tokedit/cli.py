@@ -69,7 +69,7 @@ def engine_options(fn):
         "--ray-actors",
         type=int,
         default=None,
-        help="--engine ray: size of the actor pool (default: one per GPU, else CPUs - 1).",
+        help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to Ray Data).",
     )(fn)
     fn = click.option(
         "--ray-address",
