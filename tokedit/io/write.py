@@ -122,20 +122,24 @@ class _ShardWriter:
         self._tmp.unlink(missing_ok=True)
 
 
-class ParquetShardWriter(_ShardWriter):
-    """Stream tables into one zstd-compressed parquet shard."""
+class _TableShardWriter(_ShardWriter):
+    """A shard written table by table through ``self._writer`` (parquet, Arrow IPC)."""
 
     def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
         self._schema = schema
         super().__init__(dest)
 
-    def _open(self) -> None:
-        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
-
     def write(self, table: pa.Table) -> None:
         with _write_errors(self._dest):
             self._writer.write_table(table)
         self.rows += table.num_rows
+
+
+class ParquetShardWriter(_TableShardWriter):
+    """Stream tables into one zstd-compressed parquet shard."""
+
+    def _open(self) -> None:
+        self._writer = pq.ParquetWriter(self._tmp, self._schema, compression="zstd")
 
     def _close_streams(self) -> None:
         self._writer.close()
@@ -173,21 +177,12 @@ class JsonlShardWriter(_ShardWriter):
         self._raw.close()
 
 
-class ArrowStreamShardWriter(_ShardWriter):
+class ArrowStreamShardWriter(_TableShardWriter):
     """Arrow IPC stream files, the format of ``datasets`` ``save_to_disk`` shards."""
-
-    def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
-        self._schema = schema
-        super().__init__(dest)
 
     def _open(self) -> None:
         self._sink = pa.OSFile(str(self._tmp), "wb")
         self._writer = pa.ipc.new_stream(self._sink, self._schema)
-
-    def write(self, table: pa.Table) -> None:
-        with _write_errors(self._dest):
-            self._writer.write_table(table)
-        self.rows += table.num_rows
 
     def _close_streams(self) -> None:
         self._writer.close()
