@@ -40,6 +40,17 @@ def _table(ids, lengths, n, bits=8, buffer_keys=1 << 20):
     return c.finish()
 
 
+def reference_counts(ids: np.ndarray, lengths: np.ndarray, n: int) -> dict:
+    """n-gram counts within each document, with a Counter of tuples (the reference)."""
+    expected = Counter()
+    off = 0
+    for length in lengths:
+        doc = ids[off : off + length].tolist()
+        off += length
+        expected.update(zip(*[doc[k:] for k in range(n)], strict=False))
+    return dict(expected)
+
+
 def _as_dict(table):
     rows = table.ids(np.arange(table.distinct))
     return {tuple(int(x) for x in r): int(c) for r, c in zip(rows, table.counts, strict=True)}
@@ -72,13 +83,7 @@ def test_counts_across_batches_and_flushes(bits):
             off += part.sum()
         t = c.finish()
         assert t.codec.encoding == ("hashed" if n * bits > 64 else "packed")
-        expected = Counter()
-        off = 0
-        for length in lengths:
-            doc = ids[off : off + length].tolist()
-            off += length
-            expected.update(zip(*[doc[k:] for k in range(n)], strict=False))
-        assert _as_dict(t) == dict(expected)
+        assert _as_dict(t) == reference_counts(ids, lengths, n)
         assert np.all(np.diff(t.keys.astype(np.float64)) >= 0)
 
 
@@ -99,13 +104,7 @@ def test_counter_set_derives_lower_orders_exactly(id_limit, top):
     assert cs.top == top
     tables = cs.finish()
     for n in range(1, 5):
-        expected = Counter()
-        off = 0
-        for length in lengths:
-            doc = ids[off : off + length].tolist()
-            off += length
-            expected.update(zip(*[doc[k:] for k in range(n)], strict=False))
-        assert _as_dict(tables[n]) == dict(expected), n
+        assert _as_dict(tables[n]) == reference_counts(ids, lengths, n), n
         assert tables[n].codec.encoding == ("packed" if n <= top else "hashed")
 
 

@@ -21,3 +21,8 @@ class InputError(TokeditError):
 
 class OutputError(TokeditError):
     """The output directory cannot be written, or holds a run with other options."""
+
+
+def first_few(names: list[str], limit: int = 5) -> str:
+    """``a, b, c ...``: the first ``limit`` names of a list an error message points to."""
+    return ", ".join(names[:limit]) + (" ..." if len(names) > limit else "")

@@ -31,7 +31,7 @@ from tokedit.editor.batch import (
 from tokedit.editor.rng import doc_keys
 from tokedit.editor.rules import EditRule, banned_mask
 from tokedit.editor.splice import Renderer
-from tokedit.errors import InputError
+from tokedit.errors import InputError, first_few
 from tokedit.io.manifest import Manifest, read_manifest
 from tokedit.io.read import (
     DEFAULT_BATCH_ROWS,
@@ -155,15 +155,13 @@ def load_scores_manifest(
     if missing:
         raise InputError(
             f"{scores_dir}: no complete scores for {len(missing)} of the {len(want)} shards of {input_dir}: "
-            + ", ".join(missing[:5])
-            + (" ..." if len(missing) > 5 else ""),
+            + first_few(missing),
             remedy="finish scoring (rerun the same `tokedit score` command), or pass the dataset the scores were made from",
         )
     if extra:
         raise InputError(
             f"{scores_dir} has scores for {len(extra)} shard(s) that are not in {input_dir}: "
-            + ", ".join(extra[:5])
-            + (" ..." if len(extra) > 5 else ""),
+            + first_few(extra),
             remedy="pass the dataset directory that was scored, or rescore this one",
         )
     min_p = float(options.get("candidates_min_p", 1.0))

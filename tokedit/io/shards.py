@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, first_few
 
 # Longest suffix first: ".jsonl.gz" must win over ".gz".
 FORMATS = {
@@ -117,9 +117,8 @@ def discover_shards(
             else:
                 shards.append(Shard(root, rel, fmt))
     if unknown:
-        listed = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
         raise InputError(
-            f"{root}: {len(unknown)} file(s) of unknown type: {listed}",
+            f"{root}: {len(unknown)} file(s) of unknown type: {first_few(unknown)}",
             remedy="tokedit reads .parquet, .jsonl, .jsonl.gz, .jsonl.zst and datasets save_to_disk folders; move other files out of the dataset directory",
         )
     if not shards:
