@@ -134,14 +134,9 @@ SAMPLE_TOKENS = 288  # ... cut to its first 288 tokens: a 32-token prefix + 256 
 
 def threshold_for_edit_rate(scores_dir: Path, rate: float) -> tuple[float, dict]:
     """The p with ``rate`` of scored tokens above it, and the shares at common thresholds."""
-    import pyarrow.compute as pc
+    from tokedit.analysis.probs import accumulate_scores_dir
 
-    from tokedit.analysis.probs import ProbabilityAccumulator
-
-    acc = ProbabilityAccumulator()
-    for path in sorted(scores_dir.rglob("*.parquet")):
-        lp = pc.list_flatten(pq.read_table(path, columns=["logprob"]).column("logprob")).drop_null()
-        acc.add(lp.to_numpy())
+    acc = accumulate_scores_dir(scores_dir)
     return acc.suggest(rate)["p"], acc.summary()["share_above"]
 
 

@@ -9,6 +9,7 @@ per-document perplexities (one float per document) are kept.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 
@@ -88,6 +89,18 @@ class ProbabilityAccumulator:
                 for t, c in zip(THRESHOLDS, self.above, strict=True)
             },
         }
+
+
+def accumulate_scores_dir(scores_dir: Path) -> ProbabilityAccumulator:
+    """A :class:`ProbabilityAccumulator` over every scored token of a scores directory."""
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    acc = ProbabilityAccumulator()
+    for path in sorted(Path(scores_dir).rglob("*.parquet")):
+        lp = pc.list_flatten(pq.read_table(path, columns=["logprob"]).column("logprob")).drop_null()
+        acc.add(lp.to_numpy())
+    return acc
 
 
 def suggest_threshold(logq: np.ndarray, under: int, n: int, target: float) -> dict:

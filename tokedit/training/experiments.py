@@ -324,16 +324,9 @@ def score(data_dir: Path, scores_dir: Path, model_dir: Path, preset: ExperimentP
 
 def probability_histogram(scores_dir: Path) -> dict:
     """The 10-bin histogram of ``P(token)`` over a scores directory (``ProbabilityAccumulator``)."""
-    import pyarrow.compute as pc
-    import pyarrow.parquet as pq
+    from tokedit.analysis.probs import accumulate_scores_dir
 
-    from tokedit.analysis.probs import ProbabilityAccumulator
-
-    acc = ProbabilityAccumulator()
-    for path in sorted(scores_dir.rglob("*.parquet")):
-        lp = pc.list_flatten(pq.read_table(path, columns=["logprob"]).column("logprob")).drop_null()
-        acc.add(lp.to_numpy())
-    s = acc.summary()
+    s = accumulate_scores_dir(scores_dir).summary()
     return {"shares": s["hist10"]["shares"], "mean_logprob": s["mean_logprob"]}
 
 

@@ -22,6 +22,7 @@ import torch
 from tokedit.errors import InputError
 from tokedit.io.read import STATUS_OK, iter_documents
 from tokedit.io.shards import discover_shards
+from tokedit.training.tce import per_token_cross_entropy
 
 IGNORE_INDEX = -100
 
@@ -116,16 +117,9 @@ def evaluate_perplexity(model, ids: np.ndarray, labels: np.ndarray, batch_size: 
     for a in range(0, len(ids), batch_size):
         x = torch.from_numpy(ids[a : a + batch_size]).to(device)
         y = torch.from_numpy(labels[a : a + batch_size]).to(device)
-        logits = model(input_ids=x).logits[:, :-1].float()
-        target = y[:, 1:]
-        loss = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]),
-            target.reshape(-1),
-            ignore_index=IGNORE_INDEX,
-            reduction="sum",
-        )
-        total += float(loss)
-        count += int((target != IGNORE_INDEX).sum())
+        ce, real = per_token_cross_entropy(model(input_ids=x).logits, y, IGNORE_INDEX)
+        total += float(ce.sum())
+        count += int(real.sum())
     return math.exp(total / count) if count else float("nan")
 
 
