@@ -273,13 +273,9 @@ def load(model_dir: Path):
 
 
 def held_out_perplexity(model, tokenizer, texts: list[str], block_size: int) -> float:
-    from tokedit.training.trainer import evaluate_perplexity, pack_blocks, tokenize_texts
+    from tokedit.training.trainer import evaluate_perplexity, pack_texts
 
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ids, labels = pack_blocks(
-        tokenize_texts(tokenizer, texts), block_size, tokenizer.eos_token_id, pad
-    )
-    return evaluate_perplexity(model, ids, labels)
+    return evaluate_perplexity(model, *pack_texts(tokenizer, texts, block_size))
 
 
 def regenerate(model, tokenizer, texts: list[str], preset: ExperimentPreset, seed: int):

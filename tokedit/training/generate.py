@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from tokedit.training.trainer import pad_token_id
+
 
 @dataclass(frozen=True)
 class GenerateOptions:
@@ -33,7 +35,7 @@ def generate_continuations(
     device = next(model.parameters()).device
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_token_id(tokenizer)
     outputs: list[str] = [""] * len(texts)
     # Similar lengths together: fewer wasted steps on finished rows.
     order = np.argsort(

@@ -92,6 +92,21 @@ def tokenize_texts(tokenizer, texts: list[str]) -> list[np.ndarray]:
     return [np.asarray(ids, dtype=np.int64) for ids in enc]
 
 
+def pad_token_id(tokenizer) -> int:
+    """The tokenizer's padding id, else its EOS (the tokenizers trained here have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def pack_texts(tokenizer, texts: list[str], block_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """``texts`` tokenized and packed into blocks (:func:`pack_blocks`), EOS after each."""
+    return pack_blocks(
+        tokenize_texts(tokenizer, texts),
+        block_size,
+        tokenizer.eos_token_id,
+        pad_token_id(tokenizer),
+    )
+
+
 class BlockDataset(torch.utils.data.Dataset):
     def __init__(self, ids: np.ndarray, labels: np.ndarray):
         self.ids = torch.from_numpy(ids)
@@ -198,15 +213,9 @@ def train_model(
 
         tokenizer = load_tokenizer(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path)
-    eos, pad = (
-        tokenizer.eos_token_id,
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
-    )
-    train_ids, train_labels = pack_blocks(
-        tokenize_texts(tokenizer, train_texts), config.block_size, eos, pad
-    )
+    train_ids, train_labels = pack_texts(tokenizer, train_texts, config.block_size)
     held_ids, held_labels = (
-        pack_blocks(tokenize_texts(tokenizer, held_texts), config.block_size, eos, pad)
+        pack_texts(tokenizer, held_texts, config.block_size)
         if held_texts
         else (np.zeros((0, config.block_size), np.int64),) * 2
     )
