@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from tokedit.analysis.edits import EDIT_COLUMNS, EditAccumulator
 from tokedit.analysis.ngrams import MAX_N, NgramCounterSet, NgramTable
 from tokedit.analysis.probs import PerplexityAccumulator, ProbabilityAccumulator
+from tokedit.analysis.units import flat_list
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import STATUS_OK, RowBatch, iter_batches, to_documents
@@ -133,13 +134,6 @@ def _take(batch: RowBatch, rows: np.ndarray) -> RowBatch:
     )
 
 
-def _flat_list(column) -> tuple[pa.Array, np.ndarray]:
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    lengths = column.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    return column.flatten(), lengths
-
-
 @dataclass
 class CorpusStats:
     """Everything accumulated over one corpus."""
@@ -165,7 +159,6 @@ def accumulate(
     max_docs: int | None = None,
     seed: int = 0,
     batch_rows: int = DEFAULT_BATCH_ROWS,
-    on_batch=None,
 ) -> CorpusStats:
     """Stream ``source`` once and count everything the report needs.
 
@@ -188,8 +181,6 @@ def accumulate(
             ids, lengths = _text_batch(batch, stats, units)
         stats.units += len(ids)
         counters.add(ids, lengths)
-        if on_batch is not None:
-            on_batch(len(batch), len(ids))
     stats.documents_used = rows_seen
     stats.documents_total = total if total is not None else rows_seen
     stats.tables = counters.finish()
@@ -210,7 +201,7 @@ def _scores_batch(batch: RowBatch, stats: CorpusStats, units, decoder):
             remedy="pass a directory written by `tokedit score`",
         )
     _count_statuses(stats, table.column("status").to_pylist())
-    lp_values, _ = _flat_list(table.column("logprob"))
+    lp_values, _ = flat_list(table.column("logprob"))
     valid = lp_values.is_valid().to_numpy(zero_copy_only=False)
     lp = lp_values.to_numpy(zero_copy_only=False)
     stats.probs.add(lp[valid], n_no_context=int((~valid).sum()))
@@ -219,7 +210,7 @@ def _scores_batch(batch: RowBatch, stats: CorpusStats, units, decoder):
     stats.ppl.add(table.column("ppl").to_numpy(zero_copy_only=False)[ok])
     token_lists = table.column("token_ids")
     if units.kind == "tokens":
-        flat, lengths = _flat_list(token_lists)
+        flat, lengths = flat_list(token_lists)
         ids = flat.to_numpy(zero_copy_only=False).astype(np.uint32)
         units.check(ids, str(batch.shard.path))
         return ids, lengths
@@ -232,13 +223,12 @@ def _text_batch(batch: RowBatch, stats: CorpusStats, units):
     source = stats.source
     docs = to_documents(batch, source.text_column)
     _count_statuses(stats, docs.statuses)
-    if source.kind == KIND_EDITED or batch.has_column(EDIT_COLUMNS[0]):
-        if all(batch.has_column(c) for c in EDIT_COLUMNS):
-            if stats.edits is None:
-                stats.edits = EditAccumulator()
-            if batch.table is not None:
-                cols = [batch.table.column(c) for c in EDIT_COLUMNS]
-            else:
-                cols = [batch.column(c) for c in EDIT_COLUMNS]
-            stats.edits.add(*cols)
+    if all(batch.has_column(c) for c in EDIT_COLUMNS):  # an edited corpus (any kind of source)
+        if stats.edits is None:
+            stats.edits = EditAccumulator()
+        if batch.table is not None:
+            cols = [batch.table.column(c) for c in EDIT_COLUMNS]
+        else:
+            cols = [batch.column(c) for c in EDIT_COLUMNS]
+        stats.edits.add(*cols)
     return units.encode(docs.texts)

@@ -24,13 +24,12 @@ WORD_PATTERN = r"\w+|[^\w\s]"
 MAX_ID_LIMIT = 2**32 - 1  # ids are uint32; the all-ones value is the counters' sentinel
 
 
-def _flatten(lists: pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """Flat values and per-row lengths of an arrow list array (nulls count as empty)."""
+def flat_list(lists: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
+    """Flat values (arrow, nulls kept) and per-row lengths of a list column (null rows: 0)."""
     if isinstance(lists, pa.ChunkedArray):
         lists = lists.combine_chunks()
     lengths = lists.value_lengths().fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
-    values = lists.flatten().to_numpy(zero_copy_only=False)
-    return values, lengths
+    return lists.flatten(), lengths
 
 
 class WordUnits:
@@ -119,7 +118,8 @@ class TokenUnits:
         enc = self.tokenizer(
             texts, add_special_tokens=False, return_attention_mask=False, verbose=False
         )["input_ids"]
-        ids, lengths = _flatten(pa.array(enc, type=pa.list_(pa.uint32())))
+        values, lengths = flat_list(pa.array(enc, type=pa.list_(pa.uint32())))
+        ids = values.to_numpy(zero_copy_only=False)
         return ids.astype(np.uint32, copy=False), lengths
 
     def check(self, ids: np.ndarray, where: str) -> None:

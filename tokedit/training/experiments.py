@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokedit.analysis.report import json_safe
+
 # ----------------------------------------------------------------------------- presets
 
 
@@ -661,18 +663,6 @@ def run_mixture(
 # ----------------------------------------------------------------------------- reports
 
 
-def _json_ready(x):
-    if isinstance(x, dict):
-        return {str(k): _json_ready(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_json_ready(v) for v in x]
-    if isinstance(x, float) and not math.isfinite(x):
-        return None
-    if isinstance(x, np.floating | np.integer):
-        return _json_ready(x.item())
-    return x
-
-
 def _figure(width: float, height: float, ncols: int = 1):
     """A figure on the Agg canvas, without pyplot's global state (safe in threads / servers)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -750,7 +740,7 @@ def write_recursive_report(result: dict, out: Path) -> None:
         f"({result['parameters'] / 1e6:.2f}M parameters), seed {result['seed']}. "
         "Small-scale results; see the README (experiments) for definitions."
     )
-    (out / "recursive.json").write_text(json.dumps(_json_ready(result), indent=2) + "\n")
+    (out / "recursive.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     (out / "recursive.html").write_text(
         _html("tokedit: recursive training", intro, f"<table>{head}{body}</table>", result["plots"])
     )
@@ -781,7 +771,7 @@ def write_mixture_report(result: dict, out: Path) -> None:
         f"{_fmt(result['prior']['held_out_ppl'])}; edit threshold p = {result['edit']['p']}. "
         "Small-scale results; see the README (experiments)."
     )
-    (out / "mixture.json").write_text(json.dumps(_json_ready(result), indent=2) + "\n")
+    (out / "mixture.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     (out / "mixture.html").write_text(
         _html(
             "tokedit: synthetic-data mixtures",
