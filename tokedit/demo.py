@@ -170,12 +170,12 @@ def run_demo(
     """
     # No weight-loading bars (nothing is downloaded here); read when transformers is imported.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM
 
     from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
     from tokedit.editor.run import EditOptions, edit_dataset, format_edit_summary
-    from tokedit.io.read import STATUS_OK, iter_documents
-    from tokedit.io.shards import discover_shards
+    from tokedit.io.read import read_ok_texts
+    from tokedit.scoring.hf import load_tokenizer
     from tokedit.scoring.run import score_dataset
     from tokedit.scoring.scorer import ScoreOptions
     from tokedit.training.generate import GenerateOptions, generate_continuations
@@ -265,14 +265,8 @@ def run_demo(
     log(
         "[5/6] human vs fully synthetic vs ToEdit-edited on a sample: generating continuations with the prior"
     )
-    tokenizer = AutoTokenizer.from_pretrained(prior)
-    ids, texts = [], []
-    for shard in discover_shards(corpus):
-        for docs in iter_documents(shard, id_column="id"):
-            for i, t, st in zip(docs.ids, docs.texts, docs.statuses, strict=True):
-                if st == STATUS_OK:
-                    ids.append(i)
-                    texts.append(t)
+    tokenizer = load_tokenizer(str(prior))
+    ids, texts = read_ok_texts(corpus, id_column="id")
     ids, texts = (
         ids[::SAMPLE_EVERY],
         truncate_to_tokens(texts[::SAMPLE_EVERY], tokenizer, SAMPLE_TOKENS),

@@ -188,12 +188,11 @@ def top_ngrams(table: NgramTable, units, k: int) -> list[dict]:
 
 def _edit_decoder(source, units, options, tokenizers):
     if units.kind == "tokens":
-        return lambda ids: units.unit_texts(ids)
+        return units.unit_texts
     try:
-        dec = _decoder_for(source, options, tokenizers)
-        return lambda ids: dec.unit_texts(ids)
-    except InputError:
-        return lambda ids: [f"<{int(i)}>" for i in ids]
+        return _decoder_for(source, options, tokenizers).unit_texts
+    except InputError:  # no tokenizer to decode with: ids shown as <id>
+        return TokenUnits(None).unit_texts
 
 
 def corpus_entry(

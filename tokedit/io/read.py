@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import InputError
-from tokedit.io.shards import Shard
+from tokedit.io.shards import Shard, discover_shards
 
 DEFAULT_BATCH_ROWS = 512
 
@@ -353,3 +353,18 @@ def iter_documents(
 ) -> Iterator[Documents]:
     for batch in iter_batches(shard, batch_rows):
         yield to_documents(batch, text_column, id_column)
+
+
+def read_ok_texts(
+    data_dir, text_column: str = "text", id_column: str | None = None
+) -> tuple[list[str], list[str]]:
+    """Ids and texts of every processable row (status ok) of a dataset, in shard then row order."""
+    ids: list[str] = []
+    texts: list[str] = []
+    for shard in discover_shards(data_dir):
+        for docs in iter_documents(shard, text_column, id_column):
+            for i, t, status in zip(docs.ids, docs.texts, docs.statuses, strict=True):
+                if status == STATUS_OK:
+                    ids.append(i)
+                    texts.append(t)
+    return ids, texts

@@ -20,8 +20,7 @@ import numpy as np
 import torch
 
 from tokedit.errors import InputError
-from tokedit.io.read import STATUS_OK, iter_documents
-from tokedit.io.shards import discover_shards
+from tokedit.io.read import read_ok_texts
 from tokedit.training.tce import per_token_cross_entropy
 
 IGNORE_INDEX = -100
@@ -47,12 +46,7 @@ class TrainConfig:
 
 def read_texts(data_dir: str, text_column: str = "text", id_column: str | None = None) -> list[str]:
     """All processable texts of a dataset directory, in shard then row order."""
-    texts = []
-    for shard in discover_shards(data_dir):
-        for docs in iter_documents(shard, text_column, id_column):
-            texts.extend(
-                t for t, s in zip(docs.texts, docs.statuses, strict=True) if s == STATUS_OK
-            )
+    _, texts = read_ok_texts(data_dir, text_column, id_column)
     if not texts:
         raise InputError(
             f"{data_dir}: no non-empty documents to train on", remedy="check --text-column"
