@@ -1,7 +1,8 @@
 """``report.html`` and its PNG plots, rendered from the report dict alone.
 
 Plots go to ``plots/`` beside the HTML and are referenced by relative paths, so the folder
-can be moved or archived as a whole. matplotlib runs on the Agg backend (no display).
+can be moved or archived as a whole. Figures are drawn on their own Agg canvas (no display),
+without pyplot: importing tokedit never switches the caller's matplotlib backend.
 """
 
 from __future__ import annotations
@@ -9,13 +10,9 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-import matplotlib
+import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-
-from tokedit.io.write import atomic_path  # noqa: E402
+from tokedit.io.write import atomic_path
 
 PLOTS_DIR = "plots"
 TOP_SHOWN = 10
@@ -43,11 +40,20 @@ def _table(header: list[str], rows: list[list[str]], cls: str = "") -> str:
     return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
 
 
+def new_figure(width: float, height: float, ncols: int = 1):
+    """A figure on its own Agg canvas and its row of ``ncols`` axes (no pyplot state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig, fig.subplots(1, ncols, squeeze=False)[0]
+
+
 def _save(fig, out: Path, name: str) -> str:
     rel = f"{PLOTS_DIR}/{name}.png"
     fig.tight_layout()
     fig.savefig(out / rel, dpi=110)
-    plt.close(fig)
     return rel
 
 
@@ -59,7 +65,7 @@ def _img(rel: str, alt: str) -> str:
 
 
 def plot_prob_hist10(corpora: list[dict], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, (ax,) = new_figure(8, 3.6)
     width = 0.8 / len(corpora)
     for j, c in enumerate(corpora):
         h = c["probability"]["hist10"]
@@ -78,7 +84,7 @@ def plot_prob_hist10(corpora: list[dict], out: Path) -> str:
 
 
 def plot_prob_fine(corpora: list[dict], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, (ax,) = new_figure(8, 3.6)
     for c in corpora:
         h = c["probability"]["hist_fine"]
         shares = np.array([s or 0 for s in h["shares"]])
@@ -92,7 +98,7 @@ def plot_prob_fine(corpora: list[dict], out: Path) -> str:
 
 
 def plot_perplexity(corpora: list[dict], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(8, 3.6))
+    fig, (ax,) = new_figure(8, 3.6)
     for c in corpora:
         h = c["perplexity"]["log10_hist"]
         counts = np.asarray(h["counts"], dtype=float)
@@ -111,7 +117,7 @@ def plot_concentration(corpora: list[dict], max_n: int, out: Path) -> str:
         ("entropy_bits", "entropy (bits)"),
         ("top1pct_share", "mass of the top 1 %"),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(11, 3.4))
+    fig, axes = new_figure(11, 3.4, ncols=3)
     for ax, (key, title) in zip(axes, metrics, strict=True):
         for c in corpora:
             ax.plot(ns, [c["ngrams"][str(n)][key] for n in ns], marker="o", label=c["label"])
@@ -123,7 +129,7 @@ def plot_concentration(corpora: list[dict], max_n: int, out: Path) -> str:
 
 
 def plot_rank_frequency(corpora: list[dict], out: Path) -> str:
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = new_figure(10, 3.6, ncols=2)
     for ax, n in zip(axes, (1, 2), strict=True):
         for c in corpora:
             rf = c["ngrams"][str(n)]["rank_frequency"]
@@ -138,7 +144,7 @@ def plot_rank_frequency(corpora: list[dict], out: Path) -> str:
 
 def plot_tail(corpora: list[dict], max_n: int, out: Path) -> str:
     ns = list(range(1, max_n + 1))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    fig, axes = new_figure(10, 3.4, ncols=2)
     for ax, (key, title) in zip(
         axes,
         [
@@ -158,7 +164,7 @@ def plot_tail(corpora: list[dict], max_n: int, out: Path) -> str:
 
 
 def plot_edits(corpora: list[dict], out: Path) -> str:
-    fig, ax = plt.subplots(figsize=(7, 3.4))
+    fig, (ax,) = new_figure(7, 3.4)
     keys = [("above_share", "above p"), ("changed_share", "changed"), ("skipped_share", "skipped")]
     width = 0.8 / len(corpora)
     for j, c in enumerate(corpora):

@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokedit.analysis.html import new_figure
 from tokedit.analysis.report import json_safe
 
 # ----------------------------------------------------------------------------- presets
@@ -663,16 +664,6 @@ def run_mixture(
 # ----------------------------------------------------------------------------- reports
 
 
-def _figure(width: float, height: float, ncols: int = 1):
-    """A figure on the Agg canvas, without pyplot's global state (safe in threads / servers)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width, height))
-    FigureCanvasAgg(fig)
-    return fig, fig.subplots(1, ncols, squeeze=False)[0]
-
-
 RECURSIVE_PLOTS = {
     "held_out_ppl": ("held-out perplexity (real text)", lambda r: r["held_out_ppl"]),
     "probe_accuracy": ("knowledge-probe accuracy", lambda r: r["probe_accuracy"]),
@@ -684,7 +675,7 @@ RECURSIVE_PLOTS = {
 def plot_recursive(result: dict, out: Path) -> dict[str, str]:
     files = {}
     for key, (title, get) in RECURSIVE_PLOTS.items():
-        fig, (ax,) = _figure(5, 3.5)
+        fig, (ax,) = new_figure(5, 3.5)
         for name, rows in result["arms"].items():
             ax.plot([r["generation"] for r in rows], [get(r) for r in rows], marker="o", label=name)
         ax.set_xlabel("generation")
@@ -695,7 +686,7 @@ def plot_recursive(result: dict, out: Path) -> dict[str, str]:
         files[key] = f"recursive_{key}.png"
         fig.savefig(out / files[key], dpi=100)
     names = list(result["arms"])
-    fig, axes = _figure(4 * len(names), 3.2, len(names))
+    fig, axes = new_figure(4 * len(names), 3.2, len(names))
     for ax, name in zip(axes, names, strict=True):
         for r in result["arms"][name]:
             shares = [s or 0.0 for s in r["generated"]["hist10"]["shares"]]
@@ -748,7 +739,7 @@ def write_recursive_report(result: dict, out: Path) -> None:
 
 def plot_mixture(result: dict, out: Path) -> dict[str, str]:
     names = list(result["arms"])
-    fig, (ax,) = _figure(6, 3.5)
+    fig, (ax,) = new_figure(6, 3.5)
     ax.bar(names, [result["arms"][n]["held_out_ppl"] for n in names], color="#4a7")
     ax.set_ylabel("held-out perplexity (real text)")
     ax.tick_params(axis="x", rotation=30)

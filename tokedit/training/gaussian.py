@@ -179,14 +179,11 @@ def plot_gaussian(result: dict, path) -> None:
 
     Uses ``Figure`` directly (Agg canvas) so it never touches pyplot's global state.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+    from tokedit.analysis.html import new_figure
 
     cfg = result["config"]
     g = result["generation"]
-    fig = Figure(figsize=(6.4, 4.2))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
+    fig, (ax,) = new_figure(6.4, 4.2)
     colours = {"mle": "tab:blue", "tail": "tab:red"}
     labels = {
         "mle": "MLE refit (all samples)",
