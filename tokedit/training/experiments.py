@@ -246,7 +246,7 @@ def train_run(
     )
     with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its logs without tqdm
         summary = train_model(
-            str(out_dir),
+            None,
             str(out_dir),
             config=config,
             model_path=str(init_dir),

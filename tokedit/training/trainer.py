@@ -162,7 +162,7 @@ class _TimeBudget:
 
 
 def train_model(
-    data_dir: str,
+    data_dir: str | None,
     out_dir: str,
     *,
     config: TrainConfig | None = None,
@@ -175,7 +175,10 @@ def train_model(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train (from scratch, or continue ``model_path``) and save to ``out_dir``; returns a summary."""
+    """Train (from scratch, or continue ``model_path``) and save to ``out_dir``; returns a summary.
+
+    The documents are read from ``data_dir``, or given as ``texts`` (then ``data_dir`` is None).
+    """
     from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
 
     from tokedit.training.prior import PRESETS, build_model, train_tokenizer
@@ -187,6 +190,8 @@ def train_model(
             "pass exactly one of --model M (continue training) and --from-scratch",
             remedy="tokedit train DATA --from-scratch --out MODEL",
         )
+    if (texts is None) == (data_dir is None):
+        raise ValueError("train_model takes a data_dir or texts, not both or neither")
     texts = texts if texts is not None else read_texts(data_dir, text_column, id_column)
     train_texts, held_texts = split_held_out(texts, config.eval_every_nth_doc)
     t0 = time.perf_counter()
@@ -273,7 +278,7 @@ def train_model(
         "config": asdict(config),
         "from_scratch": from_scratch,
         "base_model": model_path,
-        "data": str(data_dir),
+        "data": str(data_dir) if data_dir is not None else None,
     }
     out = Path(out_dir)
     model.save_pretrained(out)
