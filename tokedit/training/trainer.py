@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import TrainerCallback
 
 from tokedit.errors import InputError
 from tokedit.io.read import read_ok_texts
@@ -143,22 +144,20 @@ def make_loss_func(config: TrainConfig) -> Callable | None:
     raise InputError(f"unknown loss {config.loss!r}", remedy="use --loss ce or --loss tce")
 
 
-class _TimeBudget:
+class TimeBudget(TrainerCallback):
     """Trainer callback that stops training after ``seconds``."""
 
-    def __new__(cls, seconds: float):
-        from transformers import TrainerCallback
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.t0 = time.perf_counter()
 
-        class TimeBudget(TrainerCallback):
-            def on_train_begin(self, args, state, control, **kw):
-                self.t0 = time.perf_counter()
+    def on_train_begin(self, args, state, control, **kw):
+        self.t0 = time.perf_counter()
 
-            def on_step_end(self, args, state, control, **kw):
-                if time.perf_counter() - self.t0 > seconds:
-                    control.should_training_stop = True
-                return control
-
-        return TimeBudget()
+    def on_step_end(self, args, state, control, **kw):
+        if time.perf_counter() - self.t0 > self.seconds:
+            control.should_training_stop = True
+        return control
 
 
 def train_model(
@@ -244,7 +243,7 @@ def train_model(
             dataloader_num_workers=0,
             disable_tqdm=not progress,
         )
-        callbacks = [_TimeBudget(config.time_budget_s)] if config.time_budget_s else []
+        callbacks = [TimeBudget(config.time_budget_s)] if config.time_budget_s else []
         loss_func = make_loss_func(config)
         trainer = Trainer(
             model=model,
