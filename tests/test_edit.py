@@ -200,11 +200,12 @@ def expected_change(stored: dict, p: float, temperature=1.0, top_k=8, top_p=None
 @pytest.mark.parametrize(
     "args, kw",
     [
-        ([], {}),
+        ([], {"temperature": 1.5}),  # the default: --preset up-revise (top-8, T = 1.5)
+        (["--temperature", "1"], {}),
         (["--temperature", "2", "--top-k", "4"], {"temperature": 2.0, "top_k": 4}),
-        (["--strategy", "topp", "--top-p", "0.6"], {"top_p": 0.6}),
+        (["--strategy", "topp", "--top-p", "0.6"], {"top_p": 0.6, "temperature": 1.5}),
     ],
-    ids=["topk8", "T2-k4", "topp0.6"],
+    ids=["up-revise", "topk8-T1", "T2-k4", "topp0.6"],
 )
 def test_change_rate_matches_the_rule(tmp_path, corpus_dir, tiny_scores, stored, args, kw):
     p = 0.1

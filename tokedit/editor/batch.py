@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from tokedit.editor.rng import position_uniforms
-from tokedit.editor.rules import EditRule, above_threshold, draw
+from tokedit.editor.rules import EditRule, above_threshold, below_threshold, draw
 from tokedit.editor.splice import Renderer, align_span
 
 # Why an above-threshold position whose draw differs from the original was left unchanged.
@@ -128,12 +128,14 @@ class EditedBatch:
     n_above: np.ndarray  # int32 [R]
     n_changed: np.ndarray  # int32 [R]
     n_skipped: np.ndarray  # int32 [R]
+    n_deleted: np.ndarray  # int32 [R]: tokens cut out (P < drop_below)
     edit_offsets: np.ndarray  # int32 [R+1] into the edit arrays
     edits: dict[str, np.ndarray]  # EDIT_FIELDS -> int32 [E]
     counts: dict = field(default_factory=dict)
 
     def edits_array(self) -> pa.Array:
-        """``list<struct<pos, char_start, char_end, orig_id, new_id>>``, one list per row."""
+        """``list<struct<pos, char_start, char_end, orig_id, new_id>>``, one list per row
+        (``new_id`` -1: the token was deleted)."""
         values = pa.StructArray.from_arrays(
             [pa.array(self.edits[f], pa.int32()) for f in EDIT_FIELDS], names=list(EDIT_FIELDS)
         )
@@ -152,9 +154,18 @@ class EditedBatch:
 
 
 def apply_draws(
-    sb: ScoreBatch, texts: list[str], draws: Draws, p: float, renderer: Renderer
+    sb: ScoreBatch,
+    texts: list[str],
+    draws: Draws,
+    p: float,
+    renderer: Renderer,
+    drop_below: float = 0.0,
 ) -> EditedBatch:
-    """Splice the draws of positions with ``P > p`` into ``texts`` (one text per row)."""
+    """Splice the draws of positions with ``P > p`` into ``texts`` (one text per row), and
+    cut out the tokens with ``P < drop_below`` (an edit with ``new_id`` -1 and empty text).
+
+    A position with no log-prob (the first token without BOS) is never changed or deleted.
+    """
     n_rows = len(sb)
     sel = above_threshold(sb.logprob[draws.pos], p)
     pos, new = draws.pos[sel], draws.new_ids[sel]
@@ -162,7 +173,18 @@ def apply_draws(
     orig = sb.token_ids[pos]
     no_candidate = new < 0
     want = ~no_candidate & (new != orig)
-    wpos, wrow, wnew, worig = pos[want], rows[want], new[want], orig[want]
+    # Deletions (a position cannot be both: drop_below < p is checked by the caller, and a
+    # position above p is never deleted here).
+    dpos = np.flatnonzero(below_threshold(sb.logprob, drop_below))
+    if len(dpos) and len(pos):
+        dpos = dpos[~np.isin(dpos, pos)]
+    wpos = np.concatenate([pos[want], dpos])
+    wnew = np.concatenate([new[want], np.full(len(dpos), -1, np.int32)]).astype(np.int32)
+    order = np.argsort(wpos, kind="stable")
+    wpos, wnew = wpos[order], wnew[order]
+    is_del = wnew < 0
+    wrow = sb.row_of(wpos)
+    worig = sb.token_ids[wpos]
     next_row_start = sb.row_offsets[wrow + 1]
     text_len = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n_rows)
     starts = sb.starts[wpos]
@@ -177,10 +199,15 @@ def apply_draws(
     # and splice each edited row from untouched slices and replacements in the same pass.
     at_start = tokpos == 0
     orig_texts = renderer.render_many(worig, at_start)
-    new_texts = renderer.render_many(wnew, at_start)
+    new_texts = [""] * len(wpos)
+    if (~is_del).any():
+        rendered = renderer.render_many(wnew[~is_del], at_start[~is_del])
+        for j, t in zip(np.flatnonzero(~is_del).tolist(), rendered, strict=True):
+            new_texts[j] = t
     starts_l, ends_l = starts.tolist(), ends.tolist()
     accepted = np.zeros(len(wpos), dtype=bool)
-    skipped_span = skipped_render = 0
+    bad_span = np.zeros(len(wpos), dtype=bool)
+    skipped_render = 0
     out_texts: list[str | None] = [None] * n_rows
     row, text, last, parts = -1, "", 0, []
     for j, r in enumerate(wrow.tolist()):
@@ -191,18 +218,18 @@ def apply_draws(
             row, text, last, parts = r, texts[r], 0, []
         s, e, orig_text = starts_l[j], ends_l[j], orig_texts[j]
         if orig_text is None:
-            skipped_span += 1
+            bad_span[j] = True
             continue
         if e - s != len(orig_text) or not text.startswith(orig_text, s):
             # rare: trimmed offsets, tokens sharing a character, offsets of another text
             span = align_span(text, s, e, orig_text)
             if span is None:
-                skipped_span += 1
+                bad_span[j] = True
                 continue
             s, e = span
             starts[j], ends[j] = span
         if s < last:
-            skipped_span += 1
+            bad_span[j] = True
             continue
         piece = new_texts[j]
         if piece is None:
@@ -216,13 +243,16 @@ def apply_draws(
         parts.append(text[last:])
         out_texts[row] = "".join(parts)
 
-    n_changed = np.bincount(wrow[accepted], minlength=n_rows).astype(np.int32)
+    replaced, deleted = accepted & ~is_del, accepted & is_del
+    skipped_span = int(np.count_nonzero(bad_span & ~is_del))
+    n_changed = np.bincount(wrow[replaced], minlength=n_rows).astype(np.int32)
+    n_deleted = np.bincount(wrow[deleted], minlength=n_rows).astype(np.int32)
     n_skipped = (
         np.bincount(rows[no_candidate], minlength=n_rows)
-        + np.bincount(wrow[~accepted], minlength=n_rows)
+        + np.bincount(wrow[~accepted & ~is_del], minlength=n_rows)
     ).astype(np.int32)
     edit_offsets = np.zeros(n_rows + 1, dtype=np.int32)
-    np.cumsum(n_changed, out=edit_offsets[1:])
+    np.cumsum(n_changed + n_deleted, out=edit_offsets[1:])
     edits = {
         "pos": tokpos[accepted].astype(np.int32),
         "char_start": starts[accepted].astype(np.int32),
@@ -230,25 +260,32 @@ def apply_draws(
         "orig_id": worig[accepted].astype(np.int32),
         "new_id": wnew[accepted].astype(np.int32),
     }
+    ok_rows = np.diff(sb.row_offsets) > 0
     counts = {
         "documents": n_rows,
-        "documents_changed": int(np.count_nonzero(n_changed)),
+        "documents_changed": int(np.count_nonzero(n_changed + n_deleted)),
         "tokens": int(len(sb.token_ids)),
         "scored": int(np.count_nonzero(~np.isnan(sb.logprob))),
+        "chars": int(text_len[ok_rows].sum()),
         "above": int(len(pos)),
         "drawn_original": int(np.count_nonzero(~no_candidate & (new == orig))),
-        "changed": int(accepted.sum()),
+        "changed": int(replaced.sum()),
         "skipped": {
             "span": skipped_span,
             "render": skipped_render,
             "no_candidate": int(no_candidate.sum()),
         },
+        "below": int(len(dpos)),
+        "deleted": int(deleted.sum()),
+        "deleted_chars": int((ends[deleted] - starts[deleted]).sum()),
+        "delete_skipped": int(np.count_nonzero(is_del & ~accepted)),
     }
     return EditedBatch(
         texts=out_texts,
         n_above=np.bincount(rows, minlength=n_rows).astype(np.int32),
         n_changed=n_changed,
         n_skipped=n_skipped,
+        n_deleted=n_deleted,
         edit_offsets=edit_offsets,
         edits=edits,
         counts=counts,

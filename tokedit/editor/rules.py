@@ -8,12 +8,21 @@ possible only with a model). Special tokens, ids the tokenizer does not know and
 the fewest most probable of them whose share of the (renormalised) weight reaches ``top_p``.
 Candidates are put in one canonical order (probability descending, then id), so the same
 uniform number draws the same token whatever order the candidates came in.
+
+A position is *below the drop threshold* when ``P(x_i | x_<i) < drop_below``: its token is
+deleted from the text (``drop_below`` 0: never). Both comparisons are the authors' own,
+``exp(logprob) > p`` and ``exp(logprob) < q`` in float64 on the float32 log-prob, done as one
+float32 comparison against a threshold chosen so that the two agree for every float32 value.
+
+:data:`PRESETS` are the strategies of the authors' code (github Xuekai-Zhu/toedit,
+``toedit_resampling.py``); see ``docs/fidelity.md``.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -22,11 +31,18 @@ STRATEGIES = ("topk", "topp")
 
 @dataclass(frozen=True)
 class EditRule:
+    """How a position above ``p`` is redrawn, and which positions are deleted.
+
+    The defaults are the ``up-revise`` preset (the authors' "core implementation"):
+    top-8 candidates, weights ``P^(1/1.5)``, no deletion.
+    """
+
     strategy: str = "topk"
     top_k: int = 8  # 0: no truncation (the full distribution; needs a model)
     top_p: float = 0.9  # nucleus mass for "topp"
-    temperature: float = 1.0
+    temperature: float = 1.5  # the official beta of online_resampling_json_up_revise
     exclude_original: bool = False
+    drop_below: float = 0.0  # delete tokens with P < drop_below (0: never)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -37,16 +53,94 @@ class EditRule:
             raise ValueError("top_p must be in (0, 1]")
         if not self.temperature > 0:
             raise ValueError("temperature must be > 0")
+        if not 0 <= self.drop_below < 1:
+            raise ValueError("drop_below must be in [0, 1)")
 
 
+# The authors' strategies (github Xuekai-Zhu/toedit, toedit_resampling.py), each value with
+# where it comes from. "p" is the edit threshold (``up_threshold``); the rest is an EditRule.
+PRESETS: dict[str, dict] = {
+    "up-revise": {
+        "p": 0.99,  # online_resampling_json_up_revise: up_threshold = 0.99
+        "strategy": "topk",  # resampling(): np.random.choice over the prompt_logprobs dict
+        "top_k": 8,  # parse_args: --n_of_candicant default=8 (prompt_logprobs=k)
+        "temperature": 1.5,  # resampling(..., beta=1.5): softmax(logprob / beta)
+        "exclude_original": False,  # the actual token stays in the dict
+        "drop_below": 0.0,  # the low_threshold branch is commented out
+    },
+    "low-drop-up-revise": {
+        "p": 0.99,  # online_resampling_json_low_drop_up_revise: up_threshold = 0.99
+        "strategy": "topk",
+        "top_k": 64,  # README usage example: --n_of_candicant 64 --strategy low_drop_up_revise
+        "temperature": 1.0,  # resampling(..., beta=1)
+        "exclude_original": False,
+        "drop_below": 0.001,  # low_threshold = 0.001: `elif prob < low_threshold: continue`
+    },
+}
+DEFAULT_PRESET = "up-revise"
+RULE_FIELDS = ("strategy", "top_k", "top_p", "temperature", "exclude_original", "drop_below")
+
+
+def resolve_preset(name: str | None = None, **explicit) -> tuple[float, EditRule, list[str]]:
+    """``(p, rule, overridden)``: explicit values (those not None) > the preset > built-ins.
+
+    ``explicit`` takes ``p`` and the :class:`EditRule` fields; ``overridden`` names the
+    explicit values that differ from the preset's.
+    """
+    name = name or DEFAULT_PRESET
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}: one of {', '.join(PRESETS)}")
+    unknown = set(explicit) - {"p", *RULE_FIELDS}
+    if unknown:
+        raise TypeError(f"not a preset setting: {', '.join(sorted(unknown))}")
+    preset = PRESETS[name]
+    given = {k: v for k, v in explicit.items() if v is not None}
+    values = {**preset, **given}
+    builtin = {f: getattr(EditRule, f) for f in RULE_FIELDS}  # the dataclass defaults
+    overridden = sorted(k for k, v in given.items() if preset.get(k, builtin.get(k)) != v)
+    rule = EditRule(**{k: values[k] for k in RULE_FIELDS if k in values})
+    return values["p"], rule, overridden
+
+
+@lru_cache(maxsize=64)
 def log_threshold(p: float) -> np.float32:
-    """``log p`` as float32: log-probs are float32 and compare in float32 everywhere."""
-    return np.float32(math.log(p))
+    """The float32 ``t`` with ``lp > t`` exactly where ``exp(float64(lp)) > p``.
+
+    Log-probs are float32 and compare in float32 everywhere; ``t`` is ``log p`` moved by at
+    most an ulp so that the comparison is the authors' ``np.exp(logprob) > p`` for every
+    float32 value (``float32(log p)`` alone can disagree with it at one value).
+    """
+    t = np.float32(math.log(p))
+    with np.errstate(over="ignore"):
+        while np.exp(np.float64(t)) > p:  # t itself must not count as above
+            t = np.nextafter(t, np.float32(-np.inf))
+        while np.exp(np.float64(np.nextafter(t, np.float32(np.inf)))) <= p:
+            t = np.nextafter(t, np.float32(np.inf))
+    return t
+
+
+@lru_cache(maxsize=64)
+def log_drop_threshold(q: float) -> np.float32:
+    """The float32 ``t`` with ``lp < t`` exactly where ``exp(float64(lp)) < q`` (q > 0)."""
+    t = np.float32(math.log(q))
+    while np.exp(np.float64(t)) < q:  # t itself must not count as below
+        t = np.nextafter(t, np.float32(np.inf))
+    while np.exp(np.float64(np.nextafter(t, np.float32(-np.inf)))) >= q:
+        t = np.nextafter(t, np.float32(-np.inf))
+    return t
 
 
 def above_threshold(logprob: np.ndarray, p: float) -> np.ndarray:
     """``P > p`` for float32 log-probs (NaN, i.e. no context, is never above)."""
     return np.asarray(logprob, dtype=np.float32) > log_threshold(p)
+
+
+def below_threshold(logprob: np.ndarray, q: float) -> np.ndarray:
+    """``P < q`` for float32 log-probs (NaN, i.e. no context, is never below; ``q`` 0: none)."""
+    lp = np.asarray(logprob, dtype=np.float32)
+    if q <= 0:
+        return np.zeros(lp.shape, dtype=bool)
+    return lp < log_drop_threshold(q)
 
 
 def banned_mask(tokenizer, extra_size: int = 0) -> np.ndarray:

@@ -53,7 +53,13 @@ from tokedit.io.write import (
 from tokedit.scoring.run import file_sha256, load_backend, scores_rel
 from tokedit.scoring.scorer import ScoreOptions
 
-PROVENANCE_COLUMNS = ("tokedit_n_above", "tokedit_n_changed", "tokedit_n_skipped", "tokedit_edits")
+PROVENANCE_COLUMNS = (
+    "tokedit_n_above",
+    "tokedit_n_changed",
+    "tokedit_n_skipped",
+    "tokedit_n_deleted",
+    "tokedit_edits",
+)
 SCORES_COLUMNS = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", "topk_logprobs"]
 _RESCORE = "rerun `tokedit score` on this input (same --text-column / --id-column) and edit with the new scores"
 
@@ -63,10 +69,24 @@ class EditOptions:
     """What decides the output bytes (recorded in the manifest)."""
 
     ps: tuple[float, ...] = (0.99,)
-    rule: EditRule = field(default_factory=EditRule)
+    rule: EditRule = field(default_factory=EditRule)  # the up-revise preset's rule
     seed: int = 0
     output_column: str | None = None
     provenance: bool = True
+    # The --preset the rule came from and the flags that overrode it: recorded in the
+    # manifest's info and named in messages; the output depends on ``rule`` and ``ps`` only.
+    preset: str | None = None
+    overridden: tuple[str, ...] = ()
+
+    def flag(self, name: str) -> str:
+        """``--top-k 64 (from --preset low-drop-up-revise)`` for messages."""
+        value = getattr(self.rule, name.replace("-", "_"))
+        where = (
+            f" (from --preset {self.preset})"
+            if self.preset and name.replace("-", "_") not in self.overridden
+            else ""
+        )
+        return f"--{name} {value}{where}"
 
 
 @dataclass(frozen=True)
@@ -175,7 +195,14 @@ def load_scores_manifest(
     return manifest
 
 
-def _resolve_rule(rule: EditRule, stored_k: int | None, scores_mode: bool) -> EditRule:
+def _resolve_rule(options: EditOptions, stored_k: int | None, scores_mode: bool) -> EditRule:
+    rule = options.rule
+    if rule.drop_below >= min(options.ps):
+        raise InputError(
+            f"--drop-below {rule.drop_below} is not below --p {p_label(min(options.ps))}: a token "
+            "cannot be both resampled (P > p) and deleted (P < drop-below)",
+            remedy="pass a --drop-below below every --p, e.g. --drop-below 0.001",
+        )
     if not scores_mode:
         return rule
     if not stored_k:
@@ -190,13 +217,15 @@ def _resolve_rule(rule: EditRule, stored_k: int | None, scores_mode: bool) -> Ed
         )
     if rule.top_k > stored_k:
         raise InputError(
-            f"--top-k {rule.top_k} but the scores store only {stored_k} candidates per position",
-            remedy=f"pass --top-k {stored_k} or less, or rescore with --top-k {rule.top_k}",
+            f"{options.flag('top-k')} but the scores store only {stored_k} candidates per position",
+            remedy=f"rescore with `tokedit score --top-k {rule.top_k}`, or pass --top-k {stored_k} "
+            "(fewer candidates than the strategy specifies)",
         )
     return rule
 
 
-def _resolve_model_rule(rule: EditRule, backend: str) -> EditRule:
+def _resolve_model_rule(options: EditOptions, backend: str) -> EditRule:
+    rule = _resolve_rule(options, None, scores_mode=False)
     if backend not in ("hf", "vllm"):
         raise InputError(
             f"unknown backend {backend!r}", remedy="use --backend hf or --backend vllm"
@@ -337,6 +366,7 @@ def output_table(
             table.append_column("tokedit_n_above", pa.array(edited.n_above, pa.int32()))
             .append_column("tokedit_n_changed", pa.array(edited.n_changed, pa.int32()))
             .append_column("tokedit_n_skipped", pa.array(edited.n_skipped, pa.int32()))
+            .append_column("tokedit_n_deleted", pa.array(edited.n_deleted, pa.int32()))
             .append_column("tokedit_edits", edited.edits_array())
         )
     # datasets' "huggingface" metadata describes the input columns; readers infer the new ones.
@@ -363,6 +393,7 @@ def output_records(
             r["tokedit_n_above"] = int(edited.n_above[i])
             r["tokedit_n_changed"] = int(edited.n_changed[i])
             r["tokedit_n_skipped"] = int(edited.n_skipped[i])
+            r["tokedit_n_deleted"] = int(edited.n_deleted[i])
             r["tokedit_edits"] = lists[i]
         out.append(r)
     return out
@@ -592,7 +623,7 @@ def edit_dataset(
                 f"the tokenizer of {tok_source!r} (hash {thash}) is not the one {scores_path} was scored with (hash {sopts.get('tokenizer_hash')})",
                 remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
             )
-        rule = _resolve_rule(options.rule, int(sopts.get("top_k", 0)), scores_mode=True)
+        rule = _resolve_rule(options, int(sopts.get("top_k", 0)), scores_mode=True)
         identity = {
             "mode": "scores",
             "scores": _scores_fingerprint(smanifest),
@@ -613,7 +644,7 @@ def edit_dataset(
         text_column = text_column or "text"
         tok = load_tokenizer(model, model_options.revision)
         thash = tokenizer_hash(tok)
-        rule = _resolve_model_rule(options.rule, model_options.backend)
+        rule = _resolve_model_rule(options, model_options.backend)
         positions = model_positions(model, model_options.revision)
         full_rows = model_options.backend == "hf"  # hf draws from full rows; vllm from top-k
         score_options = ScoreOptions(
@@ -635,6 +666,10 @@ def edit_dataset(
             "overlap": score_options.overlap,
             "add_bos": score_options.add_bos and tok.bos_token_id is not None,
         }
+        from tokedit.scoring.gguf import model_source
+
+        if source := model_source(model):  # a GGUF prior: which file, which quantization
+            identity["model_source"] = source
         info = {"input": str(input_path.resolve())}
         reads = {
             "tokenizer": model,
@@ -652,12 +687,15 @@ def edit_dataset(
         "top_p": rule.top_p,
         "temperature": rule.temperature,
         "exclude_original": rule.exclude_original,
+        "drop_below": rule.drop_below,
         "seed": options.seed,
         "text_column": text_column,
         "id_column": id_column,
         "output_column": options.output_column,
         "provenance": options.provenance,
     }
+    info["preset"] = options.preset
+    info["overridden"] = list(options.overridden)
     manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=overwrite)
     shard_editor = ShardEditor(
         str(out_path.resolve()),
@@ -776,7 +814,7 @@ class ShardEditor(PickledAsConfig):
             if mo.backend == "hf":
                 from tokedit.editor.onepass import DrawingBackend
 
-                banned = banned_mask(tok, extra_size=engine.head.weight.shape[0])
+                banned = banned_mask(tok, extra_size=engine.head.vocab_size)
                 bos = 1 if so.add_bos and tok.bos_token_id is not None else 0
                 drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
                 source = _ModelSource(Scorer(drawing, tok, so), drawing)
@@ -847,7 +885,9 @@ class ShardEditor(PickledAsConfig):
             statuses[s] = statuses.get(s, 0) + 1
         sb, draws = self._source.batch(batch, docs, on_tokens=self.on_tokens)
         for p, out in outs.items():
-            edited = apply_draws(sb, docs.texts, draws, p, self._renderer)
+            edited = apply_draws(
+                sb, docs.texts, draws, p, self._renderer, drop_below=options.rule.drop_below
+            )
             add_counts(shard_counts[p_label(p)], edited.counts)
             if batch.table is not None:
                 out.write_table(output_table(batch, docs, edited, text_column, options))
@@ -871,7 +911,8 @@ def _share(a: int, b: int) -> str:
 
 
 def format_edit_summary(s: dict) -> str:
-    """Human summary: per threshold, the share above it and the share actually changed."""
+    """Human summary: per threshold, the share above it, the share actually changed, the
+    positions redrawn as themselves, and the share deleted (``--drop-below``)."""
     tot = s["totals"]
     lines = []
     run_tokens = max((c.get("tokens", 0) for c in s["run"].values()), default=0)
@@ -884,11 +925,20 @@ def format_edit_summary(s: dict) -> str:
         scored = c.get("scored", 0)
         sk = c.get("skipped", {})
         n_sk = sum(sk.values())
+        q = s.get("rule", {}).get("drop_below", 0.0)
+        deleted = c.get("deleted", 0)
         lines.append(
             f"p={k}: above threshold {_share(c.get('above', 0), scored)} of scored tokens "
             f"({c.get('above', 0)}), changed {_share(c.get('changed', 0), scored)} "
-            f"({c.get('changed', 0)}; redrawn as the same token {c.get('drawn_original', 0)}), "
-            f"skipped {n_sk} (span {sk.get('span', 0)}, render {sk.get('render', 0)}, "
+            f"({c.get('changed', 0)}), redrawn as themselves {c.get('drawn_original', 0)}, "
+            f"deleted {_share(deleted, scored)} ({deleted}"
+            + (
+                f"; P < {q}; {_share(c.get('deleted_chars', 0), c.get('chars', 0))} of the "
+                f"characters; {c.get('delete_skipped', 0)} not spliceable, kept)"
+                if q
+                else "; no --drop-below)"
+            )
+            + f", skipped {n_sk} (span {sk.get('span', 0)}, render {sk.get('render', 0)}, "
             f"no candidate {sk.get('no_candidate', 0)}) -> {s['outputs'][k]}"
         )
     kept = {k: v for k, v in tot["statuses"].items() if k != STATUS_OK}
