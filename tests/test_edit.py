@@ -78,8 +78,11 @@ def assert_row_byte_exact(tok, original: str, edited: str, edits: list[dict]) ->
     for e in edits:
         assert e["char_start"] >= last and e["char_end"] > e["char_start"]
         assert original[e["char_start"] : e["char_end"]] == token_text(tok, e["orig_id"])
-        new = token_text(tok, e["new_id"])
-        assert new and "\ufffd" not in new
+        if e["new_id"] == -1:  # a deletion (--drop-below): the span is cut out
+            new = ""
+        else:
+            new = token_text(tok, e["new_id"])
+            assert new and "\ufffd" not in new
         pieces += [original[last : e["char_start"]], new]
         last = e["char_end"]
     pieces.append(original[last:])
@@ -351,6 +354,78 @@ def test_output_column_and_no_provenance(tmp_path, corpus_dir, tiny_scores):
     assert taken.returncode == 2 and "already has a column 'play'" in taken.stderr
 
 
+def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_scores):
+    """The default is up-revise; low-drop-up-revise needs 64 stored candidates and says so;
+    explicit flags override a preset's values and the manifest records both."""
+    r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "d", "-q")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    o = m["options"]
+    assert (o["p"], o["top_k"], o["temperature"], o["drop_below"]) == ([0.99], 8, 1.5, 0.0)
+    assert (m["info"]["preset"], m["info"]["overridden"]) == ("up-revise", [])
+
+    low = ["edit", corpus_dir, "--scores", tiny_scores, "--preset", "low-drop-up-revise"]
+    r = cli(*low, "--out", tmp_path / "l")
+    assert r.returncode == 2
+    assert "--top-k 64 (from --preset low-drop-up-revise)" in r.stderr
+    assert "store only 8 candidates" in r.stderr and "tokedit score --top-k 64" in r.stderr
+    _no_complete_output(tmp_path / "l")
+
+    r = cli(*low, "--out", tmp_path / "o", "--top-k", 8, "--p", 0.5, "-q")
+    assert r.returncode == 0, r.stderr
+    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    o = m["options"]
+    assert (o["p"], o["top_k"], o["temperature"], o["drop_below"]) == ([0.5], 8, 1.0, 0.001)
+    assert (m["info"]["preset"], m["info"]["overridden"]) == ("low-drop-up-revise", ["p", "top_k"])
+    assert m["totals"]["p"]["0.5"]["deleted"] > 0
+
+    r = cli(*low, "--out", tmp_path / "b", "--top-k", 8, "--p", 0.5, "--drop-below", 0.6)
+    assert r.returncode == 2 and "--drop-below 0.6 is not below --p 0.5" in r.stderr
+
+
+def test_drop_below_cuts_exactly_the_tokens_below_q(tmp_path, corpus_dir, tiny_scores, stored, tok):
+    q = 0.01
+    out = tmp_path / "del"
+    r = cli(
+        "edit", corpus_dir, "--scores", tiny_scores, "--out", out, "--p", 0.5,
+        "--drop-below", q, "-q",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    c = json.loads((out / "manifest.json").read_text())["totals"]["p"]["0.5"]
+    below = changed = deleted = deleted_chars = 0
+    for rel in data_files(corpus_dir):
+        for a, b in zip(read_rows(corpus_dir / rel), read_rows(out / rel), strict=True):
+            doc = stored[a["id"]]
+            lp = doc["lp"].astype(np.float64)  # the official comparison: np.exp(lp) < q
+            want = set(np.flatnonzero(np.exp(lp) < q).tolist())  # NaN (no context) never
+            dels = [e for e in b["tokedit_edits"] if e["new_id"] == -1]
+            got = {e["pos"] for e in dels}
+            assert got <= want  # never a token at or above q, never one without a log-prob
+            assert b["tokedit_n_deleted"] == len(dels)
+            assert b["tokedit_n_changed"] + b["tokedit_n_deleted"] == len(b["tokedit_edits"])
+            assert_row_byte_exact(tok, a["text"], b["text"], b["tokedit_edits"])
+            below += len(want)
+            deleted += len(got)
+            deleted_chars += sum(e["char_end"] - e["char_start"] for e in dels)
+            changed += b["tokedit_n_changed"]
+    assert c["below"] == below and c["deleted"] == deleted > 1000
+    assert c["delete_skipped"] == below - deleted  # left in place only if not spliceable
+    assert c["deleted_chars"] == deleted_chars and c["changed"] == changed > 0
+    share = f"deleted {100 * deleted / c['scored']:.2f}% ({deleted}; P < {q}; "
+    assert share in r.stdout and "redrawn as themselves" in r.stdout
+
+    from tokedit.analysis.edits import EditAccumulator  # what the report reads
+
+    acc = EditAccumulator()
+    for rel in data_files(out):
+        rows = read_rows(out / rel)
+        acc.add(*([row[k] for row in rows] for k in ("tokedit_n_above", "tokedit_n_changed",
+                                                      "tokedit_n_skipped", "tokedit_edits")))  # fmt: skip
+    s = acc.summary(c["scored"], lambda ids: [str(i) for i in ids])
+    assert (s["deleted"], s["changed"], s["recorded_edits"]) == (deleted, changed, changed)
+    assert s["documents_changed"] == c["documents_changed"]
+
+
 # ------------------------------------------------------------------ non-ASCII, all formats
 
 
@@ -485,6 +560,25 @@ def test_one_pass_model_mode_equals_scores_mode(tmp_path, mixed, tiny_prior, tok
     for rel in files:  # batch sizes differ (2 vs 512): same rows, not the same row groups
         if not rel.endswith(".json"):
             assert read_rows(tmp_path / "s" / rel) == read_rows(tmp_path / "m" / rel), rel
+    dropped = [
+        cli(
+            "edit", corpus, *src, "--out", tmp_path / name, "--p", "0.3", "--drop-below", "0.02",
+            "--id-column", "id", "-q",
+        )
+        for name, src in (
+            ("sd", ["--scores", scores]),
+            ("md", ["--model", tiny_prior, "--max-length", 128, "--overlap", 32]),
+        )
+    ]  # fmt: skip
+    assert [d.returncode for d in dropped] == [0, 0], [d.stderr for d in dropped]
+    n_deleted = 0
+    assert data_files(tmp_path / "sd") == data_files(tmp_path / "md")
+    for rel in data_files(tmp_path / "sd"):
+        if not rel.endswith(".json"):
+            rows = read_rows(tmp_path / "sd" / rel)
+            assert rows == read_rows(tmp_path / "md" / rel), rel
+            n_deleted += sum(r.get("tokedit_n_deleted") or 0 for r in rows)
+    assert n_deleted > 50
     full = cli(
         "edit",
         corpus,
