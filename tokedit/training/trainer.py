@@ -178,7 +178,7 @@ def train_model(
 
     The documents are read from ``data_dir``, or given as ``texts`` (then ``data_dir`` is None).
     """
-    from transformers import AutoModelForCausalLM, Trainer, TrainingArguments
+    from transformers import Trainer, TrainingArguments
 
     from tokedit.training.prior import PRESETS, build_model, train_tokenizer
 
@@ -207,10 +207,10 @@ def train_model(
             ),
         )
     else:
-        from tokedit.scoring.hf import load_tokenizer
+        from tokedit.scoring.hf import load_causal_lm, load_tokenizer
 
         tokenizer = load_tokenizer(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path)
+        model = load_causal_lm(model_path)
     train_ids, train_labels = pack_texts(tokenizer, train_texts, config.block_size)
     held_ids, held_labels = (
         pack_texts(tokenizer, held_texts, config.block_size)

