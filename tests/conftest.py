@@ -86,3 +86,20 @@ def tiny_scores(tmp_path_factory, corpus_dir, tiny_prior) -> Path:
         progress=False,
     )
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_edited(tmp_path_factory, corpus_dir, tiny_scores) -> Path:
+    """``tokedit edit`` of ``corpus_dir`` with ``tiny_scores`` at p = 0.5, a changed token forced."""
+    from tokedit.editor.rules import EditRule
+    from tokedit.editor.run import EditOptions, edit_dataset
+
+    out = tmp_path_factory.mktemp("edited") / "out"
+    edit_dataset(
+        str(corpus_dir),
+        str(out),
+        scores_dir=str(tiny_scores),
+        options=EditOptions(ps=(0.5,), rule=EditRule(exclude_original=True)),
+        progress=False,
+    )
+    return out

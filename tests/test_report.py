@@ -289,7 +289,9 @@ def _report_keys(value, prefix="", parent="") -> set[str]:
     return keys
 
 
-def test_full_report_html_json_and_docs(tmp_path, corpus_dir, tiny_scores, edited_dir, split_dirs):
+def test_full_report_html_json_and_docs(
+    tmp_path, corpus_dir, tiny_scores, edited_dir, split_dirs, tiny_edited
+):
     edited, truth = edited_dir
     out = tmp_path / "R"
     result = run_report(
@@ -336,7 +338,10 @@ def test_full_report_html_json_and_docs(tmp_path, corpus_dir, tiny_scores, edite
     # json: every key is documented in the README (report), and every documented key is there
     # (in this token report or in a word report)
     words = build_report([str(split_dirs["a"][0])], ReportOptions(units="words", max_docs=5))
-    documented, present = _documented_keys(), _report_keys(r) | _report_keys(words)
+    # (and the token view's edit keys, from a real edit)
+    real_edit = build_report([str(tiny_edited)], ReportOptions(examples=1))
+    documented = _documented_keys()
+    present = _report_keys(r) | _report_keys(words) | _report_keys(real_edit)
     assert present - documented == set(), "undocumented keys"
     assert documented - present == set(), "documented keys missing from the report"
 

@@ -699,6 +699,20 @@ def demo(out_dir, train_seconds, quiet):
 @click.option(
     "--text-column", default="text", show_default=True, help="Column holding the document text."
 )
+@click.option(
+    "--examples",
+    type=click.IntRange(min=0),
+    default=3,
+    show_default=True,
+    help="Token view: documents per scores / edited corpus, tokens shaded by P and edits marked (0: off).",
+)
+@click.option(
+    "--example-chars",
+    type=click.IntRange(min=1),
+    default=1500,
+    show_default=True,
+    help="Token view: characters shown per document at most.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @friendly_errors
 def report(
@@ -714,6 +728,8 @@ def report(
     rare_max_count,
     smoothing,
     text_column,
+    examples,
+    example_chars,
     quiet,
 ):
     """Distribution report of one or more corpora (dataset, scores or edited directories)."""
@@ -736,6 +752,8 @@ def report(
         text_column=text_column,
         rare_max_count=rare_max_count,
         smoothing_alpha=smoothing,
+        examples=examples,
+        example_chars=example_chars,
     )
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     click.echo(format_report_summary(run_report(list(dirs), out_dir, options, log)))

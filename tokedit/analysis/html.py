@@ -189,7 +189,138 @@ th:first-child,td:first-child{text-align:left}
 thead th{background:#f2f2f2}
 figure{margin:.5em 0}img{max-width:100%}
 code{background:#f5f5f5;padding:0 .2em}.note{color:#555;font-size:.9em}
+.tv{white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:.85em;line-height:1.6;
+border:1px solid #ddd;padding:.6em;margin:.3em 0 1.2em;overflow-wrap:anywhere}
+.tv span[title]{border-radius:2px}.tv .hi{box-shadow:inset 0 -2px 0 #1d2c80}
+.tv del{text-decoration:line-through 2px #b00}.tv ins{text-decoration:none;background:#9be89b;
+outline:1px solid #2a7a2a;padding:0 1px}.tv .drop del{background:#ffd0d0}
+.tv .np{background:#eee}.legend span{display:inline-block;padding:0 .5em;margin:0 1px 2px 0;
+font-size:.8em;font-family:ui-monospace,monospace}.doc-head{font-size:.85em;color:#444}
 """
+
+
+# --- token view -------------------------------------------------------------------------------
+
+# one colour per 0.1 of P (RdYlBu, lightened): red = surprising, blue = confident
+PROB_COLOURS = [
+    "#d36772",
+    "#ee8b7b",
+    "#fab58e",
+    "#fedaa7",
+    "#fef5c6",
+    "#f5fbe7",
+    "#d9eef5",
+    "#b5d7e8",
+    "#95b7d7",
+    "#7f8fc3",
+]
+HIGH_P = 0.99  # tokens above it (ToEdit's default threshold) are underlined
+PROB_CSS = "".join(f".p{i}{{background:{c}}}" for i, c in enumerate(PROB_COLOURS))
+
+
+def _esc(text: str) -> str:
+    return html.escape(text, quote=True)
+
+
+def prob_class(p: float | None) -> str:
+    """CSS classes of a probability: its decile ``p0``..``p9``, ``hi`` above 0.99."""
+    if p is None:
+        return "np"
+    cls = f"p{min(int(p * 10), 9)}"
+    return cls + " hi" if p > HIGH_P else cls
+
+
+def _visible(text: str) -> str:
+    """An edit's text with its white space made visible (a struck-through newline is none)."""
+    if text.strip() == "":
+        return text.replace(" ", "·").replace("\t", "→").replace("\n", "↵\n")
+    return text.replace("\n", "↵\n")
+
+
+def _prob_title(p: float | None, tokens: int) -> str:
+    if p is None:
+        return "no probability (no scores, or no context)" if tokens else "not a token"
+    more = f" ({tokens} tokens of one character; product)" if tokens > 1 else ""
+    return f"P = {p:.4f}{more}"
+
+
+def render_segment(seg: dict) -> str:
+    """One segment of the token view as HTML (every text escaped)."""
+    text, p, edit = seg["text"], seg["p"], seg["edit"]
+    if edit is None:
+        return f'<span class="{prob_class(p)}" title="{_esc(_prob_title(p, seg["tokens"]))}">{_esc(text)}</span>'
+    head = _prob_title(p, 1)
+    if edit["deleted"]:
+        title = f"{head} · deleted {text!r} (token {edit['orig_id']})"
+        return f'<span class="ed drop" title="{_esc(title)}"><del class="{prob_class(p)}">{_esc(_visible(text))}</del></span>'
+    new = edit["new"]
+    shown = new if new is not None else f"<token {edit['new_id']}>"
+    title = f"{head} · {text!r} (token {edit['orig_id']}) → {shown!r} (token {edit['new_id']})"
+    return (
+        f'<span class="ed" title="{_esc(title)}"><del class="{prob_class(p)}">{_esc(_visible(text))}</del>'
+        f"<ins>{_esc(_visible(shown))}</ins></span>"
+    )
+
+
+def _legend() -> str:
+    swatches = "".join(
+        f'<span class="p{i}" title="{i / 10:.1f} &lt;= P &lt; {(i + 1) / 10:.1f}">'
+        f"{i / 10:.1f}–{(i + 1) / 10:.1f}</span>"
+        for i in range(10)
+    )
+    return (
+        f"<p class='legend'>P(token | prefix): {swatches} "
+        f"<span class='p9 hi'>P &gt; {HIGH_P}</span> <span class='np'>no probability</span> "
+        "edit: <span><del style='text-decoration:line-through 2px #b00'>original</del>"
+        "<ins style='background:#9be89b'>replacement</ins></span> "
+        "deleted: <span><del style='background:#ffd0d0;text-decoration:line-through 2px #b00'>token</del></span></p>"
+    )
+
+
+def token_view_section(report: dict) -> str:
+    """The token-view section: a legend, then each corpus's example documents."""
+    n = report["options"].get("examples", 0)
+    if not n:
+        return ""
+    with_examples = [c for c in report["corpora"] if c.get("examples")]
+    parts = ["<section id='token-view'><h2>Token view</h2>"]
+    if not with_examples:
+        parts.append(
+            "<p class='note'>No example documents: the token view needs a scores or an edited "
+            "directory.</p></section>"
+        )
+        return "".join(parts)
+    parts.append(
+        f"<p class='note'>Up to {n} documents per scores / edited corpus (scores: the first "
+        "scored documents; edited: the documents with the most edits), at most "
+        f"{report['options'].get('example_chars')} characters each. Each token is shaded by "
+        "its prior probability (hover for the value). Edited corpora show the ORIGINAL text "
+        "with every edit overlaid: the original token struck through, its replacement after "
+        "it.</p>"
+    )
+    parts.append(_legend())
+    for c in with_examples:
+        parts.append(f"<h3>{_esc(c['label'])} <small>[{_esc(c['kind'])}]</small></h3>")
+        for ex in c["examples"]:
+            w = ex["window"]
+            facts = [
+                f"document <code>{_esc(str(ex['id']))}</code> (row {ex['row']})",
+                f"characters {w['start']:,}–{w['end']:,} of {ex['chars']:,}",
+                f"text: {_esc(str(ex['text_source']))}",
+            ]
+            if ex["tokens"] is not None:
+                facts.append(f"{ex['tokens']:,} tokens")
+            if ex["edits"] is not None:
+                facts.append(f"{ex['edits_shown']} of {ex['edits']} edits shown")
+            if ex["verified"] is False:
+                facts.append("<b>edits do not reproduce the edited text</b>")
+            if ex["scores"] is None:
+                facts.append("no scores: unshaded")
+            parts.append(f"<div class='doc-head'>{' · '.join(facts)}</div>")
+            body = "".join(render_segment(s) for s in ex["segments"])
+            parts.append(f"<div class='tv'>{body}</div>")
+    parts.append("</section>")
+    return "".join(parts)
 
 
 def render_html(report: dict, out: Path) -> Path:
@@ -204,7 +335,7 @@ def render_html(report: dict, out: Path) -> Path:
     units = report["units"]
     parts = [
         "<!doctype html><html><head><meta charset='utf-8'><title>tokedit report</title>",
-        f"<style>{CSS}</style></head><body>",
+        f"<style>{CSS}{PROB_CSS}</style></head><body>",
         "<h1>tokedit report</h1>",
     ]
     unit_desc = (
@@ -375,6 +506,7 @@ def render_html(report: dict, out: Path) -> Path:
                 + _table(["original", "replacement", "count", "share"], rows)
                 + "</details>"
             )
+    parts.append(token_view_section(report))
     parts.append(
         f"<p class='note'>tokedit {html.escape(report['version'])}; {report['seconds']:.1f} s.</p></body></html>"
     )

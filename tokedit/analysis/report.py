@@ -29,6 +29,7 @@ from tokedit.analysis.corpus import (
     open_corpus,
 )
 from tokedit.analysis.ngrams import MAX_N, NgramTable, compare, concentration, rank_frequency
+from tokedit.analysis.tokenview import DEFAULT_EXAMPLE_CHARS, DEFAULT_EXAMPLES, collect_examples
 from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
@@ -51,6 +52,8 @@ class ReportOptions:
     smoothing_alpha: float = 0.5
     top_ngrams: int = 20
     batch_rows: int = DEFAULT_BATCH_ROWS
+    examples: int = DEFAULT_EXAMPLES  # token view: documents per scores / edited corpus (0: off)
+    example_chars: int = DEFAULT_EXAMPLE_CHARS  # characters shown per document at most
 
 
 # --- tokenizers -------------------------------------------------------------------------------
@@ -272,6 +275,10 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
             raise InputError(f"--target-edit-rate {t} is not in (0, 1)", remedy="e.g. 0.1")
     if options.max_docs is not None and options.max_docs < 1:
         raise InputError("--max-docs must be at least 1", remedy="e.g. --max-docs 10000")
+    if options.examples < 0 or options.example_chars < 1:
+        raise InputError(
+            "--examples must be >= 0 and --example-chars >= 1", remedy="e.g. --examples 3"
+        )
     if options.rare_max_count < 1 or options.smoothing_alpha <= 0:
         raise InputError(
             "--rare-max-count must be >= 1 and --smoothing > 0", remedy="use the defaults"
@@ -317,6 +324,18 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
         )
         return stats, dt
 
+    def examples(source: CorpusSource) -> list[dict] | None:
+        def tokenizer():
+            try:
+                if options.tokenizer:
+                    return tokenizers.load(options.tokenizer)
+                m = model_of(source)
+                return tokenizers.load(*m) if m else None
+            except InputError:
+                return None
+
+        return collect_examples(source, options.examples, options.example_chars, tokenizer)
+
     ref_stats, ref_seconds = read(sources[ref_index])
     entries: list[dict | None] = [None] * len(sources)
     entries[ref_index] = corpus_entry(ref_stats, units, ref_stats, options, tokenizers, ref_seconds)
@@ -326,6 +345,8 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
         stats, seconds = read(source)
         entries[i] = corpus_entry(stats, units, ref_stats, options, tokenizers, seconds)
         del stats  # only the reference's tables stay in memory
+    for entry, source in zip(entries, sources, strict=True):
+        entry["examples"] = examples(source)
     unit_info = units.describe()
     unit_info["id_bits"] = ref_stats.tables[1].codec.bits
     unit_info["key_encoding"] = {str(n): t.codec.encoding for n, t in ref_stats.tables.items()}

@@ -1,0 +1,492 @@
+"""The report's token view: a few documents, each token shaded by its prior probability and
+every edit marked (original → replacement, deletions struck through).
+
+The pure core works on one document's text, its scores row (``offsets``: char start of each
+token, ``logprob``) and its edits (spans in the same text); it returns *segments*: runs of
+text with a probability and an optional edit, bounded to a window of ``max_chars``. The shell
+below (:func:`collect_examples`) picks the documents of a scores or edited directory and reads
+the rows they need. Every key written to ``report.json`` is defined in the README (report,
+"Token view").
+
+An edited directory's edits are spans of the ORIGINAL text, so the view shows the original
+text with each edit overlaid: the original token struck through, its replacement after it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+DEFAULT_EXAMPLES = 3
+DEFAULT_EXAMPLE_CHARS = 1500
+# the window starts at the first edit minus this share of max_chars, when the first edit
+# would otherwise fall in the last fifth of the window (or beyond it)
+LEAD_SHARE = 0.2
+
+
+# --- pure core --------------------------------------------------------------------------------
+
+
+def choose_rows(counts: Sequence[int], usable: Sequence[bool], n: int) -> list[int]:
+    """Row indices of the ``n`` usable rows with the highest count, ties by the earlier row.
+
+    With all counts equal (scores directories: zeros) these are the first ``n`` usable rows.
+    """
+    if n <= 0:
+        return []
+    counts = np.asarray(counts, dtype=np.int64)
+    rows = np.flatnonzero(np.asarray(usable, dtype=bool))
+    order = np.lexsort((rows, -counts[rows]))  # last key first: by -count, then by row
+    return [int(r) for r in rows[order[:n]]]
+
+
+def token_groups(offsets: Sequence[int], logprob: Sequence[float | None], text_len: int):
+    """Character spans of the tokens with their probabilities.
+
+    Token ``i`` spans ``[offsets[i], offsets[i+1])`` (the last one up to the end of the text),
+    so characters no token claims (a space trimmed out of a span) go to the token before
+    them. Tokens that share a start (byte-level pieces of one multi-byte character: all but
+    one have an empty span) form one group whose probability is the product of theirs
+    (positions without a log-prob are left out; a group of only such positions has none).
+    Returns ``starts, ends, probs (nan: none), sizes, first`` (first token position).
+    """
+    off = np.clip(np.asarray(offsets, dtype=np.int64), 0, text_len)
+    n = len(off)
+    if n == 0:
+        empty = np.empty(0, np.int64)
+        return empty, empty, np.empty(0), empty, empty
+    off = np.maximum.accumulate(off)  # offsets never go back
+    lp = np.array([np.nan if x is None else float(x) for x in logprob], dtype=np.float64)
+    first = np.flatnonzero(np.r_[True, off[1:] != off[:-1]])
+    starts = off[first]
+    ends = np.r_[starts[1:], text_len]
+    valid = ~np.isnan(lp)
+    sums = np.add.reduceat(np.where(valid, lp, 0.0), first)
+    any_valid = np.add.reduceat(valid.astype(np.int64), first) > 0
+    probs = np.where(any_valid, np.exp(sums), np.nan)
+    sizes = np.diff(np.r_[first, n])
+    return starts, ends, probs, sizes, first
+
+
+def _valid_edits(edits: Sequence[dict], text_len: int) -> tuple[list[dict], int]:
+    """Edits sorted by start, without empty, out-of-range or overlapping spans (counted)."""
+    out, dropped, last = [], 0, 0
+    for e in sorted(edits, key=lambda e: (e["char_start"], e["char_end"])):
+        s, t = int(e["char_start"]), int(e["char_end"])
+        if not (0 <= s < t <= text_len) or s < last:
+            dropped += 1
+            continue
+        out.append(e)
+        last = t
+    return out, dropped
+
+
+def _prob(x: float) -> float | None:
+    return None if x is None or math.isnan(x) else round(float(x), 6)
+
+
+def view_segments(
+    text: str,
+    offsets: Sequence[int] | None = None,
+    logprob: Sequence[float | None] | None = None,
+    edits: Sequence[dict] = (),
+    max_chars: int = DEFAULT_EXAMPLE_CHARS,
+) -> dict:
+    """Segments of one document for the token view.
+
+    ``offsets`` / ``logprob``: its scores row (None: no shading). ``edits``: dicts with
+    ``char_start, char_end`` (a span of ``text``), ``pos``, ``orig_id``, ``new_id``, ``new``
+    (replacement text, None when it cannot be rendered) and ``deleted``.
+
+    The window is ``max_chars`` characters from the start of the text, or, when the first edit
+    would fall in the window's last fifth or beyond it, from a token start about
+    ``max_chars / 5`` before that edit. Segments are never cut: the window ends at the last
+    segment that fits (at least one segment is shown).
+    """
+    n_chars = len(text)
+    edits, dropped = _valid_edits(edits, n_chars)
+    if offsets is not None and len(offsets):
+        gs, ge, gp, gn, gfirst = token_groups(offsets, logprob, n_chars)
+        if gs[0] > 0:  # text before the first token: a gap without probability
+            gs, ge = np.r_[0, gs], np.r_[gs[0], ge]
+            gp, gn, gfirst = np.r_[np.nan, gp], np.r_[0, gn], np.r_[-1, gfirst]
+    else:
+        gs, ge = np.array([0]), np.array([n_chars])
+        gp, gn, gfirst = np.array([np.nan]), np.array([0]), np.array([-1])
+    es = np.array([e["char_start"] for e in edits], dtype=np.int64)
+    ee = np.array([e["char_end"] for e in edits], dtype=np.int64)
+    lp = None
+    if logprob is not None:
+        lp = np.array([np.nan if x is None else float(x) for x in logprob], dtype=np.float64)
+
+    # window start
+    start = 0
+    if len(es) and es[0] + (ee[0] - es[0]) > max_chars * (1 - LEAD_SHARE):
+        target = es[0] - int(max_chars * LEAD_SHARE)
+        k = np.searchsorted(gs, target, side="right") - 1
+        start = int(gs[k]) if k >= 0 else 0
+        j = np.searchsorted(es, start, side="right") - 1
+        if j >= 0 and start < ee[j]:
+            start = int(es[j])
+    limit = start + max_chars
+
+    # atomic intervals between all boundaries, each keyed by the edit or the group it is in
+    cuts = np.unique(np.r_[gs, ge, es, ee, start, n_chars])
+    cuts = cuts[(cuts >= start) & (cuts <= n_chars)]
+    lo, hi = cuts[:-1], cuts[1:]
+    j = np.searchsorted(es, lo, side="right") - 1
+    in_edit = (j >= 0) & (lo < np.r_[ee, 0][np.where(j >= 0, j, len(ee))])
+    g = np.searchsorted(gs, lo, side="right") - 1
+    key = np.where(in_edit, -1 - j, g)  # edits negative, groups >= 0
+
+    segments: list[dict] = []
+    end = start
+    i = 0
+    while i < len(lo):
+        k = int(key[i])
+        i2 = i
+        while i2 + 1 < len(lo) and key[i2 + 1] == k:
+            i2 += 1
+        s, t = int(lo[i]), int(hi[i2])
+        if t > limit and segments:
+            break
+        if k < 0:
+            e = edits[-1 - k]
+            pos = int(e["pos"])
+            p = np.exp(lp[pos]) if lp is not None and 0 <= pos < len(lp) else np.nan
+            segments.append(
+                {
+                    "text": text[s:t],
+                    "p": _prob(p),
+                    "tokens": 1,
+                    "edit": {
+                        "pos": pos,
+                        "orig_id": int(e["orig_id"]),
+                        "new_id": int(e["new_id"]),
+                        "new": e.get("new"),
+                        "deleted": bool(e.get("deleted", False)),
+                    },
+                }
+            )
+        else:
+            segments.append(
+                {"text": text[s:t], "p": _prob(gp[k]), "tokens": int(gn[k]), "edit": None}
+            )
+        end = t
+        i = i2 + 1
+    shown = sum(1 for s in segments if s["edit"] is not None)
+    return {
+        "chars": n_chars,
+        "window": {"start": start, "end": end},
+        "truncated": start > 0 or end < n_chars,
+        "edits_valid": len(edits),
+        "edits_invalid": dropped,
+        "edits_shown": shown,
+        "segments": segments,
+    }
+
+
+def apply_edits(text: str, edits: Sequence[dict]) -> str | None:
+    """``text`` with each edit's span replaced by its ``new`` text ("" when deleted).
+
+    None when a replacement has no text (it could not be rendered).
+    """
+    parts, last = [], 0
+    for e in sorted(edits, key=lambda e: e["char_start"]):
+        new = "" if e.get("deleted") else e.get("new")
+        if new is None:
+            return None
+        parts += [text[last : e["char_start"]], new]
+        last = e["char_end"]
+    parts.append(text[last:])
+    return "".join(parts)
+
+
+def reconstruct_original(edited: str, edits: Sequence[dict]) -> str | None:
+    """The original text from the edited one, given each edit's ``orig`` and ``new`` text.
+
+    Edit ``j`` starts in the edited text at ``char_start + Σ (len(new) - (char_end -
+    char_start))`` over the earlier edits (the README's rule). None unless every replacement
+    is found there and every original text has its span's length.
+    """
+    parts, last, shift = [], 0, 0
+    for e in sorted(edits, key=lambda e: e["char_start"]):
+        s, t = int(e["char_start"]), int(e["char_end"])
+        new = "" if e.get("deleted") else e.get("new")
+        orig = e.get("orig")
+        if new is None or orig is None or len(orig) != t - s:
+            return None
+        out_s = s + shift
+        if out_s < last or edited[out_s : out_s + len(new)] != new:
+            return None
+        parts += [edited[last:out_s], orig]
+        last = out_s + len(new)
+        shift += len(new) - (t - s)
+    parts.append(edited[last:])
+    return "".join(parts)
+
+
+# --- shell: choosing and reading the rows of a scores or edited directory ---------------------
+
+
+def read_rows(shard, rows: Sequence[int], columns: Sequence[str]) -> dict[int, dict]:
+    """The given rows of one shard (index within the shard -> {column: value}).
+
+    Parquet reads only the row groups and columns needed; other formats are streamed.
+    Columns the shard lacks are left out.
+    """
+    wanted = sorted(set(int(r) for r in rows))
+    if not wanted:
+        return {}
+    out: dict[int, dict] = {}
+    if shard.fmt == "parquet":
+        pf = pq.ParquetFile(shard.path)
+        cols = [c for c in columns if c in pf.schema_arrow.names]
+        first = 0
+        for g in range(pf.metadata.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            inside = [r for r in wanted if first <= r < first + n]
+            if inside:
+                table = pf.read_row_group(g, columns=cols)
+                for r in inside:
+                    out[r] = table.slice(r - first, 1).to_pylist()[0]
+            first += n
+        return out
+    from tokedit.io.read import iter_batches
+
+    for batch in iter_batches(shard):
+        inside = [r for r in wanted if batch.start <= r < batch.start + len(batch)]
+        if inside:
+            cols = {c: batch.column(c) for c in columns if batch.has_column(c)}
+            for r in inside:
+                out[r] = {c: v[r - batch.start] for c, v in cols.items()}
+        if batch.start + len(batch) > wanted[-1]:
+            break
+    return out
+
+
+def _column_values(shard, columns: Sequence[str]) -> dict[str, list]:
+    """Whole columns of one shard (parquet: only those columns are read)."""
+    if shard.fmt == "parquet":
+        pf = pq.ParquetFile(shard.path)
+        cols = [c for c in columns if c in pf.schema_arrow.names]
+        table = pf.read(columns=cols)
+        return {c: table.column(c).to_pylist() for c in cols}
+    from tokedit.io.read import iter_batches
+
+    out: dict[str, list] = {c: [] for c in columns}
+    for batch in iter_batches(shard):
+        for c in columns:
+            out[c] += batch.column(c) if batch.has_column(c) else [None] * len(batch)
+    return out
+
+
+def _input_shards(manifest: dict | None) -> dict[str, object]:
+    """The shards of the dataset a scores / edit manifest was made from, by relative path."""
+    from tokedit.io.shards import discover_shards
+
+    path = ((manifest or {}).get("info") or {}).get("input")
+    if not path or not Path(path).is_dir():
+        return {}
+    try:
+        return {s.rel: s for s in discover_shards(path)}
+    except Exception:  # moved, changed or unreadable: the view falls back
+        return {}
+
+
+def _doc_id(value, shard, row: int) -> str:
+    return str(value) if value not in (None, "") else f"{shard.rel}:{row}"
+
+
+def _scores_row_ok(srow: dict | None, text: str, edits: Sequence[dict]) -> bool:
+    """A scores row fits a text and its edits: offsets inside it, edit tokens where scored."""
+    if not srow or srow.get("offsets") is None or srow.get("logprob") is None:
+        return False
+    ids, off = srow.get("token_ids") or [], srow["offsets"]
+    if len(off) != len(srow["logprob"]) or (off and max(off) > len(text)):
+        return False
+    return all(0 <= e["pos"] < len(ids) and ids[e["pos"]] == e["orig_id"] for e in edits)
+
+
+def collect_examples(
+    source, n: int, max_chars: int, tokenizer: Callable[[], object] = lambda: None
+) -> list[dict] | None:
+    """Token-view examples of a scores or edited corpus (None for a dataset directory).
+
+    ``source`` is a :class:`~tokedit.analysis.corpus.CorpusSource`; ``tokenizer()`` returns
+    the prior's tokenizer or None (called only when needed): it renders replacement tokens and
+    decodes scored ids when the input text is not available.
+    """
+    from tokedit.analysis.corpus import KIND_EDITED, KIND_SCORES
+
+    if n <= 0 or source.kind not in (KIND_SCORES, KIND_EDITED):
+        return None
+    if source.kind == KIND_SCORES:
+        return _scores_examples(source, n, max_chars, tokenizer)
+    return _edited_examples(source, n, max_chars, tokenizer)
+
+
+def _global_choice(source, n: int, count_columns: Sequence[str], usable_of) -> list[tuple]:
+    """(global row, shard, row in shard) of the chosen rows, in the order of choice.
+
+    The count of a row is the sum of its ``count_columns`` (none: every row counts 0, and
+    reading stops once ``n`` usable rows are known).
+    """
+    counts, usable, where = [], [], []
+    for shard in source.shards:
+        cols = _column_values(shard, [*count_columns, "status", "n_tokens"])
+        size = max((len(v) for v in cols.values()), default=0)
+        if size == 0 and shard.fmt == "parquet":
+            size = pq.ParquetFile(shard.path).metadata.num_rows
+        row_counts = np.zeros(size, dtype=np.int64)
+        for c in count_columns:
+            if c in cols:
+                row_counts += np.array([int(x or 0) for x in cols[c]], dtype=np.int64)
+        counts += row_counts.tolist()
+        usable += [usable_of(cols, i) for i in range(size)]
+        where += [(shard, i) for i in range(size)]
+        if not count_columns and sum(usable) >= n:
+            break  # the first n usable rows are known
+    return [(r, *where[r]) for r in choose_rows(counts, usable, n)]
+
+
+def _scores_examples(source, n, max_chars, tokenizer) -> list[dict]:
+    def usable(cols, i):
+        status = cols["status"][i] if "status" in cols else "ok"
+        return status == "ok" and (cols["n_tokens"][i] or 0) > 0
+
+    chosen = _global_choice(source, n, (), usable)
+    inputs = _input_shards(source.manifest)
+    by_input = {s.with_suffix(".parquet"): s for s in inputs.values()}
+    text_column = source.options.get("text_column") or "text"
+    out = []
+    for row, shard, r in chosen:
+        srow = read_rows(shard, [r], ["id", "token_ids", "offsets", "logprob"]).get(r) or {}
+        ids, off = srow.get("token_ids") or [], srow.get("offsets") or []
+        text, text_source = None, None
+        ishard = by_input.get(shard.rel)
+        if ishard is not None:
+            try:
+                text = read_rows(ishard, [r], [text_column]).get(r, {}).get(text_column)
+                text_source = "input"
+            except Exception:  # unreadable input: decode instead
+                text = None
+        if not isinstance(text, str) or (off and max(off) > len(text)):
+            text, text_source = None, None
+            tok = tokenizer()
+            if tok is not None:
+                backend = getattr(tok, "backend_tokenizer", tok)
+                text = backend.decode([int(i) for i in ids], skip_special_tokens=False)
+                text_source = "decoded"
+        if text is None:
+            continue
+        view = view_segments(text, off, srow.get("logprob"), (), max_chars)
+        out.append(
+            {
+                "row": row,
+                "shard": shard.rel,
+                "row_in_shard": r,
+                "id": _doc_id(srow.get("id"), shard, r),
+                "text_source": text_source,
+                "scores": str(source.path),
+                "tokens": len(ids),
+                "edits": None,
+                "verified": None,
+                **view,
+            }
+        )
+    return out
+
+
+def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
+    from tokedit.io.shards import Shard
+
+    opts = source.options
+    column = source.text_column
+    orig_column = opts.get("text_column") if opts.get("output_column") else None
+    id_column = opts.get("id_column")
+    counted = ("tokedit_n_changed", "tokedit_n_deleted")
+    chosen = _global_choice(source, n, counted, lambda cols, i: True)
+    inputs = _input_shards(source.manifest)
+    scores_dir = ((source.manifest or {}).get("info") or {}).get("scores")
+    scores_dir = Path(scores_dir) if scores_dir and Path(scores_dir).is_dir() else None
+    renderer = None
+    tok = tokenizer()
+    if tok is not None:
+        from tokedit.editor.splice import Renderer
+
+        renderer = Renderer(tok)
+    out = []
+    for row, shard, r in chosen:
+        cols = [column, "tokedit_edits", "tokedit_n_changed"] + [
+            c for c in (orig_column, id_column) if c
+        ]
+        drow = read_rows(shard, [r], cols).get(r) or {}
+        edited = drow.get(column)
+        if not isinstance(edited, str):
+            edited = ""
+        edits = []
+        for e in drow.get("tokedit_edits") or []:
+            e = {k: int(v) if isinstance(v, int | np.integer) else v for k, v in e.items()}
+            deleted = bool(e.get("deleted")) or e["new_id"] < 0
+            at_start = e["pos"] == 0
+            render = renderer.render if renderer is not None else (lambda i, a: None)
+            e["deleted"] = deleted
+            e["new"] = "" if deleted else render(e["new_id"], at_start)
+            e["orig"] = render(e["orig_id"], at_start)
+            edits.append(e)
+        original, text_source = None, None
+        if orig_column and isinstance(drow.get(orig_column), str):
+            original, text_source = drow[orig_column], "output_column"
+        elif shard.rel in inputs:
+            try:
+                value = read_rows(inputs[shard.rel], [r], [opts.get("text_column") or "text"])
+                value = value.get(r, {}).get(opts.get("text_column") or "text")
+            except Exception:
+                value = None
+            if isinstance(value, str):
+                original, text_source = value, "input"
+        if original is None and edits:
+            original = reconstruct_original(edited, edits)
+            text_source = "reconstructed" if original is not None else None
+        if original is None and not edits:
+            original, text_source = edited, "edited"  # nothing changed: the same text
+        srow, scores_used = None, None
+        if original is not None and scores_dir is not None:
+            sshard = Shard(scores_dir, shard.with_suffix(".parquet"), "parquet")
+            if sshard.path.is_file():
+                cand = read_rows(sshard, [r], ["token_ids", "offsets", "logprob"]).get(r)
+                if _scores_row_ok(cand, original, edits):
+                    srow, scores_used = cand, str(scores_dir)
+        if original is None:
+            # the edits cannot be placed: the edited text alone, unshaded
+            view = view_segments(edited, None, None, (), max_chars)
+            text_source, verified = "edited", None
+        else:
+            view = view_segments(
+                original,
+                srow["offsets"] if srow else None,
+                srow["logprob"] if srow else None,
+                edits,
+                max_chars,
+            )
+            verified = apply_edits(original, edits) == edited
+        out.append(
+            {
+                "row": row,
+                "shard": shard.rel,
+                "row_in_shard": r,
+                "id": _doc_id(drow.get(id_column) if id_column else None, shard, r),
+                "text_source": text_source,
+                "scores": scores_used,
+                "tokens": len(srow["token_ids"]) if srow else None,
+                "edits": len(edits),
+                "verified": verified,
+                **view,
+            }
+        )
+    return out
