@@ -9,12 +9,20 @@ edits out). Shells: :mod:`~tokedit.editor.run` (``tokedit edit``) and
 
 from tokedit.editor.batch import EDITS_TYPE, SKIP_REASONS, ScoreBatch, apply_draws, draw_batch
 from tokedit.editor.rng import doc_keys, position_uniforms
-from tokedit.editor.rules import EditRule, above_threshold, draw
+from tokedit.editor.rules import (
+    PRESETS,
+    EditRule,
+    above_threshold,
+    below_threshold,
+    draw,
+    resolve_preset,
+)
 from tokedit.editor.run import PROVENANCE_COLUMNS, EditOptions, ModelOptions, edit_dataset
 from tokedit.editor.splice import Renderer, align_span, splice
 
 __all__ = [
     "EDITS_TYPE",
+    "PRESETS",
     "PROVENANCE_COLUMNS",
     "SKIP_REASONS",
     "EditOptions",
@@ -23,6 +31,7 @@ __all__ = [
     "Renderer",
     "ScoreBatch",
     "above_threshold",
+    "below_threshold",
     "align_span",
     "apply_draws",
     "doc_keys",
@@ -30,5 +39,6 @@ __all__ = [
     "draw_batch",
     "edit_dataset",
     "position_uniforms",
+    "resolve_preset",
     "splice",
 ]
