@@ -256,7 +256,7 @@ def test_million_character_document_is_scored_whole(tmp_path, tiny_prior, plays)
     data = tmp_path / "data"
     write_rows(data / "big.parquet", [{"text": text}, {"text": "short"}])
     r, out = score(tmp_path, data, tiny_prior, "--max-length", "512", "--overlap", "64",
-                   "--batch-tokens", "16384")  # fmt: skip
+                   "--batch-tokens", "16384", "--bos", "always")  # fmt: skip
     assert r.returncode == 0, r.stderr
     t = pq.read_table(out / "big.parquet")
     tok = load_tokenizer(str(tiny_prior))

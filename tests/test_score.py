@@ -104,7 +104,7 @@ def test_logprobs_equal_independent_forward(tmp_path, long_doc_dir, tiny_prior, 
         str(tmp_path),
         model=str(tiny_prior),
         options=ScoreOptions(
-            max_len=max_len, overlap=overlap, batch_tokens=700, candidates_min_p=0.05
+            max_len=max_len, overlap=overlap, batch_tokens=700, candidates_min_p=0.05, bos="always"
         ),
         id_column="id",
         progress=False,
@@ -167,13 +167,14 @@ def test_offsets_partition_text_even_with_multibyte_characters(tmp_path, long_do
     assert whole and all(s == d for s, d in whole)
 
 
-def test_no_bos_leaves_first_logprob_null(tmp_path, long_doc_dir, tiny_prior):
+@pytest.mark.parametrize("bos", ["never", "auto"])  # auto: the scratch prior adds no BOS
+def test_no_bos_leaves_first_logprob_null(tmp_path, long_doc_dir, tiny_prior, bos):
     data_dir, _ = long_doc_dir
     score_dataset(
         str(data_dir),
         str(tmp_path),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=128, overlap=32, add_bos=False),
+        options=ScoreOptions(max_len=128, overlap=32, bos=bos),
         progress=False,
     )
     row = pq.read_table(tmp_path / "a.parquet").to_pylist()[1]
@@ -195,8 +196,8 @@ def test_batch_budget_does_not_change_scores(tmp_path, small_corpus, tiny_prior)
             progress=False,
         )
         tables.append(pq.read_table(next(out.glob("*.parquet"))))
-    a, b = (np.concatenate(t.column("logprob").to_pylist()) for t in tables)
-    np.testing.assert_allclose(a, b, atol=1e-5)
+    a, b = (np.concatenate(t.column("logprob").to_pylist()).astype(float) for t in tables)
+    np.testing.assert_allclose(a, b, atol=1e-5)  # null (no BOS: first tokens) as NaN, equal
 
 
 # ---------------------------------------------------------------- processes, resume, CLI

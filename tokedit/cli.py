@@ -158,10 +158,15 @@ def main():
     help="Store candidates only where P(actual token) >= this (editing at p needs min-p <= p).",
 )
 @click.option(
-    "--no-bos",
-    is_flag=True,
-    help="Do not prepend the tokenizer's BOS token (the first token then has no log-prob).",
+    "--bos",
+    type=click.Choice(["auto", "always", "never"]),
+    default="auto",
+    show_default=True,
+    help="A BOS token before every document? auto: as the tokenizer does with its special "
+    "tokens (Llama, Gemma: yes; GPT-2 style, Qwen: no); always: whenever the tokenizer has one; "
+    "never. Without a BOS the first token has no log-prob (null).",
 )
+@click.option("--no-bos", is_flag=True, hidden=True, help="Deprecated: --bos never.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
 @click.option(
     "--dtype",
@@ -187,6 +192,7 @@ def score(
     batch_tokens,
     top_k,
     candidates_min_p,
+    bos,
     no_bos,
     device,
     dtype,
@@ -215,7 +221,7 @@ def score(
         batch_tokens=batch_tokens,
         top_k=top_k,
         candidates_min_p=candidates_min_p,
-        add_bos=not no_bos,
+        bos=bos_mode(bos, no_bos, "auto"),
     )
     summary = score_dataset(
         input_dir,
@@ -237,6 +243,15 @@ def score(
         ray_actors=ray_actors,
     )
     click.echo(format_score_summary(summary))
+
+
+def bos_mode(bos: str | None, no_bos: bool, default: str | None) -> str | None:
+    """--bos, with the deprecated --no-bos as --bos never (``default`` when neither is given)."""
+    if no_bos:
+        if bos not in (None, "never", default):
+            raise click.UsageError(f"--no-bos contradicts --bos {bos} (--no-bos is --bos never)")
+        return "never"
+    return bos if bos is not None else default
 
 
 def format_score_summary(s: dict) -> str:
@@ -340,7 +355,14 @@ def format_score_summary(s: dict) -> str:
 @click.option("--max-length", type=int, default=None, help="--model: window length.")
 @click.option("--overlap", type=int, default=None, help="--model: window overlap.")
 @click.option("--batch-tokens", type=int, default=16384, show_default=True, help="--model only.")
-@click.option("--no-bos", is_flag=True, help="--model: no BOS token.")
+@click.option(
+    "--bos",
+    type=click.Choice(["auto", "always", "never"]),
+    default=None,
+    help="--model: as for tokedit score  [default: auto]. With --scores: checked against the "
+    "BOS choice the scores were made with (refused if it differs); leave out to take the scores' one.",
+)
+@click.option("--no-bos", is_flag=True, hidden=True, help="Deprecated: --bos never.")
 @click.option("--device", default="auto", show_default=True, help="--model only.")
 @click.option(
     "--dtype",
@@ -361,7 +383,7 @@ def format_score_summary(s: dict) -> str:
 @engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
-def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
+def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
 
     Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
@@ -409,7 +431,14 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
             overridden=tuple(overridden),
         ),
         model_options=ModelOptions(
-            max_length, overlap, batch_tokens, not no_bos, device, dtype, revision, backend
+            max_len=max_length,
+            overlap=overlap,
+            batch_tokens=batch_tokens,
+            bos=bos_mode(bos, no_bos, None),
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            backend=backend,
         ),
         text_column=text_column,
         id_column=id_column,

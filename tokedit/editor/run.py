@@ -51,7 +51,7 @@ from tokedit.io.write import (
     write_json,
 )
 from tokedit.scoring.run import file_sha256, load_backend, scores_rel
-from tokedit.scoring.scorer import ScoreOptions
+from tokedit.scoring.scorer import ScoreOptions, bos_prepended
 
 PROVENANCE_COLUMNS = (
     "tokedit_n_above",
@@ -96,7 +96,9 @@ class ModelOptions:
     max_len: int | None = None
     overlap: int | None = None
     batch_tokens: int = 16384
-    add_bos: bool = True
+    # --bos: "auto" / "always" / "never" (see scoring.scorer.bos_prepended); None is "auto"
+    # with --model and, with --scores, "whatever the scores were made with" (no check).
+    bos: str | None = None
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None
@@ -193,6 +195,30 @@ def load_scores_manifest(
             remedy=f"use --p >= {min_p}, or rescore with --candidates-min-p {p_label(min(ps))} or lower",
         )
     return manifest
+
+
+def _check_scores_bos(scores_dir: Path, manifest: dict, tok, model_options) -> None:
+    """With ``--scores``, an explicit ``--bos`` must resolve (with the scores' tokenizer) to
+    the BOS choice the scores were made with: the stored log-probs are conditioned on it,
+    and nothing is rescored. Without ``--bos`` the scores' choice is taken as it is."""
+    mode = model_options.bos if model_options is not None else None
+    stored = manifest.get("options", {}).get("add_bos")
+    if mode is None or stored is None:
+        return
+    wanted = bos_prepended(tok, mode)
+    if wanted != bool(stored):
+        asked = manifest.get("info", {}).get("bos")
+        made = (
+            ("with" if stored else "without")
+            + " a BOS token"
+            + (f" (--bos {asked})" if asked else "")
+        )
+        raise InputError(
+            f"--bos {mode} {'prepends' if wanted else 'does not prepend'} a BOS token with this "
+            f"tokenizer, but {scores_dir} was scored {made}",
+            remedy="leave --bos out to edit with the scores as they are, or rescore with "
+            f"`tokedit score --bos {mode}`",
+        )
 
 
 def _resolve_rule(options: EditOptions, stored_k: int | None, scores_mode: bool) -> EditRule:
@@ -624,6 +650,7 @@ def edit_dataset(
                 remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
             )
         rule = _resolve_rule(options, int(sopts.get("top_k", 0)), scores_mode=True)
+        _check_scores_bos(scores_path, smanifest, tok, model_options)
         identity = {
             "mode": "scores",
             "scores": _scores_fingerprint(smanifest),
@@ -653,7 +680,7 @@ def edit_dataset(
             batch_tokens=model_options.batch_tokens,
             top_k=0 if full_rows else rule.top_k,
             candidates_min_p=1.0 if full_rows else min(ps),
-            add_bos=model_options.add_bos,
+            bos=model_options.bos or "auto",
         ).resolved(positions)
         identity = {
             "mode": "model",
@@ -664,13 +691,13 @@ def edit_dataset(
             "dtype": model_options.dtype,
             "max_length": score_options.max_len,
             "overlap": score_options.overlap,
-            "add_bos": score_options.add_bos and tok.bos_token_id is not None,
+            "add_bos": bos_prepended(tok, score_options.bos),  # a BOS was prepended
         }
         from tokedit.scoring.gguf import model_source
 
         if source := model_source(model):  # a GGUF prior: which file, which quantization
             identity["model_source"] = source
-        info = {"input": str(input_path.resolve())}
+        info = {"input": str(input_path.resolve()), "bos": score_options.bos}
         reads = {
             "tokenizer": model,
             "tokenizer_revision": model_options.revision,
@@ -815,7 +842,7 @@ class ShardEditor(PickledAsConfig):
                 from tokedit.editor.onepass import DrawingBackend
 
                 banned = banned_mask(tok, extra_size=engine.head.vocab_size)
-                bos = 1 if so.add_bos and tok.bos_token_id is not None else 0
+                bos = 1 if bos_prepended(tok, so.bos) else 0
                 drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
                 source = _ModelSource(Scorer(drawing, tok, so), drawing)
             else:

@@ -80,7 +80,7 @@ def score_dataset(
     tokenizer = load_tokenizer(model, revision)
     positions = model_positions(model, revision)
     options = options.resolved(positions)
-    Scorer(None, tokenizer, options)  # checks the options before anything is written
+    checked = Scorer(None, tokenizer, options)  # checks the options before anything is written
     manifest_options = {
         "model": model,
         "revision": revision,
@@ -91,7 +91,7 @@ def score_dataset(
         "overlap": options.overlap,
         "top_k": options.top_k,
         "candidates_min_p": options.candidates_min_p,
-        "add_bos": options.add_bos and tokenizer.bos_token_id is not None,
+        "add_bos": checked.add_bos,  # whether a BOS was prepended (--bos resolved)
         "text_column": text_column,
         "id_column": id_column,
     }
@@ -102,7 +102,13 @@ def score_dataset(
         out_dir,
         "score",
         manifest_options,
-        info={"input": str(Path(input_dir).resolve()), "batch_tokens": options.batch_tokens},
+        # --bos as asked ("auto", "always", "never"): a fact, not an option: two modes that
+        # resolve to the same add_bos write the same bytes and may resume each other.
+        info={
+            "input": str(Path(input_dir).resolve()),
+            "batch_tokens": options.batch_tokens,
+            "bos": options.bos,
+        },
         overwrite=overwrite,
     )
     shard_scorer = ShardScorer(

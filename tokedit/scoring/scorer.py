@@ -33,6 +33,34 @@ SCORES_SCHEMA = pa.schema(
 
 DEFAULT_MAX_LEN = 1024
 
+# --bos: "auto" follows the tokenizer (a BOS only where encoding with its special tokens
+# prepends one), "always" prepends bos_token_id whenever the tokenizer has one, "never" none.
+BOS_MODES = ("auto", "always", "never")
+_BOS_PROBE = "Hello world"
+
+
+def bos_prepended(tokenizer, mode: str) -> bool:
+    """Whether tokedit puts the tokenizer's BOS before every document under ``--bos mode``.
+
+    ``auto`` is exactly what the tokenizer does with its own special tokens: a probe text is
+    encoded with ``add_special_tokens=True`` and the answer is yes only if that prepends
+    ``bos_token_id`` (Llama, Gemma: yes; GPT-2-style tokenizers whose BOS is
+    ``<|endoftext|>``, Qwen: no). ``always``: yes whenever the tokenizer has a BOS token.
+    ``never``: no (the first token of a document then has no log-prob).
+    """
+    if mode not in BOS_MODES:
+        raise InputError(
+            f"--bos {mode!r} is not one of {', '.join(BOS_MODES)}", remedy="e.g. --bos auto"
+        )
+    bos_id = tokenizer.bos_token_id
+    if mode == "never" or bos_id is None:
+        return False
+    if mode == "always":
+        return True
+    plain = tokenizer(_BOS_PROBE, add_special_tokens=False)["input_ids"]
+    special = tokenizer(_BOS_PROBE, add_special_tokens=True)["input_ids"]
+    return special[:1] == [bos_id] and special[1 : 1 + len(plain)] == plain
+
 
 @dataclass(frozen=True)
 class ScoreOptions:
@@ -41,7 +69,7 @@ class ScoreOptions:
     batch_tokens: int = 8192
     top_k: int = 8
     candidates_min_p: float = 0.9
-    add_bos: bool = True
+    bos: str = "auto"  # one of BOS_MODES; resolved per tokenizer by bos_prepended()
 
     def resolved(self, model_positions: int | None) -> ScoreOptions:
         """Fill ``max_len`` / ``overlap`` defaults from the model's number of positions,
@@ -109,6 +137,7 @@ class Scorer:
         self.backend = backend
         self.tokenizer = tokenizer
         self.options = options
+        self.add_bos = bos_prepended(tokenizer, options.bos)  # a BOS before every document
         if not 1 <= options.overlap < options.max_len:
             raise InputError(
                 f"--overlap {options.overlap} must be at least 1 and below --max-length {options.max_len}",
@@ -118,7 +147,7 @@ class Scorer:
     def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, ScoreStats]:
         opts = self.options
         ok = [i for i, s in enumerate(docs.statuses) if s == STATUS_OK]
-        tokens = tokenize_documents(self.tokenizer, [docs.texts[i] for i in ok], opts.add_bos)
+        tokens = tokenize_documents(self.tokenizer, [docs.texts[i] for i in ok], self.add_bos)
         windows = [
             w
             for j, t in enumerate(tokens)

@@ -1,6 +1,6 @@
 """Pure planning of windows and batches (no model, no files).
 
-A document is the token sequence ``seq`` (BOS first when the tokenizer has one). Position
+A document is the token sequence ``seq`` (a BOS first when ``--bos`` resolves to one). Position
 ``p >= 1`` is scored as ``log P(seq[p] | seq[:p])``. Documents longer than ``max_len`` are
 cut into overlapping windows such that every position is scored exactly once and, beyond
 the first window, with at least ``overlap`` tokens of real context. Nothing is truncated.
