@@ -790,7 +790,11 @@ def report(
 
 @main.group()
 def experiment():
-    """Model-collapse experiments at small scale: recursive, mixture, gaussian."""
+    """Model-collapse experiments at small scale: recursive, mixture, gaussian.
+
+    recursive and mixture are small-scale analogues of the papers' experiments (a tiny model
+    trained from scratch on CPU), not reproductions: see docs/fidelity.md.
+    """
 
 
 def _experiment_options(fn):
@@ -828,7 +832,7 @@ def _experiment_options(fn):
 @click.option("--no-toedit", is_flag=True, help="Leave out the ToEdit arm.")
 @friendly_errors
 def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
-    """Recursive training (ForTIFAI): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
+    """Recursive training, a small-scale analogue of ForTIFAI's (not a reproduction): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
     from tokedit.training.experiments import format_summary, get_preset, run_recursive
 
     p = get_preset(
@@ -847,7 +851,7 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
 @_experiment_options
 @friendly_errors
 def mixture(data_dir, out_dir, preset, steps, seed, quiet):
-    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data (ToEdit Table 1): held-out ppl."""
+    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): held-out ppl."""
     from tokedit.training.experiments import format_summary, get_preset, run_mixture
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))

@@ -1,4 +1,11 @@
-"""Model-collapse experiments at small scale: ``recursive`` (ForTIFAI) and ``mixture`` (ToEdit).
+"""Model-collapse experiments at small scale: ``recursive`` and ``mixture``.
+
+They are small-scale *analogues* of the papers' experiments, not reproductions: ``recursive``
+follows the structure of ForTIFAI's recursive training and ``mixture`` that of ToEdit's
+Table 1, with a tiny Llama-style model trained from scratch on a few hundred documents.
+ForTIFAI continues fine-tuning a pretrained 1B-class model from stage to stage on
+beam-searched continuations; ToEdit's Table 1 mixes an independent synthetic corpus and
+measures perplexity on other corpora. docs/fidelity.md lists the differences.
 
 Both experiments reuse the library: the trainer (``train_model``), prefix-conditioned
 generation (``generate_continuations``), the scorer (``score_dataset``), the editor
@@ -467,7 +474,8 @@ def run_recursive(
     with_toedit: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """The ForTIFAI recursive-training loop (see the module and ``the README (experiments)``).
+    """A small-scale analogue of ForTIFAI's recursive training (see the module docstring and
+    ``the README (experiments)``; not a reproduction).
 
     Generation 0 trains on real slice 0. After training generation ``g``, its model rewrites
     its whole training set (``regenerate``: prefix-conditioned sampling; ``toedit``: ToEdit
@@ -576,7 +584,9 @@ def run_mixture(
     seed: int = 0,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """The ToEdit paper's non-iterative collapse (Table 1) at small scale.
+    """A small-scale analogue of the ToEdit paper's non-iterative collapse (Table 1), not a
+    reproduction: the synthetic data is this run's own prior's rewrite of the training
+    documents, and perplexity is measured on held-out documents of the same corpus.
 
     A prior (the initial model trained on the real training documents for ``prior_steps``)
     rewrites every training document by prefix-conditioned sampling (``synthetic``) and edits

@@ -3,10 +3,21 @@
     TCE(p_t) = 1[p_t <= gamma] * CE(p_t),   p_t = P(target | context)
 
 Tokens the model already predicts with probability above ``gamma`` contribute no loss and no
-gradient, so training stops sharpening the confident (often self-generated) tokens that
-drive model collapse under recursive training.
+gradient. ForTIFAI's README motivates this as "selectively ignoring high-confidence tokens
+during training, effectively filtering out likely machine-generated artifacts".
 
-Decisions, and why:
+What ForTIFAI itself specifies (github pedramaghazadeh/ForTIFAI; see docs/fidelity.md):
+
+* its code, ``src/losses.py`` ``clipped_loss`` (called from ``src/plt_model.py``
+  ``LitModel.training_step`` for ``loss_type`` "clipped" and "dynamic"): the mask is
+  ``p_t > gamma -> 0`` on the probability of the target, detached; the loss is
+  ``loss.mean()`` over **every** position of the packed block (``src/dataset.py``
+  ``group_texts``: fixed ``block_size`` chunks, labels = input ids, no ignore index), the
+  masked positions included as zeros. ``src/run_pipeline.sh`` sets gamma to 0.99;
+* its project page (``docs/index.html``) writes the loss as a sum,
+  ``-sum_i log p(x_i) * I[log p(x_i) < tau]``, with no normalisation.
+
+Everything below that goes beyond this is tokedit's own choice. Decisions, and why:
 
 * The mask is computed on the *detached* probability of the target: it is a data selection,
   not part of the function being differentiated.
@@ -15,13 +26,15 @@ Decisions, and why:
 * Normalisation is explicit (``normalize``):
 
   - ``"real"`` (default): sum of the kept tokens' losses / number of real (non-ignored)
-    tokens. The ForTIFAI reference code averages over every position; this is its sound
-    version (padding excluded). It is the default because a masked token then counts as a
-    zero-loss token: the loss scale does not jump when the masked share changes, values are
+    tokens. On packed blocks without padding this is exactly the ForTIFAI code's
+    ``loss.mean()`` (masked tokens count as zeros in the denominator); with padding, the
+    padding is left out where the ForTIFAI code has none to leave out. It is the default
+    because the loss scale then does not jump when the masked share changes, values are
     comparable across gammas, and with ``num_items_in_batch`` gradient accumulation is
     *exactly* one big batch.
-  - ``"kept"``: mean over the kept tokens only (what the ForTIFAI text describes). Each
-    kept token weighs more as the masked share grows.
+  - ``"kept"``: mean over the kept tokens only, tokedit's alternative (neither the ForTIFAI
+    code nor its project page normalises this way). Each kept token weighs more as the
+    masked share grows.
 
 * Gradient accumulation: ``transformers.Trainer`` passes ``num_items_in_batch``, the number
   of real target tokens over all micro-batches of one optimizer step, and does not divide
