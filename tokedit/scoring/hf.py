@@ -7,6 +7,7 @@ full float32 ``[tokens, vocab]`` log-softmax never exists at once (nor logits on
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from dataclasses import dataclass
@@ -37,10 +38,23 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def load_tokenizer(model: str, revision: str | None = None):
+    """The fast tokenizer of ``model`` (loaded once per process: a 262k vocabulary takes
+    seconds to parse, and every command loads it several times). Callers must not mutate it."""
+    _check_model_path(model)
+    path = resolve_model(model)
+    return _load_tokenizer(path, revision, _tokenizer_stamp(path))
+
+
+def _tokenizer_stamp(path: str) -> tuple:
+    """Changes when a local tokenizer is rewritten, so the cache never serves a stale one."""
+    files = [Path(path) / n for n in ("tokenizer.json", "tokenizer_config.json")]
+    return tuple(f.stat().st_mtime_ns if f.is_file() else None for f in files)
+
+
+@functools.lru_cache(maxsize=8)
+def _load_tokenizer(model: str, revision: str | None, stamp: tuple):
     from transformers import AutoTokenizer
 
-    _check_model_path(model)
-    model = resolve_model(model)
     try:
         tok = AutoTokenizer.from_pretrained(model, revision=revision)
     except Exception as e:

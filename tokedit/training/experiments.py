@@ -351,12 +351,12 @@ def toedit(
     """ToEdit: score ``texts`` with ``model_dir``, pick ``p`` so that ``target_edit_rate`` of the
     tokens have ``P > p``, and resample those tokens from the stored top-8 candidates
     (``edit_dataset`` defaults, conditioning on the original prefix)."""
-    from tokedit.demo import threshold_for_edit_rate
+    from tokedit.analysis.probs import accumulate_scores_dir
     from tokedit.editor.run import EditOptions, edit_dataset
 
     src = write_dataset(work / "to-edit", texts)
     scores = score(src, work / "to-edit-scores", model_dir, preset)
-    p, _ = threshold_for_edit_rate(scores, preset.target_edit_rate)
+    p = accumulate_scores_dir(scores).suggest(preset.target_edit_rate)["p"]
     p = round(min(max(p, EDIT_MIN_P), 0.999), 4)
     result = edit_dataset(
         str(src),
