@@ -2,8 +2,9 @@
 
 A shard is complete only when its entry is in the manifest (written after the shard file
 was renamed into place). Re-running with the same options skips complete shards; re-running
-with other options refuses unless ``overwrite``. Several processes (``--num-shards``) may
-share one output directory: entries are merged under an exclusive file lock.
+with other options refuses unless ``overwrite``, but only once a shard is complete: the
+options of a run that wrote no shard are replaced by the next run's. Several processes
+(``--num-shards``) may share one output directory: entries are merged under an exclusive file lock.
 """
 
 from __future__ import annotations
@@ -77,6 +78,11 @@ class Manifest:
             existing = read_manifest(self.out_dir)
             if existing is not None and overwrite:
                 self._remove_outputs(existing)
+                existing = None
+            if existing is not None and not existing.get("shards"):
+                # Options bind only once a shard is complete: a run that failed before
+                # writing any shard (a missing text column, a wrong --id-column) must not
+                # block its corrected command. Its options are simply replaced.
                 existing = None
             if existing is not None:
                 self._check_compatible(existing)
