@@ -11,7 +11,13 @@ does not depend on training) and the same Shakespeare documents:
   5. peak RSS of a ``tokedit score`` process on a corpus and on the same corpus 8x larger.
 Goals (issue 2): (2) >= 0.85 x (1); (2) >= 5 x (3); padding <= 10 %; RSS growth <= 20 %.
 
+With ``--model PRIOR`` (a directory, a .gguf file, e.g. the one `tokedit prior fetch
+gemma-3-270m` prints) it measures that prior instead, and (5) becomes the peak RSS of one
+``tokedit score`` process against the model's size (goal: within model size + 1 GB):
+
     .venv/bin/python benchmarks/score.py [--docs 120] [--max-length 512]
+    .venv/bin/python benchmarks/score.py --model ~/.cache/tokedit/priors/gemma-3-270m \
+        --docs 6 --max-length 512 --skip-loop
 """
 
 from __future__ import annotations
@@ -72,12 +78,12 @@ def per_document_loop_tokens_per_s(model, tokenizer, texts: list[str], max_len: 
     return n / (time.perf_counter() - t0)
 
 
-def peak_rss_mb(corpus: Path, model: Path, out: Path) -> float:
+def peak_rss_mb(corpus: Path, model: Path, out: Path, max_len: int = 256) -> float:
     code = (
         "import resource, sys\n"
         "from tokedit.scoring.run import score_dataset\n"
         "from tokedit.scoring.scorer import ScoreOptions\n"
-        f"score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_len=256, overlap=64), progress=False)\n"
+        f"score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_len={max_len}, overlap=64), progress=False)\n"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -92,6 +98,10 @@ def main() -> None:
     ap.add_argument("--max-length", type=int, default=1024)
     ap.add_argument("--batch-tokens", type=int, default=16384)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument(
+        "--skip-loop", action="store_true", help="skip the bs=1 loop (slow on big priors)"
+    )
+    ap.add_argument("--model", default=None, help="a real prior instead of a random 4M model")
     args = ap.parse_args()
     torch.manual_seed(0)
     plays = read_plays()
@@ -104,15 +114,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        model_path = make_model(docs, work, "small", 4096)
+        model_path = args.model or make_model(docs, work, "small", 4096)
         corpus = work / "corpus"
         corpus.mkdir()
         pq.write_table(pa.Table.from_pylist([{"text": t} for t in sample]), corpus / "docs.parquet")
 
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from tokedit.scoring.hf import load_causal_lm, load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_path)
-        model = AutoModelForCausalLM.from_pretrained(model_path, attn_implementation="sdpa").eval()
+        tokenizer = load_tokenizer(str(model_path))
+        model = load_causal_lm(str(model_path), dtype=torch.float32).eval()
         n_params = sum(p.numel() for p in model.parameters())
         all_ids = np.concatenate(
             [
@@ -146,13 +156,22 @@ def main() -> None:
             f"  padding: {100 * padding:.1f} % of computed positions (goal <= 10 %); window overlap adds {100 * (overlap_extra - padding):.1f} % positions"
         )
 
-        loop_docs = sample[: max(10, len(sample) // 4)]
-        loop = per_document_loop_tokens_per_s(model, tokenizer, loop_docs, args.max_length)
-        print(
-            f"per-document bs=1 HF loop:         {loop:10.0f} tokens/s   (tokedit = {e2e / loop:.1f} x; goal >= 5)"
-        )
+        if not args.skip_loop:
+            loop_docs = sample[: max(10, len(sample) // 4)]
+            loop = per_document_loop_tokens_per_s(model, tokenizer, loop_docs, args.max_length)
+            print(
+                f"per-document bs=1 HF loop:         {loop:10.0f} tokens/s   (tokedit = {e2e / loop:.1f} x; goal >= 5)"
+            )
 
-        if not args.skip_memory:
+        if args.model and not args.skip_memory:
+            model_mb = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
+            del model
+            rss = peak_rss_mb(corpus, Path(model_path), work / "rss", args.max_length)
+            print(
+                f"peak RSS of one tokedit score process: {rss:.0f} MB; model {model_mb:.0f} MB "
+                f"(+{rss - model_mb:.0f} MB; goal <= model + 1024 MB)"
+            )
+        elif not args.skip_memory:
             small = make_model(docs, work, "tiny", 512)
             base = work / "mem1"
             base.mkdir()
