@@ -29,6 +29,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 
+from tokedit.io.manifest import read_manifest
+
 FIXTURE_PLAYS = ["hamlet", "macbeth", "tempest", "sonnets", "julius_caesar", "twelfth_night"]
 
 
@@ -62,9 +64,7 @@ def build_fixture(root: Path) -> tuple[Path, Path]:
             seed=0,
         )
         train_model(str(corpus), str(prior), config=config, from_scratch=True, progress=False)
-    if not (scores / "manifest.json").is_file() or not json.loads(
-        (scores / "manifest.json").read_text()
-    ).get("totals"):
+    if not (read_manifest(scores) or {}).get("totals"):
         score_dataset(
             str(corpus),
             str(scores),
@@ -81,7 +81,7 @@ def load(input_dir: Path, scores_dir: Path):
     from tokedit.io.shards import discover_shards
     from tokedit.scoring.run import scores_rel
 
-    manifest = json.loads((scores_dir / "manifest.json").read_text())
+    manifest = read_manifest(scores_dir)
     opts = manifest["options"]
     tables, texts = [], []
     for shard in discover_shards(input_dir):

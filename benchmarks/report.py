@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.analysis.ngrams import MAX_N, NgramCounterSet, id_bits
+from tokedit.io.manifest import manifest_path
 
 DOC_BATCH = 1024
 
@@ -116,7 +117,8 @@ def write_scores(ids, lengths, out: Path, tokenizer_dir: Path, tok_hash: str, sh
         "options": {"model": str(tokenizer_dir), "tokenizer_hash": tok_hash},
         "shards": {},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    manifest_path(out).parent.mkdir(parents=True, exist_ok=True)
+    manifest_path(out).write_text(json.dumps(manifest))
 
 
 def peak_rss_mb() -> float:
@@ -249,7 +251,8 @@ def main() -> None:
         plain.mkdir()
         for f in scores.glob("*.parquet"):
             (plain / f.name).symlink_to(f)
-        (plain / "manifest.json").write_text(json.dumps({"command": "score", "options": {}}))
+        manifest_path(plain).parent.mkdir()
+        manifest_path(plain).write_text(json.dumps({"command": "score", "options": {}}))
         hashed = run_child("--child-report", str(work / "Rh"), str(plain))
         print(
             f"full report without a tokenizer (32-bit ids, 3/4-grams hashed): {hashed['seconds']:.1f}s, "

@@ -17,6 +17,7 @@ from click.testing import CliRunner
 
 from tokedit.cli import main
 from tokedit.demo import split_documents
+from tokedit.io.manifest import read_manifest
 
 FORMATS = ("parquet", "jsonl", "jsonl.gz", "jsonl.zst")
 
@@ -91,12 +92,12 @@ def output_files(out: Path) -> dict[str, bytes]:
     return {
         p.relative_to(out).as_posix(): p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and not p.name.startswith(".") and p.name != "manifest.json"
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
     }
 
 
 def manifest_shards(out: Path) -> dict:
-    return json.loads((out / "manifest.json").read_text())["shards"]
+    return read_manifest(out)["shards"]
 
 
 def temp_files(out: Path) -> list[Path]:

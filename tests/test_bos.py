@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import pyarrow.parquet as pq
@@ -11,6 +10,7 @@ from scale_helpers import invoke, write_rows
 
 from tokedit.editor.run import EditOptions, ModelOptions, edit_dataset
 from tokedit.errors import InputError
+from tokedit.io.manifest import read_manifest
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions, bos_prepended
 from tokedit.training.prior import train_tokenizer
@@ -93,7 +93,7 @@ def _score(data, out, prior, bos):
         device="cpu",
         progress=False,
     )
-    return json.loads((out / "manifest.json").read_text())
+    return read_manifest(out)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def n_above(scores_dir, p: float) -> int:
 
 def test_manifest_records_the_resolved_bos(scored):
     for bos, add_bos in (("auto", False), ("always", True)):
-        m = json.loads((scored[bos] / "manifest.json").read_text())
+        m = read_manifest(scored[bos])
         assert m["options"]["add_bos"] is add_bos and m["info"]["bos"] == bos
         first = [
             lp[0] for lp in pq.read_table(scored[bos] / "a.parquet").column("logprob").to_pylist()
@@ -173,7 +173,7 @@ def test_one_pass_edit_uses_and_records_the_bos(
         model_options=ModelOptions(max_len=128, overlap=32, bos=bos, device="cpu"),
         progress=False,
     )
-    m = json.loads((tmp_path / "manifest.json").read_text())
+    m = read_manifest(tmp_path)
     assert m["options"]["add_bos"] is add_bos and m["info"]["bos"] == (bos or "auto")
     # as many tokens are above each p as in the scores made with the same BOS choice (and
     # the two choices give different counts, so this tells them apart)
@@ -188,11 +188,11 @@ def test_cli_bos_and_deprecated_no_bos(tmp_path, small_data, tiny_prior):
     args = ["score", str(small_data), "--model", str(tiny_prior), "--max-length", "128", "-q"]
     r = invoke(*args, "--out", str(tmp_path / "a"), "--no-bos")
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "a" / "manifest.json").read_text())
+    m = read_manifest(tmp_path / "a")
     assert m["info"]["bos"] == "never" and m["options"]["add_bos"] is False
     r = invoke(*args, "--out", str(tmp_path / "b"), "--bos", "always")
     assert r.returncode == 0, r.stderr
-    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["options"]["add_bos"] is True
+    assert read_manifest(tmp_path / "b")["options"]["add_bos"] is True
     r = invoke(*args, "--out", str(tmp_path / "c"), "--no-bos", "--bos", "always")
     assert r.returncode == 2 and "--no-bos contradicts --bos always" in r.stderr
     r = invoke("score", "--help")

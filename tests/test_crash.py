@@ -33,6 +33,7 @@ from scale_helpers import (
     temp_files,
 )
 
+from tokedit.io.manifest import find_manifest
 from tokedit.io.runner import remove_stale_temp_files
 from tokedit.io.write import HOST_TAG, temp_owner, temp_path_for
 
@@ -54,7 +55,7 @@ def timed_run(args: list[str], out: Path) -> tuple[float, float]:
     proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     started = None
     while proc.poll() is None:
-        if started is None and (out / "manifest.json").exists():
+        if started is None and find_manifest(out) is not None:
             started = time.perf_counter() - t0
         time.sleep(0.005)
     assert proc.returncode == 0, proc.stderr.read()
@@ -88,7 +89,7 @@ def kill_after(args: list[str], out: Path, delay: float) -> str:
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    if not (out / "manifest.json").exists():
+    if find_manifest(out) is None:
         return f"killed at {delay:.1f}s before the manifest existed"
     return (
         f"killed at {delay:.1f}s with {len(manifest_shards(out))} shard(s) recorded and "
@@ -132,7 +133,7 @@ def test_kill_9_edit_between_shards(tmp_path, data, reference):
     )
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (out / "manifest.json").exists() and manifest_shards(out):
+        if find_manifest(out) is not None and manifest_shards(out):
             break
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
@@ -224,9 +225,7 @@ def test_kill_9_ray_driver_then_rerun(tmp_path, command, data, reference, tiny_p
 
 def started_writing(out: Path) -> bool:
     """A shard is being written (a temp file) or already recorded in the manifest."""
-    return bool(temp_files(out)) or (
-        (out / "manifest.json").exists() and bool(manifest_shards(out))
-    )
+    return bool(temp_files(out)) or (find_manifest(out) is not None and bool(manifest_shards(out)))
 
 
 # ---------------------------------------------------------------- unwritable output

@@ -23,6 +23,7 @@ from click.testing import CliRunner
 from tokenizers import decoders
 
 from tokedit.cli import main
+from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import load_tokenizer
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
@@ -59,7 +60,7 @@ def data_files(root: Path) -> list[str]:
     return sorted(
         p.relative_to(root).as_posix()
         for p in root.rglob("*")
-        if p.is_file() and not p.name.startswith(".") and p.name != "manifest.json"
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)
     )
 
 
@@ -135,7 +136,7 @@ def sweep(tmp_path_factory, corpus_dir, tiny_scores):
 
 def test_sweep_is_byte_exact_keeps_rows_columns_and_formats(sweep, corpus_dir, tok):
     out, stdout = sweep
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = read_manifest(out)
     for p in ("0.1", "0.5"):
         sub = out / f"p={p}"
         assert data_files(sub) == data_files(corpus_dir)  # same paths, same formats
@@ -228,7 +229,7 @@ def test_change_rate_matches_the_rule(tmp_path, corpus_dir, tiny_scores, stored,
         *args,
     )
     assert r.returncode == 0, r.stderr
-    c = json.loads((out / "manifest.json").read_text())["totals"]["p"][str(p)]
+    c = read_manifest(out)["totals"]["p"][str(p)]
     above, mean, var = expected_change(stored, p, **kw)
     assert c["above"] == above
     drawn_other = c["above"] - c["drawn_original"] - c["skipped"]["no_candidate"]
@@ -254,7 +255,7 @@ def test_exclude_original_changes_every_token_above_p_unless_skipped(
         "-q",
     )
     assert r.returncode == 0, r.stderr
-    c = json.loads((out / "manifest.json").read_text())["totals"]["p"]["0.3"]
+    c = read_manifest(out)["totals"]["p"]["0.3"]
     assert c["drawn_original"] == 0 and c["changed"] > 1000
     for rel in data_files(corpus_dir):
         for row in read_rows(out / rel):
@@ -289,8 +290,8 @@ def test_output_independent_of_batch_size_and_processes(tmp_path, corpus_dir, ti
     for rel in files:
         assert read_rows(tmp_path / "one" / rel) == read_rows(tmp_path / "many" / rel)
         assert (tmp_path / "many" / rel).read_bytes() == (tmp_path / "split" / rel).read_bytes()
-    split = json.loads((tmp_path / "split" / "manifest.json").read_text())
-    many = json.loads((tmp_path / "many" / "manifest.json").read_text())
+    split = read_manifest(tmp_path / "split")
+    many = read_manifest(tmp_path / "many")
     assert split["totals"] == many["totals"]
 
 
@@ -359,7 +360,7 @@ def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_score
     explicit flags override a preset's values and the manifest records both."""
     r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "d", "-q")
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "d" / "manifest.json").read_text())
+    m = read_manifest(tmp_path / "d")
     o = m["options"]
     assert (o["p"], o["top_k"], o["temperature"], o["drop_below"]) == ([0.99], 8, 1.5, 0.0)
     assert (m["info"]["preset"], m["info"]["overridden"]) == ("up-revise", [])
@@ -373,7 +374,7 @@ def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_score
 
     r = cli(*low, "--out", tmp_path / "o", "--top-k", 8, "--p", 0.5, "-q")
     assert r.returncode == 0, r.stderr
-    m = json.loads((tmp_path / "o" / "manifest.json").read_text())
+    m = read_manifest(tmp_path / "o")
     o = m["options"]
     assert (o["p"], o["top_k"], o["temperature"], o["drop_below"]) == ([0.5], 8, 1.0, 0.001)
     assert (m["info"]["preset"], m["info"]["overridden"]) == ("low-drop-up-revise", ["p", "top_k"])
@@ -391,7 +392,7 @@ def test_drop_below_cuts_exactly_the_tokens_below_q(tmp_path, corpus_dir, tiny_s
         "--drop-below", q, "-q",
     )  # fmt: skip
     assert r.returncode == 0, r.stderr
-    c = json.loads((out / "manifest.json").read_text())["totals"]["p"]["0.5"]
+    c = read_manifest(out)["totals"]["p"]["0.5"]
     below = changed = deleted = deleted_chars = 0
     for rel in data_files(corpus_dir):
         for a, b in zip(read_rows(corpus_dir / rel), read_rows(out / rel), strict=True):
@@ -472,7 +473,7 @@ def test_non_ascii_all_formats_byte_exact_and_skips_counted(tmp_path, mixed, tok
     )
     assert r.returncode == 0, r.stderr
     assert data_files(out) == data_files(corpus)  # parquet, jsonl and the datasets folder
-    c = json.loads((out / "manifest.json").read_text())["totals"]
+    c = read_manifest(out)["totals"]
     assert c["statuses"] == {"ok": 9, "null_text": 1, "empty": 1, "not_string": 1}
     assert c["p"]["0.01"]["changed"] > 100
     rows = read_rows(out / "a.parquet") + read_rows(out / "b.jsonl")
@@ -519,7 +520,7 @@ def test_every_position_above_p_stays_byte_exact_end_to_end(tmp_path, mixed, tok
         "edit", corpus, "--scores", doctored, "--out", out, "--p", "0.5", "--exclude-original", "-q"
     )
     assert r.returncode == 0, r.stderr
-    c = json.loads((out / "manifest.json").read_text())["totals"]["p"]["0.5"]
+    c = read_manifest(out)["totals"]["p"]["0.5"]
     assert c["above"] == c["scored"] == c["tokens"]
     assert c["skipped"]["span"] > 100  # tokens inside a character (empty or partial spans)
     assert c["skipped"]["render"] > 100  # partial-byte replacements
@@ -608,9 +609,9 @@ def test_one_pass_model_mode_equals_scores_mode(tmp_path, mixed, tiny_prior, tok
 
 
 def _no_complete_output(out: Path) -> None:
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        assert json.loads(manifest.read_text())["shards"] == {}
+    manifest = read_manifest(out)
+    if manifest is not None:
+        assert manifest["shards"] == {}
     assert not [p for p in out.rglob("*.tmp")] if out.exists() else True
 
 
@@ -648,7 +649,7 @@ def test_mismatched_scores_are_refused(tmp_path, corpus_dir, tiny_scores, mixed,
     r = cli("edit", bad, "--scores", tiny_scores, "--out", tmp_path / "o2", "--p", "0.5")
     assert r.returncode == 2
     assert f"{bad / 'plays-02.parquet'} row 5: id 'someone-else'" in r.stderr
-    done = json.loads((tmp_path / "o2" / "manifest.json").read_text())["shards"]
+    done = read_manifest(tmp_path / "o2")["shards"]
     assert sorted(done) == ["plays-00.parquet", "plays-01.jsonl.gz"]
     assert not (tmp_path / "o2" / "plays-02.parquet").exists()
     assert not list((tmp_path / "o2").rglob("*.tmp"))

@@ -7,7 +7,6 @@ a few hundred tokens: a forward runs at ~100 tokens/s here.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -19,6 +18,7 @@ import pytest
 import torch
 
 from tokedit.errors import InputError
+from tokedit.io.manifest import read_manifest
 from tokedit.scoring.gguf import PRIOR_INFO, read_prior_info, resolve_model
 from tokedit.scoring.priors import GEMMA_3_270M, _assemble, fetch_prior
 
@@ -100,7 +100,7 @@ def test_gguf_file_resolves_to_its_conversion_and_scores_identically(tmp_path, g
         score_dataset(str(data), str(out), model=model, options=ScoreOptions(), progress=False)
         outs.append(out)
     assert (outs[0] / "a.parquet").read_bytes() == (outs[1] / "a.parquet").read_bytes()
-    manifest = json.loads((outs[0] / "manifest.json").read_text())
+    manifest = read_manifest(outs[0])
     assert manifest["options"]["model_source"]["gguf_sha256"] == GEMMA_3_270M.sha256
     assert manifest["options"]["model_source"]["quantization"] == "Q4_K_M"
 
@@ -252,7 +252,7 @@ def test_edit_is_byte_exact_on_non_ascii_text(tmp_path, gemma, gemma_tok):
         assert row["tokedit_n_above"] == row["tokedit_n_changed"] + row["tokedit_n_skipped"]
     assert changed > 40
     assert byte_tokens > 0  # the text does reach Gemma's byte-fallback tokens
-    totals = json.loads((tmp_path / "e" / "manifest.json").read_text())["totals"]
+    totals = read_manifest(tmp_path / "e")["totals"]
     assert sum(totals["p"]["0.0001"]["skipped"].values()) > 0  # ... which are skipped, counted
 
 

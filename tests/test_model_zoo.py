@@ -16,7 +16,6 @@ whole nats, and a backend that applies only the LM head fails
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -27,6 +26,7 @@ import torch
 import transformers
 
 from tokedit.errors import InputError
+from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
@@ -203,7 +203,7 @@ def test_stored_logprobs_equal_the_models_own_logits(tmp_path, zoo, zoo_tokenize
             dtype="float32",
             progress=False,
         )
-        manifest = json.loads((out / "manifest.json").read_text())
+        manifest = read_manifest(out)
         assert manifest["options"]["add_bos"] is bos_first and manifest["info"]["bos"] == bos
         rows = pq.read_table(out / "a.parquet").to_pylist()
         for row, text in zip(rows, texts, strict=True):

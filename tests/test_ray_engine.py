@@ -34,6 +34,7 @@ from tokedit.engines.ray_engine import (  # noqa: E402
     import_ray,
 )
 from tokedit.errors import InputError  # noqa: E402
+from tokedit.io.manifest import read_manifest  # noqa: E402
 from tokedit.scoring.run import ShardScorer  # noqa: E402
 from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
 
@@ -75,8 +76,8 @@ def test_ray_output_is_byte_identical_to_local(tmp_path, ray_local, data, local_
     assert output_files(out) == output_files(local_out)
     assert len(output_files(out)) == 4
     assert manifest_shards(out) == manifest_shards(local_out)
-    ray_manifest = json.loads((out / "manifest.json").read_text())
-    local_manifest = json.loads((local_out / "manifest.json").read_text())
+    ray_manifest = read_manifest(out)
+    local_manifest = read_manifest(local_out)
     assert ray_manifest["options"] == local_manifest["options"]
     assert ray_manifest["totals"] == local_manifest["totals"]
     assert ray_manifest["info"]["device"] == "cpu"  # reported by the actor that scored
@@ -224,8 +225,8 @@ def test_ray_edit_is_byte_identical_to_local(tmp_path, ray_local, data, local_ou
     assert len(output_files(out)) == 8  # 4 shards x 2 thresholds
     assert output_files(out) == output_files(local_edit)
     assert manifest_shards(out) == manifest_shards(local_edit)
-    ray_manifest = json.loads((out / "manifest.json").read_text())
-    local_manifest = json.loads((local_edit / "manifest.json").read_text())
+    ray_manifest = read_manifest(out)
+    local_manifest = read_manifest(local_edit)
     assert ray_manifest["options"] == local_manifest["options"]
     assert ray_manifest["totals"] == local_manifest["totals"]
     local_again = invoke(*edit_args(data, tmp_path / "again", "--scores", str(local_out), "--p", "0.9,0.95"))  # fmt: skip
@@ -263,7 +264,7 @@ def test_ray_one_pass_edit_is_byte_identical_to_local(tmp_path, ray_local, data,
     assert manifest_shards(tmp_path / "ray") == manifest_shards(tmp_path / "local")
     changed = sum(e["p"]["0.5"]["changed"] for e in manifest_shards(tmp_path / "ray").values())
     assert changed > 0
-    info = json.loads((tmp_path / "ray" / "manifest.json").read_text())["info"]
+    info = read_manifest(tmp_path / "ray")["info"]
     assert info["device"] == "cpu"  # reported by the actor that loaded the model
 
 

@@ -21,6 +21,8 @@ from click.testing import CliRunner
 from tokedit.analysis.report import ReportOptions, build_report, run_report
 from tokedit.analysis.units import WORD_PATTERN
 from tokedit.cli import main
+from tokedit.io.manifest import manifest_path
+from tokedit.io.write import write_json
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 
@@ -238,7 +240,7 @@ def edited_dir(tmp_path_factory, corpus_dir, tiny_prior):
             },
         },
     }
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_json(manifest_path(out), manifest)
     return out, {
         "above": sum(n_above),
         "changed": sum(n_changed),

@@ -27,6 +27,8 @@ from tokedit.analysis.probs import (
 from tokedit.analysis.report import ReportOptions, build_report
 from tokedit.analysis.units import WordUnits
 from tokedit.errors import InputError
+from tokedit.io.manifest import manifest_path
+from tokedit.io.write import write_json
 
 
 def _jsonl(path, texts):
@@ -378,15 +380,14 @@ def test_edited_directory_detected(tmp_path):
         }
     )
     pq.write_table(table, d / "x.parquet")
-    (root / "manifest.json").write_text(
-        json.dumps(
-            {
-                "command": "edit",
-                "options": {"text_column": "text", "p": [0.9, 0.99]},
-                "shards": {},
-                "totals": {"p": {"0.9": {"scored": 99}, "0.99": {"scored": 10}}},
-            }
-        )
+    write_json(
+        manifest_path(root),
+        {
+            "command": "edit",
+            "options": {"text_column": "text", "p": [0.9, 0.99]},
+            "shards": {},
+            "totals": {"p": {"0.9": {"scored": 99}, "0.99": {"scored": 10}}},
+        },
     )
     with pytest.raises(InputError, match="one edited dataset per threshold"):
         build_report([str(root)], ReportOptions(units="words"))

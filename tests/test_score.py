@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 import subprocess
@@ -20,6 +19,7 @@ from scale_helpers import invoke, score_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokedit.demo import write_demo_corpus
+from tokedit.io.manifest import read_manifest
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
 from tokedit.scoring.windows import partition_starts, plan_batches, plan_windows
@@ -238,22 +238,18 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path, corpus_dir, tiny_prio
     )
     deadline = time.time() + 120
     while time.time() < deadline:  # kill once the first shard is recorded, mid-way through the next
-        manifest = crashed / "manifest.json"
-        if manifest.exists() and json.loads(manifest.read_text())["shards"]:
+        if (read_manifest(crashed) or {}).get("shards"):
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    partial = json.loads((crashed / "manifest.json").read_text())["shards"]
+    partial = read_manifest(crashed)["shards"]
     assert 1 <= len(partial) < 4
     rerun = run_cli(*score_args(corpus_dir, crashed, tiny_prior))
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(partial)} shard(s) already done" in rerun.stdout
     assert shard_bytes(crashed) == shard_bytes(whole)
-    assert (
-        json.loads((crashed / "manifest.json").read_text())["shards"]
-        == json.loads((whole / "manifest.json").read_text())["shards"]
-    )
+    assert read_manifest(crashed)["shards"] == read_manifest(whole)["shards"]
     assert not [p for p in crashed.rglob("*") if p.name.endswith(".tmp")]
 
 
@@ -278,10 +274,7 @@ def test_split_across_processes_equals_one_process(tmp_path, small_corpus, tiny_
     ]
     assert [p.wait() for p in procs] == [0, 0]
     assert shard_bytes(split) == shard_bytes(one)
-    assert (
-        json.loads((split / "manifest.json").read_text())["totals"]["documents"]
-        == json.loads((one / "manifest.json").read_text())["totals"]["documents"]
-    )
+    assert read_manifest(split)["totals"]["documents"] == read_manifest(one)["totals"]["documents"]
 
 
 def test_cli_summary_and_option_change_refusal(tmp_path, small_corpus, tiny_prior):

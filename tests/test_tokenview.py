@@ -21,6 +21,8 @@ from tokedit.analysis.tokenview import (
     token_groups,
     view_segments,
 )
+from tokedit.io.manifest import manifest_path, read_manifest
+from tokedit.io.write import write_json
 
 
 def _joined(view: dict) -> str:
@@ -197,11 +199,11 @@ def test_examples_of_real_scores_and_edit(tmp_path, corpus_dir, tiny_scores, tin
     shutil.copytree(corpus_dir, moved)
     for d, src in ((tmp_path / "scores", tiny_scores), (tmp_path / "edited", tiny_edited)):
         shutil.copytree(src, d)
-        m = json.loads((d / "manifest.json").read_text())
+        m = read_manifest(d)
         m["info"]["input"] = str(tmp_path / "gone")
         if "scores" in m["info"]:
             m["info"]["scores"] = str(tmp_path / "scores")
-        (d / "manifest.json").write_text(json.dumps(m))
+        write_json(manifest_path(d), m)
     r2 = build_report(
         [str(tmp_path / "scores"), str(tmp_path / "edited")],
         ReportOptions(examples=2),
@@ -317,7 +319,7 @@ def nasty_edited(tmp_path_factory, tiny_prior):
         "info": {},
         "shards": {},
     }
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    write_json(manifest_path(out), manifest)
     return out, edited_text, new_text, [NASTY[x["char_start"] : x["char_end"]] for x in edits]
 
 

@@ -9,7 +9,6 @@ arrays as the ``hf`` backend.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import types
@@ -26,6 +25,7 @@ from scale_helpers import invoke
 from tokedit.editor.rules import EditRule
 from tokedit.editor.run import EditOptions, ModelOptions, edit_dataset
 from tokedit.errors import InputError
+from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend, load_tokenizer
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
@@ -241,7 +241,7 @@ def test_one_pass_edit_with_vllm_backend(tmp_path, tiny_prior, hf, plays, monkey
         one_pass = (out["vllm"] / rel).read_bytes()
         assert one_pass == (tmp_path / "two-pass" / rel).read_bytes()
         assert one_pass == (out["hf"] / rel).read_bytes()
-    manifest = json.loads((out["vllm"] / "manifest.json").read_text())
+    manifest = read_manifest(out["vllm"])
     assert manifest["options"]["backend"] == "vllm"
 
 

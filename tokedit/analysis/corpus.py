@@ -1,8 +1,8 @@
 """Reading one corpus for a report: what kind of directory it is, sampling, accumulation.
 
-A directory is a *scores* directory when its ``manifest.json`` says ``"command": "score"``,
-an *edited* one when it says ``"edit"`` (or its rows carry ``tokedit_*`` columns), and a
-*dataset* otherwise. Everything is streamed in record batches through the accumulators of
+A directory is a *scores* directory when its manifest (``.tokedit/manifest.json``, found by
+:func:`tokedit.io.manifest.find_manifest`) says ``"command": "score"``, an *edited* one
+when it says ``"edit"`` (or its rows carry ``tokedit_*`` columns), and a *dataset* otherwise. Everything is streamed in record batches through the accumulators of
 :mod:`ngrams`, :mod:`probs` and :mod:`edits`.
 """
 

@@ -167,7 +167,7 @@ def load_scores_manifest(
     manifest = read_manifest(scores_dir)
     if manifest is None or manifest.get("command") != "score":
         raise InputError(
-            f"{scores_dir}: no scores manifest.json (not a scores directory, or scoring never started)",
+            f"{scores_dir}: no scores manifest (.tokedit/manifest.json; not a scores directory, or scoring never started)",
             remedy="pass the --out directory of `tokedit score`",
         )
     options = manifest.get("options", {})

@@ -1,10 +1,21 @@
-"""The ``manifest.json`` of an output directory: options, and one completion entry per shard.
+"""The manifest of an output directory: options, and one completion entry per shard.
 
 A shard is complete only when its entry is in the manifest (written after the shard file
 was renamed into place). Re-running with the same options skips complete shards; re-running
-with other options refuses unless ``overwrite``, but only once a shard is complete: the
-options of a run that wrote no shard are replaced by the next run's. Several processes
-(``--num-shards``) may share one output directory: entries are merged under an exclusive file lock.
+with other options refuses unless ``overwrite``. Several processes (``--num-shards``) may
+share one output directory: entries are merged under an exclusive file lock.
+
+Everything that is not data lives in the hidden directory ``OUT/.tokedit/`` (the manifest
+``OUT/.tokedit/manifest.json``, its lock, the manifest's temporary files), where the
+loaders people train from (``datasets``, polars, DuckDB, Spark) do not look: they skip
+hidden files and directories, so ``load_dataset("parquet", data_dir=OUT)`` reads shards only.
+Shard temporary files are hidden too (``.NAME.PID-HOST.tmp``, see :mod:`tokedit.io.write`).
+
+Directories written before this layout have ``OUT/manifest.json``. Readers (``edit
+--scores``, ``report``) read such a manifest where it is and change nothing; a run that
+writes into such a directory (a resume) first moves it to ``OUT/.tokedit/manifest.json``
+(written there, then the old file removed, under the lock), so the directory becomes
+loadable. :func:`find_manifest` is the one place that knows where a manifest is.
 """
 
 from __future__ import annotations
@@ -20,14 +31,36 @@ from tokedit import __version__
 from tokedit.errors import OutputError
 from tokedit.io.write import write_json
 
+META_DIR = ".tokedit"
 MANIFEST_NAME = "manifest.json"
+LOCK_NAME = "manifest.lock"
+_LEGACY_LOCK_NAME = ".manifest.lock"
+
+
+def manifest_path(out_dir: str | os.PathLike) -> Path:
+    """Where tokedit writes the manifest of ``out_dir``: ``out_dir/.tokedit/manifest.json``."""
+    return Path(out_dir) / META_DIR / MANIFEST_NAME
+
+
+def legacy_manifest_path(out_dir: str | os.PathLike) -> Path:
+    """Where tokedit wrote manifests before ``.tokedit/``: ``out_dir/manifest.json``."""
+    return Path(out_dir) / MANIFEST_NAME
+
+
+def find_manifest(out_dir: str | os.PathLike) -> Path | None:
+    """The manifest file of ``out_dir``: ``.tokedit/manifest.json``, else an old-style
+    ``manifest.json`` at the root, else ``None``. Every reader of a manifest goes through here."""
+    for path in (manifest_path(out_dir), legacy_manifest_path(out_dir)):
+        if path.is_file():
+            return path
+    return None
 
 
 @contextlib.contextmanager
 def _locked(out_dir: Path):
     try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        lock = open(out_dir / ".manifest.lock", "w")
+        (out_dir / META_DIR).mkdir(parents=True, exist_ok=True)
+        lock = open(out_dir / META_DIR / LOCK_NAME, "w")
     except OSError as e:
         raise OutputError(
             f"{out_dir}: cannot create or write the output directory ({e.strerror or e})",
@@ -41,10 +74,7 @@ def _locked(out_dir: Path):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    path = Path(out_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
+def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
@@ -52,6 +82,28 @@ def read_manifest(out_dir: str | os.PathLike) -> dict | None:
             f"{path}: corrupt manifest ({e})",
             remedy="delete the output directory, or rerun with --overwrite",
         ) from e
+
+
+def read_manifest(out_dir: str | os.PathLike) -> dict | None:
+    """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none."""
+    path = find_manifest(out_dir)
+    return None if path is None else _read_json(path)
+
+
+def _migrate_legacy(out_dir: Path) -> None:
+    """Move an old-style ``out_dir/manifest.json`` written by tokedit to ``.tokedit/``
+    (call under the lock). A crash between the write and the unlink leaves both files;
+    the new one wins in :func:`find_manifest`. A root ``manifest.json`` that is not
+    tokedit's is left alone."""
+    legacy = legacy_manifest_path(out_dir)
+    if manifest_path(out_dir).is_file() or not legacy.is_file():
+        return
+    data = _read_json(legacy)
+    if not isinstance(data, dict) or data.get("tool") != "tokedit":
+        return
+    write_json(manifest_path(out_dir), data)
+    legacy.unlink(missing_ok=True)
+    (out_dir / _LEGACY_LOCK_NAME).unlink(missing_ok=True)
 
 
 class Manifest:
@@ -71,10 +123,11 @@ class Manifest:
         overwrite: bool = False,
     ):
         self.out_dir = Path(out_dir)
-        self.path = self.out_dir / MANIFEST_NAME
+        self.path = manifest_path(self.out_dir)
         self.command = command
         self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
         with _locked(self.out_dir):
+            _migrate_legacy(self.out_dir)
             existing = read_manifest(self.out_dir)
             if existing is not None and overwrite:
                 self._remove_outputs(existing)
@@ -122,6 +175,7 @@ class Manifest:
             for rel in entry.get("outputs", []):
                 (self.out_dir / rel).unlink(missing_ok=True)
         self.path.unlink(missing_ok=True)
+        legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
 
     def is_complete(self, shard_rel: str) -> bool:
         """True when the shard has an entry and all its output files exist."""
