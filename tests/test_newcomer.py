@@ -7,13 +7,36 @@ names ``doc_id`` and ``content``; the prior is the tiny test prior.
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import subprocess
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
-from scale_helpers import invoke, output_files, write_rows
+from scale_helpers import invoke, write_rows
 
 from tokedit.demo import split_documents
 from tokedit.io.manifest import read_manifest
+from tokedit.scoring.scorer import text_fingerprint
+
+
+def cli(*args) -> subprocess.CompletedProcess:
+    """:func:`scale_helpers.invoke` with paths and numbers as arguments."""
+    return invoke(*map(str, args))
+
+
+def output_files(out: Path) -> dict[str, bytes]:
+    """The data files of an output directory: nothing hidden (manifest, locks, temp files)."""
+    return {
+        p.relative_to(out).as_posix(): p.read_bytes()
+        for p in sorted(out.rglob("*"))
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(out).parts)
+        and p.name != "manifest.json"
+    }
+
 
 N_DOCS = 12  # per shard: small enough for seconds, large enough for a few edits
 
@@ -76,3 +99,110 @@ def test_failed_score_run_does_not_block_the_corrected_command(
     # Once a shard is complete the options bind: other options are refused as before.
     other = invoke(*score_cmd(newcomer_corpus, out, tiny_prior, *COLUMNS, "--top-k", "4"))
     assert other.returncode != 0 and "other options (top_k: 8 -> 4)" in other.stderr
+
+
+@pytest.fixture(scope="module")
+def newcomer_scores(tmp_path_factory, newcomer_corpus, tiny_prior) -> Path:
+    """``tokedit score`` of the newcomer corpus, with its column names (default options)."""
+    out = tmp_path_factory.mktemp("newcomer-scores") / "scores"
+    r = invoke(*score_cmd(newcomer_corpus, out, tiny_prior, *COLUMNS))
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def prefixed_copy(data: Path, dest: Path, prefix: str) -> Path:
+    """The corpus with every parquet text prefixed by ``prefix``, ids kept (the stale case)."""
+    shutil.copytree(data, dest)
+    table = pq.read_table(dest / "part-0.parquet")
+    texts = [prefix + t for t in table.column("content").to_pylist()]
+    table = table.set_column(1, "content", pa.array(texts, pa.string()))
+    pq.write_table(table, dest / "part-0.parquet")
+    return dest
+
+
+def test_stale_scores_are_refused_naming_file_and_row(tmp_path, newcomer_corpus, newcomer_scores):
+    """Trap 3: every parquet text prefixed by 14 characters, ids kept. Before, ``edit`` exited
+    0 with spans skipped; now it refuses, naming the first stale row and the remedy. Catches:
+    a check of ids and lengths only (the prefixed texts are longer, the ids equal)."""
+    fingerprints = pq.read_table(newcomer_scores / "part-0.parquet").column("text_fingerprint")
+    first = pq.read_table(newcomer_corpus / "part-0.parquet").column("content")[0].as_py()
+    assert fingerprints[0].as_py() == text_fingerprint(first)
+    assert fingerprints[0].as_py().startswith(f"{len(first)}:")
+    modified = prefixed_copy(newcomer_corpus, tmp_path / "data-mod", "[edited 2024] ")
+    r = cli("edit", modified, "--scores", newcomer_scores, "--out", tmp_path / "ed", *COLUMNS, "-q")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert f"{modified / 'part-0.parquet'} row 0: the text differs" in r.stderr
+    assert f"({len(first) + 14} characters now, {len(first)} when scored)" in r.stderr
+    assert "rerun `tokedit score`" in r.stderr
+    assert not output_files(tmp_path / "ed")
+
+
+def test_scores_without_fingerprints_still_edit(tmp_path, newcomer_corpus, newcomer_scores):
+    """Scores written before the fingerprint column (the column dropped) edit as before,
+    with the byte-identical output of the same scores with fingerprints. Catches: the column
+    made mandatory."""
+    old = tmp_path / "old-scores"
+    shutil.copytree(newcomer_scores, old)
+    for shard in old.glob("*.parquet"):
+        table = pq.read_table(shard)
+        pq.write_table(table.drop_columns(["text_fingerprint"]), shard)
+    common = ["--p", "0.3", *COLUMNS, "-q"]
+    new_run = cli(
+        "edit", newcomer_corpus, "--scores", newcomer_scores, "--out", tmp_path / "a", *common
+    )
+    old_run = cli("edit", newcomer_corpus, "--scores", old, "--out", tmp_path / "b", *common)
+    assert new_run.returncode == 0 and old_run.returncode == 0, old_run.stderr
+    assert output_files(tmp_path / "a") == output_files(tmp_path / "b")
+
+
+def test_one_scoring_pass_edits_at_the_threshold_report_suggests(
+    tmp_path, newcomer_corpus, newcomer_scores
+):
+    """Trap 1: ``report --target-edit-rate 0.1,0.05`` prints each suggested p on the terminal
+    with the command to run; with the default scores (candidates at every position) that is
+    an edit, which changes tokens at that p on the first scoring pass. Catches: the suggestion
+    only in report.json/html, the old default --candidates-min-p 0.9 (edit refused at p < 0.9)."""
+    manifest = read_manifest(newcomer_scores)
+    assert manifest["options"]["candidates_min_p"] == 0.0
+    r = cli(
+        "report", newcomer_scores, "--out", tmp_path / "rep", "--target-edit-rate", "0.1,0.05",
+        "-q", "--examples", "0",
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    heads = [i for i, line in enumerate(lines) if "these scores can edit at it" in line]
+    assert len(heads) == 2 and "(target edit rate 10%)" in lines[heads[0]]
+    command = lines[heads[0] + 1].split()
+    assert command[:2] == ["tokedit", "edit"] and command[-4:] == list(COLUMNS)
+    p = float(command[command.index("--p") + 1])
+    assert 0 < p < 0.9
+    command[command.index("EDITED")] = str(tmp_path / "ed")
+    edited = cli(*command[1:], "-q")
+    assert edited.returncode == 0, edited.stderr
+    totals = read_manifest(tmp_path / "ed")["totals"]["p"][f"{p!r}"]
+    assert totals["above"] / totals["scored"] == pytest.approx(0.1, abs=0.03)
+    assert totals["changed"] > 0
+
+
+def test_report_on_min_p_scores_says_they_cannot_edit_and_what_to_run(
+    tmp_path, newcomer_corpus, tiny_prior
+):
+    """Scores made with --candidates-min-p 0.9 (the old default): the report says they
+    cannot edit at the suggested p and prints the rescoring command; run literally, it edits.
+    Catches: a suggestion below candidates_min_p printed without a word (the newcomer's rerun),
+    a rescoring command that forgets the columns."""
+    old = tmp_path / "scores"
+    r = cli(*score_cmd(newcomer_corpus, old, tiny_prior, *COLUMNS, "--candidates-min-p", "0.9"))
+    assert r.returncode == 0, r.stderr
+    rep = cli("report", old, "--out", tmp_path / "rep", "-q", "--examples", "0")
+    lines = rep.stdout.splitlines()
+    i = next(i for i, line in enumerate(lines) if "CANNOT edit" in line)
+    assert "P >= 0.9" in lines[i]
+    score, edit = (shlex.split(c) for c in lines[i + 1].strip().split(" && "))
+    assert score[:2] == ["tokedit", "score"] and "--candidates-min-p" in score
+    assert cli(*score[1:], "-q").returncode == 0
+    edit[edit.index("EDITED")] = str(tmp_path / "ed")
+    edited = cli(*edit[1:], "-q")
+    assert edited.returncode == 0, edited.stderr
+    p = float(edit[edit.index("--p") + 1])
+    assert read_manifest(tmp_path / "ed")["totals"]["p"][f"{p!r}"]["changed"] > 0

@@ -153,9 +153,11 @@ def main():
 @click.option(
     "--candidates-min-p",
     type=float,
-    default=0.9,
+    default=0.0,
     show_default=True,
-    help="Store candidates only where P(actual token) >= this (editing at p needs min-p <= p).",
+    help="Store candidates only where P(actual token) >= this; editing at p needs min-p <= p. "
+    "0: at every position, so one scoring pass edits at any --p (about 5x the storage at "
+    "--top-k 8: see the README's score section).",
 )
 @click.option(
     "--bos",
@@ -213,8 +215,8 @@ def score(
     from tokedit.scoring.run import score_dataset
     from tokedit.scoring.scorer import ScoreOptions
 
-    if not 0 < candidates_min_p <= 1:
-        raise click.BadParameter("must be in (0, 1]", param_hint="--candidates-min-p")
+    if not 0 <= candidates_min_p <= 1:
+        raise click.BadParameter("must be in [0, 1]", param_hint="--candidates-min-p")
     options = ScoreOptions(
         max_len=max_length,
         overlap=overlap,

@@ -29,6 +29,7 @@ from tokedit.analysis.corpus import (
     open_corpus,
 )
 from tokedit.analysis.ngrams import MAX_N, NgramTable, compare, concentration, rank_frequency
+from tokedit.analysis.thresholds import advise, format_thresholds
 from tokedit.analysis.tokenview import DEFAULT_EXAMPLE_CHARS, DEFAULT_EXAMPLES, collect_examples
 from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError
@@ -228,7 +229,12 @@ def corpus_entry(
     }
     if stats.probs is not None:
         entry["probability"] = stats.probs.summary()
-        entry["thresholds"] = [stats.probs.suggest(t) for t in options.target_edit_rates]
+        entry["thresholds"] = [
+            advise(
+                stats.probs.suggest(t), src.path, src.manifest if src.kind == KIND_SCORES else None
+            )
+            for t in options.target_edit_rates
+        ]
         entry["perplexity"] = stats.ppl.summary()
     entry["ngrams"] = {
         str(n): {
@@ -432,5 +438,6 @@ def format_report_summary(result: dict) -> str:
                 f"edits: above {e['above']}, changed {e['changed']}, skipped {e['skipped']}"
             )
         lines.append(f"  {c['label']} [{c['kind']}]: " + ", ".join(parts))
+        lines += format_thresholds(c["label"], c.get("thresholds") or [])
     lines.append(f"wrote {result['json']} and {result['html']}")
     return "\n".join(lines)

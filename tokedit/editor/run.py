@@ -51,7 +51,12 @@ from tokedit.io.write import (
     write_json,
 )
 from tokedit.scoring.run import file_sha256, load_backend, scores_rel
-from tokedit.scoring.scorer import ScoreOptions, bos_prepended
+from tokedit.scoring.scorer import (
+    FINGERPRINT_COLUMN,
+    ScoreOptions,
+    bos_prepended,
+    text_fingerprint,
+)
 
 PROVENANCE_COLUMNS = (
     "tokedit_n_above",
@@ -286,10 +291,11 @@ class _AlignedScores:
                 f"{path}: {self.rows} rows, but the scores manifest records {expected_rows}",
                 remedy=_RESCORE,
             )
-        self.schema = pa.schema([self.file.schema_arrow.field(c) for c in SCORES_COLUMNS])
-        self._batches = self.file.iter_batches(
-            batch_size=DEFAULT_BATCH_ROWS, columns=SCORES_COLUMNS
-        )
+        # Scores written before the fingerprint column existed lack it: the id, status and
+        # length checks of check_alignment still apply to them.
+        columns = SCORES_COLUMNS + [FINGERPRINT_COLUMN] * (FINGERPRINT_COLUMN in names)
+        self.schema = pa.schema([self.file.schema_arrow.field(c) for c in columns])
+        self._batches = self.file.iter_batches(batch_size=DEFAULT_BATCH_ROWS, columns=columns)
         self._pending: list[pa.RecordBatch] = []
         self._pending_rows = 0
         self.taken = 0
@@ -347,6 +353,24 @@ def check_alignment(sb: ScoreBatch, docs: Documents, scores_path: Path, row0: in
             raise InputError(
                 f"{docs.batch.where(i)}: the text is shorter than the text scored in row "
                 f"{row0 + i} of {scores_path}: the input changed since scoring",
+                remedy=_RESCORE,
+            )
+
+
+def check_fingerprints(
+    stored: pa.ChunkedArray, docs: Documents, scores_path: Path, row0: int
+) -> None:
+    """Every scored text must be the text scored: its length and hash (``text_fingerprint``)."""
+    for i, fp in enumerate(stored.to_pylist()):
+        if fp is None or docs.statuses[i] != STATUS_OK:
+            continue
+        now = text_fingerprint(docs.texts[i])
+        if now != fp:
+            then_len, now_len = fp.split(":", 1)[0], now.split(":", 1)[0]
+            raise InputError(
+                f"{docs.batch.where(i)}: the text differs from the text scored in row {row0 + i} "
+                f"of {scores_path} ({now_len} characters now, {then_len} when scored): "
+                "these scores are stale, the input changed since scoring",
                 remedy=_RESCORE,
             )
 
@@ -510,8 +534,11 @@ class _ScoresSource:
 
     def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
         row0 = self.current.taken
-        sb = ScoreBatch.from_table(self.current.take(len(batch), batch))
+        table = self.current.take(len(batch), batch)
+        sb = ScoreBatch.from_table(table)
         check_alignment(sb, docs, self.current.path, row0)
+        if FINGERPRINT_COLUMN in table.column_names:
+            check_fingerprints(table.column(FINGERPRINT_COLUMN), docs, self.current.path, row0)
         keys = doc_keys(self.seed, sb.ids)
         draws = draw_batch(sb, keys, self.p_min, self.rule, self.banned)
         if on_tokens is not None:

@@ -5,6 +5,7 @@ The scorer never writes files; :mod:`tokedit.scoring.run` streams its tables to 
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -27,8 +28,22 @@ SCORES_SCHEMA = pa.schema(
         ("logprob", pa.list_(pa.float32())),
         ("topk_ids", pa.list_(pa.list_(pa.int32()))),
         ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+        # Added in issue 16 (an addition to the contract; older scores lack it):
+        # "<characters>:<blake2b-8 hex of the UTF-8 bytes>" of the text scored, null where
+        # the row had no scorable text. ``edit --scores`` refuses rows whose text differs.
+        ("text_fingerprint", pa.string()),
     ]
 )
+
+FINGERPRINT_COLUMN = "text_fingerprint"
+
+
+def text_fingerprint(text: str) -> str:
+    """``"<len(text)>:<16 hex digits>"``: the length in characters and an 8-byte BLAKE2b of
+    the UTF-8 bytes (lone surrogates kept as ``surrogatepass`` bytes). Cheap (~1 GB/s) and
+    enough to tell that scores were made from another text."""
+    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
+    return f"{len(text)}:{digest}"
 
 
 DEFAULT_MAX_LEN = 1024
@@ -68,7 +83,7 @@ class ScoreOptions:
     overlap: int | None = None  # None: an eighth of max_len
     batch_tokens: int = 8192
     top_k: int = 8
-    candidates_min_p: float = 0.9
+    candidates_min_p: float = 0.0  # 0: candidates at every position (edit at any p)
     bos: str = "auto"  # one of BOS_MODES; resolved per tokenizer by bos_prepended()
 
     def resolved(self, model_positions: int | None) -> ScoreOptions:
@@ -262,5 +277,9 @@ def build_scores_table(
         "logprob": lists(pa.array(cat(lp_parts, np.float32), mask=~valid)),
         "topk_ids": lists(topk_ids),
         "topk_logprobs": lists(topk_lps),
+        FINGERPRINT_COLUMN: pa.array(
+            [text_fingerprint(docs.texts[row]) if row in ok_set else None for row in range(n_rows)],
+            pa.string(),
+        ),
     }
     return pa.Table.from_pydict(columns, schema=SCORES_SCHEMA)
