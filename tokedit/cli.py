@@ -759,6 +759,29 @@ def demo(out_dir, prior, train_seconds, quiet):
     show_default=True,
     help="Token view: characters shown per document at most.",
 )
+@click.option(
+    "--p",
+    "preview_p",
+    type=float,
+    default=None,
+    help="Edit preview of scores directories: also show what `tokedit edit --p P` (with the "
+    "other preview options) would do. The presets are always shown.",
+)
+@click.option("--top-k", "preview_top_k", type=int, default=None, help="Edit preview: --top-k.")
+@click.option(
+    "--temperature",
+    "preview_temperature",
+    type=float,
+    default=None,
+    help="Edit preview: --temperature.",
+)
+@click.option(
+    "--drop-below",
+    "preview_drop_below",
+    type=float,
+    default=None,
+    help="Edit preview: --drop-below.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
 @friendly_errors
 def report(
@@ -776,9 +799,18 @@ def report(
     text_column,
     examples,
     example_chars,
+    preview_p,
+    preview_top_k,
+    preview_temperature,
+    preview_drop_below,
     quiet,
 ):
-    """Distribution report of one or more corpora (dataset, scores or edited directories)."""
+    """Distribution report of one or more corpora (dataset, scores or edited directories).
+
+    For scores directories it also shows, without editing, what each edit preset (and your
+    own --p/--top-k/--temperature/--drop-below) would do: shares above p, expected changed,
+    redrawn as themselves, deleted.
+    """
     from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
 
     try:
@@ -800,6 +832,12 @@ def report(
         smoothing_alpha=smoothing,
         examples=examples,
         example_chars=example_chars,
+        preview_values={
+            "p": preview_p,
+            "top_k": preview_top_k,
+            "temperature": preview_temperature,
+            "drop_below": preview_drop_below,
+        },
     )
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     click.echo(format_report_summary(run_report(list(dirs), out_dir, options, log)))

@@ -323,6 +323,46 @@ def token_view_section(report: dict) -> str:
     return "".join(parts)
 
 
+def _preview_table(corpus: dict) -> str:
+    """The edit preview of one scores corpus: per setting, shares above p, changed,
+    redrawn as itself (expected) and deleted."""
+    rows = []
+    for r in corpus["edit_preview"]["settings"]:
+        rows.append(
+            [
+                html.escape(r["setting"]),
+                _fmt(r["p"]),
+                _fmt(r["top_k"]),
+                _fmt(r["temperature"]),
+                _fmt(r["drop_below"]),
+                _fmt(r["share_above"], pct=True),
+                _fmt(r["expected_share_changed"], pct=True),
+                _fmt(r["expected_share_as_itself"], pct=True),
+                _fmt(r["share_deleted"], pct=True),
+            ]
+        )
+    return (
+        f"<h3>What an edit would do: {html.escape(corpus['label'])}</h3>"
+        "<p class='note'>From the stored scores, without editing: shares of scored tokens; "
+        "changed and redrawn-as-itself are expected values from the stored candidates' "
+        "weights.</p>"
+        + _table(
+            [
+                "setting",
+                "p",
+                "top-k",
+                "T",
+                "drop below",
+                "above p",
+                "changed",
+                "as itself",
+                "deleted",
+            ],
+            rows,
+        )
+    )
+
+
 def render_html(report: dict, out: Path) -> Path:
     """Write the plots and ``report.html`` into ``out``; returns the HTML path."""
     out = Path(out)
@@ -396,6 +436,9 @@ def render_html(report: dict, out: Path) -> Path:
             "<p class='note'>The p at which an edit (P &gt; p) would touch the target share of tokens.</p>",
             _table([""] + slabels, rows),
         ]
+        for c in scored:
+            if c.get("edit_preview"):
+                parts.append(_preview_table(c))
         parts.append("<h2>Per-document perplexity</h2>")
         pct = scored[0]["perplexity"]["percentiles"] or {}
         rows = [

@@ -13,7 +13,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +55,12 @@ class ReportOptions:
     batch_rows: int = DEFAULT_BATCH_ROWS
     examples: int = DEFAULT_EXAMPLES  # token view: documents per scores / edited corpus (0: off)
     example_chars: int = DEFAULT_EXAMPLE_CHARS  # characters shown per document at most
+    # Edit preview of scores directories: the presets, and these values when any is given
+    # (keys p, top_k, temperature, drop_below, strategy, exclude_original; None: preset's).
+    preview: bool = True
+    preview_values: dict = field(
+        default_factory=lambda: dict.fromkeys(("p", "top_k", "temperature", "drop_below"))
+    )
 
 
 # --- tokenizers -------------------------------------------------------------------------------
@@ -236,6 +242,7 @@ def corpus_entry(
             for t in options.target_edit_rates
         ]
         entry["perplexity"] = stats.ppl.summary()
+    entry["edit_preview"] = _edit_preview(src, options, tokenizers)
     entry["ngrams"] = {
         str(n): {
             **concentration(t),
@@ -268,6 +275,18 @@ def corpus_entry(
         reasons = totals.get("skipped") if whole else None
         entry["edits"]["skipped_reasons"] = reasons if isinstance(reasons, dict) else None
     return entry
+
+
+def _edit_preview(source: CorpusSource, options: ReportOptions, tokenizers) -> dict | None:
+    """What each edit setting would do to a scores directory (see :mod:`.preview`)."""
+    if source.kind != KIND_SCORES or not options.preview:
+        return None
+    from tokedit.analysis.preview import default_settings, preview_scores_dir
+    from tokedit.editor.rules import banned_mask
+
+    named = model_of(source)
+    banned = banned_mask(tokenizers.load(*named)) if named else None
+    return preview_scores_dir(source.path, default_settings(options.preview_values), banned=banned)
 
 
 def build_report(dirs: list[str], options: ReportOptions | None = None, log=None) -> dict:
@@ -439,5 +458,10 @@ def format_report_summary(result: dict) -> str:
             )
         lines.append(f"  {c['label']} [{c['kind']}]: " + ", ".join(parts))
         lines += format_thresholds(c["label"], c.get("thresholds") or [])
+        if c.get("edit_preview"):
+            from tokedit.analysis.preview import format_preview
+
+            lines.append(f"  what an edit would do to {c['label']}, from its scores:")
+            lines.append(format_preview(c["edit_preview"]))
     lines.append(f"wrote {result['json']} and {result['html']}")
     return "\n".join(lines)
