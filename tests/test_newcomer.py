@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scale_helpers import invoke, write_rows
+from scale_helpers import invoke, run_cli, write_rows
 
 from tokedit.demo import split_documents
 from tokedit.io.manifest import read_manifest
@@ -206,3 +206,11 @@ def test_report_on_min_p_scores_says_they_cannot_edit_and_what_to_run(
     assert edited.returncode == 0, edited.stderr
     p = float(edit[edit.index("--p") + 1])
     assert read_manifest(tmp_path / "ed")["totals"]["p"][f"{p!r}"]["changed"] > 0
+
+
+def test_quiet_prints_no_progress_bar(tmp_path, newcomer_corpus, tiny_prior):
+    """Trap 5: ``score -q`` in a fresh process prints no bar, transformers' "Loading weights"
+    included. Catches: -q passed to tokedit's own bar only."""
+    r = run_cli(*score_cmd(newcomer_corpus, tmp_path / "s", tiny_prior, *COLUMNS))
+    assert r.returncode == 0, r.stderr
+    assert "Loading weights" not in r.stderr and "it/s" not in r.stderr, r.stderr

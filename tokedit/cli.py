@@ -215,6 +215,8 @@ def score(
     from tokedit.scoring.run import score_dataset
     from tokedit.scoring.scorer import ScoreOptions
 
+    if quiet:
+        silence_progress_bars()
     if not 0 <= candidates_min_p <= 1:
         raise click.BadParameter("must be in [0, 1]", param_hint="--candidates-min-p")
     options = ScoreOptions(
@@ -254,6 +256,17 @@ def bos_mode(bos: str | None, no_bos: bool, default: str | None) -> str | None:
             raise click.UsageError(f"--no-bos contradicts --bos {bos} (--no-bos is --bos never)")
         return "never"
     return bos if bos is not None else default
+
+
+def silence_progress_bars() -> None:
+    """``-q``: no progress bar at all, transformers' "Loading weights" bar included (the hub's
+    bars read the variable when imported; transformers' own switch is process-wide)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
 
 def format_score_summary(s: dict) -> str:
@@ -394,6 +407,8 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
     Output: same shards, formats and columns, plus tokedit_* provenance. Rerunning the same
     command resumes an interrupted run.
     """
+    if quiet and model:  # with --scores no model loads, and transformers is not imported
+        silence_progress_bars()
     from tokedit.editor.rules import resolve_preset
     from tokedit.editor.run import (
         EditOptions,

@@ -25,7 +25,8 @@ from tokedit.editor.splice import Renderer, align_span
 SKIP_REASONS = ("span", "render", "no_candidate")
 
 EDIT_FIELDS = ("pos", "char_start", "char_end", "orig_id", "new_id")
-EDITS_TYPE = pa.list_(pa.struct([(name, pa.int32()) for name in EDIT_FIELDS]))
+# int64: the type JSON lines read back as, so parquet and jsonl outputs have one schema.
+EDITS_TYPE = pa.list_(pa.struct([(name, pa.int64()) for name in EDIT_FIELDS]))
 
 
 def _list_parts(arr) -> tuple[np.ndarray, pa.Array]:

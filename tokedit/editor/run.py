@@ -1,9 +1,11 @@
 """``tokedit edit``: stream input shards with their scores (or a model) into edited shards.
 
 Each input shard gives one output shard at the same relative path, in the same format
-(parquet -> parquet, jsonl[.gz|.zst] -> same, datasets arrow -> arrow), one row per input row,
-all columns kept; the text is edited in place (or into ``output_column``) and the provenance
-columns ``tokedit_*`` are appended. A sweep over several thresholds writes ``OUT/p=<p>/...``
+(parquet -> parquet, jsonl[.gz|.zst] -> same, datasets arrow -> arrow; ``--output-format
+mirror``, the default) or in one format for every shard (``parquet`` or ``jsonl.gz``, at the
+same relative path with that suffix), one row per input row, all columns kept; the text
+is edited in place (or into ``output_column``) and the provenance columns ``tokedit_*``
+(int64 ints in every format) are appended. A sweep over several thresholds writes ``OUT/p=<p>/...``
 per threshold from one read of the input and the scores. Resume and atomicity come from
 :func:`tokedit.io.runner.run_shards` and the manifest.
 """
@@ -50,7 +52,7 @@ from tokedit.io.write import (
     ParquetShardWriter,
     write_json,
 )
-from tokedit.scoring.run import file_sha256, load_backend, scores_rel
+from tokedit.scoring.run import check_unique_outputs, file_sha256, load_backend, scores_rel
 from tokedit.scoring.scorer import (
     FINGERPRINT_COLUMN,
     ScoreOptions,
@@ -65,6 +67,9 @@ PROVENANCE_COLUMNS = (
     "tokedit_n_deleted",
     "tokedit_edits",
 )
+# ``mirror``: each shard in its input's format; otherwise every shard in this format.
+OUTPUT_FORMATS = ("mirror", "parquet", "jsonl.gz")
+_FORMAT_SUFFIX = {"parquet": ".parquet", "jsonl.gz": ".jsonl.gz"}
 SCORES_COLUMNS = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", "topk_logprobs"]
 _RESCORE = "rerun `tokedit score` on this input (same --text-column / --id-column) and edit with the new scores"
 
@@ -78,6 +83,7 @@ class EditOptions:
     seed: int = 0
     output_column: str | None = None
     provenance: bool = True
+    output_format: str = "mirror"  # one of OUTPUT_FORMATS
     # The --preset the rule came from and the flags that overrode it: recorded in the
     # manifest's info and named in messages; the output depends on ``rule`` and ``ps`` only.
     preset: str | None = None
@@ -141,8 +147,29 @@ def p_dir(p: float) -> str:
     return f"p={p_label(p)}"
 
 
-def output_rel(shard: Shard, p: float, sweep: bool) -> str:
-    return f"{p_dir(p)}/{shard.rel}" if sweep else shard.rel
+def output_format_of(shard: Shard, output_format: str) -> str:
+    """The format ``shard``'s output is written in."""
+    return shard.fmt if output_format == "mirror" else output_format
+
+
+def shard_output_rel(shard: Shard, output_format: str = "mirror") -> str:
+    """``a/b.jsonl.gz`` -> ``a/b.jsonl.gz`` (mirror) or ``a/b.parquet`` (parquet)."""
+    if output_format == "mirror":
+        return shard.rel
+    return shard.with_suffix(_FORMAT_SUFFIX[output_format])
+
+
+def output_rel(shard: Shard, p: float, sweep: bool, output_format: str = "mirror") -> str:
+    rel = shard_output_rel(shard, output_format)
+    return f"{p_dir(p)}/{rel}" if sweep else rel
+
+
+def check_output_format(output_format: str) -> None:
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(
+            f"unknown --output-format {output_format!r}",
+            remedy="use --output-format " + ", ".join(OUTPUT_FORMATS),
+        )
 
 
 # ----------------------------------------------------------------------------- validation
@@ -413,10 +440,10 @@ def output_table(
             if name in table.column_names:  # re-editing an edited corpus: replace, not duplicate
                 table = table.drop_columns([name])
         table = (
-            table.append_column("tokedit_n_above", pa.array(edited.n_above, pa.int32()))
-            .append_column("tokedit_n_changed", pa.array(edited.n_changed, pa.int32()))
-            .append_column("tokedit_n_skipped", pa.array(edited.n_skipped, pa.int32()))
-            .append_column("tokedit_n_deleted", pa.array(edited.n_deleted, pa.int32()))
+            table.append_column("tokedit_n_above", pa.array(edited.n_above, pa.int64()))
+            .append_column("tokedit_n_changed", pa.array(edited.n_changed, pa.int64()))
+            .append_column("tokedit_n_skipped", pa.array(edited.n_skipped, pa.int64()))
+            .append_column("tokedit_n_deleted", pa.array(edited.n_deleted, pa.int64()))
             .append_column("tokedit_edits", edited.edits_array())
         )
     # datasets' "huggingface" metadata describes the input columns; readers infer the new ones.
@@ -479,14 +506,77 @@ class _ShardOutput:
             self.writer.abort()
 
 
-def _empty_batch(shard: Shard) -> RowBatch:
+def _empty_batch(shard: Shard, table_schema: pa.Schema | None = None) -> RowBatch:
     """A zero-row batch with the shard's schema, so an empty shard gives an empty output."""
-    if shard.fmt == "parquet":
+    if table_schema is not None:  # JSON lines written as parquet
+        schema = table_schema
+    elif shard.fmt == "parquet":
         schema = pq.read_schema(shard.path)
     else:
         with pa.memory_map(str(shard.path)) as source:
             schema = pa.ipc.open_stream(source).schema
     return RowBatch(shard, 0, table=schema.empty_table())
+
+
+def _jsonl_table_schema(shard: Shard, batch_rows: int, text_column: str) -> pa.Schema:
+    """The Arrow schema of a JSON lines shard as a whole: each column's type inferred over
+    every row (a column that is null in the first rows and a string later is a string; ints
+    and floats give floats). A column whose values have no common type cannot be a parquet
+    column: that is an error naming it."""
+    schema: pa.Schema | None = None
+    for batch in iter_batches(shard, batch_rows):
+        fields = []
+        for name in batch.column_names():
+            try:
+                fields.append(pa.field(name, pa.array(batch.column(name)).type))
+            except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+                raise _not_tabular(shard, name, e) from e
+        try:
+            schema = (
+                pa.schema(fields)
+                if schema is None
+                else pa.unify_schemas([schema, pa.schema(fields)], promote_options="permissive")
+            )
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise _not_tabular(shard, None, e) from e
+    if schema is None or text_column not in schema.names:
+        schema = (schema or pa.schema([])).append(pa.field(text_column, pa.string()))
+    return schema
+
+
+def _not_tabular(shard: Shard, column: str | None, e: Exception) -> InputError:
+    what = f"column {column!r}" if column else "a column"
+    return InputError(
+        f"{shard.path}: {what} holds values of different types ({e}), which a parquet "
+        "column cannot hold",
+        remedy="use --output-format mirror or jsonl.gz for JSON lines input with mixed-type columns",
+    )
+
+
+def _as_output_rows(batch: RowBatch, out_fmt: str, table_schema: pa.Schema | None) -> RowBatch:
+    """``batch`` as the rows the output format is written from: a table for parquet / arrow
+    output, JSON-ready dicts for JSON lines output."""
+    if out_fmt.startswith("jsonl") and batch.table is not None:
+        binary = [
+            f.name
+            for f in batch.table.schema
+            if "binary" in str(f.type) or pa.types.is_dictionary(f.type)
+        ]
+        if binary:
+            raise InputError(
+                f"{batch.shard.path}: column(s) {first_few(binary)} hold binary or dictionary "
+                "values, which JSON lines cannot hold",
+                remedy="use --output-format parquet or mirror",
+            )
+        records = batch.table.to_pylist()
+        return RowBatch(batch.shard, batch.start, records=records)
+    if not out_fmt.startswith("jsonl") and batch.records is not None:
+        try:
+            table = pa.Table.from_pylist(batch.records, schema=table_schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError) as e:
+            raise _not_tabular(batch.shard, None, e) from e
+        return RowBatch(batch.shard, batch.start, table=table, line_numbers=batch.line_numbers)
+    return batch
 
 
 def _write_dataset_sidecars(
@@ -642,8 +732,10 @@ def edit_dataset(
     input_path, out_path = Path(input_dir), Path(out_dir)
     ps = parse_ps(options.ps)
     options = replace(options, ps=ps)
+    check_output_format(options.output_format)
     sweep = len(ps) > 1
     all_shards = discover_shards(input_path)
+    check_unique_outputs(all_shards, lambda s: shard_output_rel(s, options.output_format))
     shards = discover_shards(input_path, num_shards=num_shards, shard_index=shard_index)
     _check_out_dir(out_path, input_path, Path(scores_dir) if scores_dir else None)
 
@@ -747,6 +839,7 @@ def edit_dataset(
         "id_column": id_column,
         "output_column": options.output_column,
         "provenance": options.provenance,
+        "output_format": options.output_format,
     }
     info["preset"] = options.preset
     info["overridden"] = list(options.overridden)
@@ -835,6 +928,7 @@ class ShardEditor(PickledAsConfig):
         self._renderer: Renderer | None = None
         self._source: _ScoresSource | _ModelSource | _CandidatesSource | None = None
         self._info: dict = {}
+        self._table_schema: pa.Schema | None = None  # of the shard being edited (jsonl -> parquet)
         self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
 
     @property
@@ -844,6 +938,9 @@ class ShardEditor(PickledAsConfig):
     @property
     def sweep(self) -> bool:
         return len(self.options.ps) > 1
+
+    def _rel(self, shard: Shard, p: float) -> str:
+        return output_rel(shard, p, self.sweep, self.options.output_format)
 
     def load(self, tokenizer=None) -> ShardEditor:
         """Load the tokenizer (unless given) and the scores reader or the model, once."""
@@ -887,9 +984,15 @@ class ShardEditor(PickledAsConfig):
     def __call__(self, shard: Shard) -> dict:
         self.load()
         out_root = Path(self.out_dir)
-        outs = {
-            p: _ShardOutput(out_root / output_rel(shard, p, self.sweep), shard.fmt) for p in self.ps
-        }
+        out_fmt = output_format_of(shard, self.options.output_format)
+        # JSON lines to parquet: the column types of the whole shard, read once beforehand
+        # (one batch's inferred types would not hold for the next).
+        self._table_schema = (
+            _jsonl_table_schema(shard, self.batch_rows, self.text_column)
+            if shard.fmt.startswith("jsonl") and not out_fmt.startswith("jsonl")
+            else None
+        )
+        outs = {p: _ShardOutput(out_root / self._rel(shard, p), out_fmt) for p in self.ps}
         shard_counts: dict[str, dict] = {p_label(p): {} for p in self.ps}
         statuses: dict[str, int] = {}
         rows = 0
@@ -900,8 +1003,9 @@ class ShardEditor(PickledAsConfig):
                 got_any = True
                 self._edit_batch(batch, outs, shard_counts, statuses)
                 rows += len(batch)
-            if not got_any and shard.fmt in ("parquet", "arrow"):
-                self._edit_batch(_empty_batch(shard), outs, shard_counts, statuses)
+            if not got_any and not out_fmt.startswith("jsonl"):
+                empty = _empty_batch(shard, self._table_schema)
+                self._edit_batch(empty, outs, shard_counts, statuses)
             self._source.close(shard)
             for o in outs.values():
                 o.close()
@@ -911,10 +1015,10 @@ class ShardEditor(PickledAsConfig):
             raise
         outputs, sha = [], {}
         for p, o in outs.items():
-            rel = output_rel(shard, p, self.sweep)
+            rel = self._rel(shard, p)
             outputs.append(rel)
             sha[rel] = file_sha256(out_root / rel)
-            if shard.fmt == "arrow":
+            if out_fmt == "arrow":
                 outputs += _write_dataset_sidecars(
                     shard, out_root, o.schema, p_dir(p) if self.sweep else ""
                 )
@@ -938,15 +1042,16 @@ class ShardEditor(PickledAsConfig):
         for s in docs.statuses:
             statuses[s] = statuses.get(s, 0) + 1
         sb, draws = self._source.batch(batch, docs, on_tokens=self.on_tokens)
+        rows = _as_output_rows(batch, next(iter(outs.values())).fmt, self._table_schema)
         for p, out in outs.items():
             edited = apply_draws(
                 sb, docs.texts, draws, p, self._renderer, drop_below=options.rule.drop_below
             )
             add_counts(shard_counts[p_label(p)], edited.counts)
-            if batch.table is not None:
-                out.write_table(output_table(batch, docs, edited, text_column, options))
+            if rows.table is not None:
+                out.write_table(output_table(rows, docs, edited, text_column, options))
             else:
-                out.write_records(output_records(batch, docs, edited, text_column, options))
+                out.write_records(output_records(rows, docs, edited, text_column, options))
 
 
 def directory_totals(manifest: Manifest, ps: Sequence[float]) -> dict:

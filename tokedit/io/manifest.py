@@ -2,8 +2,9 @@
 
 A shard is complete only when its entry is in the manifest (written after the shard file
 was renamed into place). Re-running with the same options skips complete shards; re-running
-with other options refuses unless ``overwrite``. Several processes (``--num-shards``) may
-share one output directory: entries are merged under an exclusive file lock.
+with other options refuses unless ``overwrite``, but only once a shard is complete: the
+options of a run that wrote no shard are replaced by the next run's. Several processes
+(``--num-shards``) may share one output directory: entries are merged under an exclusive file lock.
 
 Everything that is not data lives in the hidden directory ``OUT/.tokedit/`` (the manifest
 ``OUT/.tokedit/manifest.json``, its lock, the manifest's temporary files), where the

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tokedit.errors import InputError, first_few
+from tokedit.io.manifest import MANIFEST_NAME
 
 # Longest suffix first: ".jsonl.gz" must win over ".gz".
 FORMATS = {
@@ -23,8 +24,9 @@ FORMATS = {
     ".parquet": "parquet",
     ".arrow": "arrow",
 }
-# Files tokedit itself or common tooling leaves beside shards; never data.
-IGNORED_NAMES = {"manifest.json", "README.md", "README", ".gitattributes", "LICENSE"}
+# Files tokedit itself (an old-style root manifest) or common tooling leaves beside shards;
+# never data. Today's manifest is under the hidden OUT/.tokedit/, skipped like any hidden name.
+IGNORED_NAMES = {MANIFEST_NAME, "README.md", "README", ".gitattributes", "LICENSE"}
 
 
 @dataclass(frozen=True)

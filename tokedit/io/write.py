@@ -8,6 +8,8 @@ timestamps (gzip ``mtime=0``), so the same rows always give the same bytes.
 from __future__ import annotations
 
 import contextlib
+import datetime
+import decimal
 import gzip
 import hashlib
 import json
@@ -145,6 +147,18 @@ class ParquetShardWriter(_TableShardWriter):
         self._writer.close()
 
 
+def _json_value(value):
+    """Values of parquet / arrow rows that JSON has no type for (dates, times, decimals):
+    their ISO / decimal text."""
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, datetime.timedelta):
+        return value.total_seconds()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"{type(value).__name__} values cannot be written as JSON")
+
+
 class JsonlShardWriter(_ShardWriter):
     """Stream dict rows into ``.jsonl``, ``.jsonl.gz`` or ``.jsonl.zst``."""
 
@@ -167,7 +181,10 @@ class JsonlShardWriter(_ShardWriter):
         with _write_errors(self._dest):
             for r in records:
                 self._out.write(
-                    json.dumps(r, ensure_ascii=False).encode("utf-8", "surrogatepass") + b"\n"
+                    json.dumps(r, ensure_ascii=False, default=_json_value).encode(
+                        "utf-8", "surrogatepass"
+                    )
+                    + b"\n"
                 )
         self.rows += len(records)
 
