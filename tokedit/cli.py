@@ -364,6 +364,14 @@ def format_score_summary(s: dict) -> str:
 )
 @click.option("--no-provenance", is_flag=True, help="Do not add the tokedit_* columns.")
 @click.option(
+    "--output-format",
+    type=click.Choice(["mirror", "parquet", "jsonl.gz"]),
+    default="mirror",
+    show_default=True,
+    help="mirror: each shard in its input's format, at its input's path; parquet / jsonl.gz: "
+    "every shard in that format (the same path with that suffix), so one loader reads them all.",
+)
+@click.option(
     "--tokenizer", default=None, help="Tokenizer to decode with, if the scores' model path moved."
 )
 @click.option("--batch-rows", type=int, default=512, show_default=True, help="Rows per batch.")
@@ -398,14 +406,15 @@ def format_score_summary(s: dict) -> str:
 @engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @friendly_errors
-def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, tokenizer, batch_rows, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
+def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, output_format, tokenizer, batch_rows, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
 
     Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
     with --drop-below Q, every token with P < Q is deleted; the rest of the text is kept
     byte for byte. The default is the authors' core implementation (--preset up-revise).
-    Output: same shards, formats and columns, plus tokedit_* provenance. Rerunning the same
-    command resumes an interrupted run.
+    Output: same shards and columns, plus tokedit_* provenance, in the input's formats
+    (--output-format mirror) or all in one format. Rerunning the same command resumes an
+    interrupted run.
     """
     if quiet and model:  # with --scores no model loads, and transformers is not imported
         silence_progress_bars()
@@ -444,6 +453,7 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
             seed,
             output_column,
             not no_provenance,
+            output_format=output_format,
             preset=preset,
             overridden=tuple(overridden),
         ),
