@@ -21,8 +21,9 @@ from tokedit.scoring.gguf import resolve_model
 from tokedit.scoring.windows import Window
 
 # Bytes of float32 logits computed at once: positions per chunk = this / (4 * vocab).
-# 2,048 positions of a 262k vocabulary would be 2.1 GB before the log-softmax's temporaries.
-LOGIT_CHUNK_BYTES = 128 << 20
+# 2,048 positions of a 262k vocabulary would be 2.1 GB before the log-softmax's temporaries;
+# 64 MiB (64 positions of Gemma's 262k) keeps the peak near model size + 1 GB.
+LOGIT_CHUNK_BYTES = 64 << 20
 
 
 def resolve_device(device: str) -> torch.device:
@@ -246,7 +247,9 @@ def score_positions(
             keep = lp >= log_min_p
             if keep.any():
                 sel = keep.nonzero().squeeze(1)
-                values, idx = torch.topk(logits[sel], top_k, dim=-1)
+                # Every row kept (the default --candidates-min-p 0): no copy of the chunk.
+                rows = logits if len(sel) == len(logits) else logits[sel]
+                values, idx = torch.topk(rows, top_k, dim=-1)
                 sel_np = sel.cpu().numpy() + a
                 topk_ids[sel_np] = idx.to(torch.int32).cpu().numpy()
                 topk_lp[sel_np] = (values - lse[sel, None]).cpu().numpy()
