@@ -51,7 +51,11 @@ def mixed_corpus(out: Path, plays: dict[str, str], chars_per_shard: int) -> Path
     return out
 
 
-def score_args(data: Path, out: Path, prior: Path, *extra: str) -> list[str]:
+def score_args(
+    data: Path, out: Path, prior: Path, *extra: str, id_column: str | None = "id"
+) -> list[str]:
+    """``tokedit score`` arguments with small windows; ``id_column=None``: no --id-column."""
+    ids = ["--id-column", id_column] if id_column else []
     return [
         "score",
         str(data),
@@ -63,10 +67,9 @@ def score_args(data: Path, out: Path, prior: Path, *extra: str) -> list[str]:
         "128",
         "--overlap",
         "32",
-        "--id-column",
-        "id",
+        *ids,
         "-q",
-        *extra,
+        *map(str, extra),
     ]
 
 

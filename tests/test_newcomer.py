@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scale_helpers import invoke, run_cli, write_rows
+from scale_helpers import invoke, run_cli, score_args, write_rows
 
 from tokedit.demo import split_documents
 from tokedit.io.manifest import read_manifest
@@ -53,20 +53,7 @@ def newcomer_corpus(tmp_path_factory, plays) -> Path:
 
 
 def score_cmd(data: Path, out: Path, prior: Path, *extra) -> list[str]:
-    return [
-        "score",
-        str(data),
-        "--model",
-        str(prior),
-        "--out",
-        str(out),
-        "--max-length",
-        "128",
-        "--overlap",
-        "32",
-        "-q",
-        *map(str, extra),
-    ]
+    return score_args(data, out, prior, *extra, id_column=None)
 
 
 COLUMNS = ("--text-column", "content", "--id-column", "doc_id")

@@ -273,15 +273,19 @@ def run_demo(
     log(
         f"[3/6] scoring {len(ids)} documents of the corpus (their first {plan.sample_tokens} tokens; {n_tokens} tokens) with the prior"
     )
-    human_scores = sample / "human-scores"
-    score_dataset(
-        str(human),
-        str(human_scores),
-        model=model,
-        options=score_options,
-        id_column="id",
-        progress=progress,
-    )
+
+    def score(texts_dir: Path, scores_dir: Path) -> Path:
+        score_dataset(
+            str(texts_dir),
+            str(scores_dir),
+            model=model,
+            options=score_options,
+            id_column="id",
+            progress=progress,
+        )
+        return scores_dir
+
+    human_scores = score(human, sample / "human-scores")
     probs = accumulate_scores_dir(human_scores).summary()
     hist = probs["hist10"]["shares"]
     log(
@@ -358,15 +362,7 @@ def run_demo(
             ),
         )
         write_texts(synthetic, ids, generated)
-    synthetic_scores = sample / "synthetic-scores"
-    score_dataset(
-        str(synthetic),
-        str(synthetic_scores),
-        model=model,
-        options=score_options,
-        id_column="id",
-        progress=progress,
-    )
+    synthetic_scores = score(synthetic, sample / "synthetic-scores")
 
     report_dir = out / "report"
     toedit_label = list(settings)[-1] if plan.data_threshold else "up-revise (p=0.99)"
