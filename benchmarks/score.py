@@ -80,11 +80,14 @@ def per_document_loop_tokens_per_s(model, tokenizer, texts: list[str], max_len: 
 
 def peak_rss_mb(corpus: Path, model: Path, out: Path, max_len: int = 256) -> float:
     code = (
-        "import resource, sys\n"
+        "import sys\n"
         "from tokedit.scoring.run import score_dataset\n"
         "from tokedit.scoring.scorer import ScoreOptions\n"
         f"score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_len={max_len}, overlap=64), progress=False)\n"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n"
+        # VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so a child of a large
+        # benchmark process would report the parent's peak.
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+        "print(int(hwm.split()[1]) / 1024)\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(r.stdout.strip().splitlines()[-1])
