@@ -250,17 +250,26 @@ def run_shards_ray(
                 **resources,
             )
             info_pending = on_info is not None
-            for row in ds.iter_rows():
-                if row["error"]:
-                    _reraise(row["error"])
-                entry = json.loads(row["entry"])
-                manifest.mark_complete(row["rel"], entry)
-                done += 1
-                if info_pending:
-                    on_info(json.loads(row["info"]))
-                    info_pending = False
-                if on_entry is not None:
-                    on_entry(row["rel"], entry)
+            rows = iter(ds.iter_rows())
+            try:
+                for row in rows:
+                    if row["error"]:
+                        _reraise(row["error"])
+                    entry = json.loads(row["entry"])
+                    manifest.mark_complete(row["rel"], entry)
+                    done += 1
+                    if info_pending:
+                        on_info(json.loads(row["info"]))
+                        info_pending = False
+                    if on_entry is not None:
+                        on_entry(row["rel"], entry)
+            finally:
+                # An error leaves Ray Data's streaming executor running in a thread; if it is
+                # still running at ray.shutdown(), it touches the shut-down core worker and Ray
+                # exits the whole process. Closing the iterator stops the executor first.
+                close = getattr(rows, "close", None)
+                if close is not None:
+                    close()
     if skipped:
         log(
             f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
