@@ -201,3 +201,53 @@ def test_quiet_prints_no_progress_bar(tmp_path, newcomer_corpus, tiny_prior):
     r = run_cli(*score_cmd(newcomer_corpus, tmp_path / "s", tiny_prior, *COLUMNS))
     assert r.returncode == 0, r.stderr
     assert "Loading weights" not in r.stderr and "it/s" not in r.stderr, r.stderr
+
+
+def test_out_into_a_directory_of_other_files_is_refused(tmp_path, newcomer_corpus, newcomer_scores):
+    """Trap 5: ``--out`` pointing at a directory of the user's own files. Before, the output
+    was mixed into it; now nothing is written and the message names what is there. Catches:
+    no check, or a check that also refuses a directory tokedit wrote (the resume below)."""
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "todo.txt").write_text("my file\n")
+    r = cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", mine, "-q")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "is not empty (todo.txt)" in r.stderr and "new or empty --out" in r.stderr
+    assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["todo.txt"]
+    assert read_manifest(mine) is None
+    fresh = tmp_path / "fresh"
+    assert (
+        cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", fresh, "-q").returncode
+        == 0
+    )
+    again = cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", fresh, "-q")
+    assert again.returncode == 0 and "2 shard(s) already done" in again.stdout
+
+
+def test_overwrite_removes_what_the_earlier_run_wrote(tmp_path, newcomer_corpus, newcomer_scores):
+    """Trap 5: ``--overwrite`` with other ``--p`` values left the old ``p=`` directories
+    behind. Catches: removing the files but not the directories they leave empty."""
+    out = tmp_path / "e"
+    sweep = cli(
+        "edit", newcomer_corpus, "--scores", newcomer_scores, "--out", out, "--p", "0.5,0.9", "-q"
+    )
+    assert sweep.returncode == 0, sweep.stderr
+    assert sorted(p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")) == [
+        "p=0.5",
+        "p=0.9",
+    ]
+    r = cli(
+        "edit",
+        newcomer_corpus,
+        "--scores",
+        newcomer_scores,
+        "--out",
+        out,
+        "--p",
+        "0.7",
+        "--overwrite",
+        "-q",
+    )
+    assert r.returncode == 0, r.stderr
+    assert sorted(output_files(out)) == ["part-0.parquet", "part-1.jsonl.gz"]
+    assert not [p for p in out.iterdir() if p.name.startswith("p=")]

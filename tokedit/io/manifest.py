@@ -130,6 +130,8 @@ class Manifest:
         with _locked(self.out_dir):
             _migrate_legacy(self.out_dir)
             existing = read_manifest(self.out_dir)
+            if existing is None:  # a directory tokedit has never written to
+                _refuse_foreign_files(self.out_dir)
             if existing is not None and overwrite:
                 self._remove_outputs(existing)
                 existing = None
@@ -172,9 +174,20 @@ class Manifest:
             )
 
     def _remove_outputs(self, existing: dict) -> None:
+        """Delete what the earlier run wrote: its outputs, then the directories (``p=…/``,
+        sub-directories of shards) that they leave empty, then its manifest."""
+        out = self.out_dir.resolve()
         for entry in existing.get("shards", {}).values():
             for rel in entry.get("outputs", []):
-                (self.out_dir / rel).unlink(missing_ok=True)
+                path = self.out_dir / rel
+                path.unlink(missing_ok=True)
+                for parent in path.resolve().parents:
+                    if parent == out or out not in parent.parents:
+                        break
+                    try:
+                        parent.rmdir()  # only when empty
+                    except OSError:
+                        break
         self.path.unlink(missing_ok=True)
         legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
 
@@ -205,3 +218,18 @@ class Manifest:
     @property
     def shards(self) -> dict[str, dict]:
         return self.data["shards"]
+
+
+def _refuse_foreign_files(out_dir: Path) -> None:
+    """A new output must not mix with files tokedit did not write: refuse a directory that
+    holds visible entries but no manifest (hidden ones, such as ``.tokedit/``, are ignored)."""
+    if not out_dir.is_dir():
+        return
+    foreign = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
+        raise OutputError(
+            f"{out_dir} is not empty ({shown}) and holds no tokedit manifest: its files were not "
+            "written by tokedit, and the output would mix with them",
+            remedy="choose a new or empty --out directory",
+        )
