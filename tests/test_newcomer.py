@@ -7,9 +7,11 @@ names ``doc_id`` and ``content``; the prior is the tiny test prior.
 
 from __future__ import annotations
 
+import json
 import shlex
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pyarrow as pa
@@ -251,3 +253,71 @@ def test_overwrite_removes_what_the_earlier_run_wrote(tmp_path, newcomer_corpus,
     assert r.returncode == 0, r.stderr
     assert sorted(output_files(out)) == ["part-0.parquet", "part-1.jsonl.gz"]
     assert not [p for p in out.iterdir() if p.name.startswith("p=")]
+
+
+NO_TORCH_PROBE = """
+import sys
+from tokedit.cli import main
+try:
+    main({args!r}, standalone_mode=False)
+finally:
+    print("TORCH_IMPORTED" if "torch" in sys.modules else "NO_TORCH")
+"""
+
+
+def run_probe(*args) -> subprocess.CompletedProcess:
+    """The CLI in a fresh process that says at exit whether torch was imported."""
+    code = NO_TORCH_PROBE.format(args=[str(a) for a in args])
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+
+
+def test_resumed_edit_from_scores_loads_no_tokenizer_and_no_torch(
+    tmp_path, newcomer_corpus, newcomer_scores
+):
+    """Trap 5: a no-op resume of ``edit --scores`` took ~8 s, loading transformers and the
+    tokenizer for nothing. Now nothing is imported that a finished run does not need.
+    Catches: the tokenizer (and with it torch) loaded before knowing whether a shard is left."""
+    args = ["edit", newcomer_corpus, "--scores", newcomer_scores, "--out", tmp_path / "ed", "-q"]
+    first = run_probe(*args)
+    assert first.returncode == 0, first.stderr
+    assert "TORCH_IMPORTED" in first.stdout  # editing a shard renders with the tokenizer
+    again = run_probe(*args)
+    assert again.returncode == 0, again.stderr
+    assert "2 shard(s) already done" in again.stdout and "NO_TORCH" in again.stdout
+
+
+def test_a_changed_prior_tokenizer_is_refused_when_a_shard_is_edited(
+    tmp_path, newcomer_corpus, tiny_prior
+):
+    """The tokenizer check moved from start-up to the first shard; it must still refuse a
+    prior whose tokenizer changed on disk since scoring (no --tokenizer given), and write
+    nothing. Catches: the scores' recorded hash trusted without loading the tokenizer."""
+    from tokedit.training.prior import train_tokenizer
+
+    prior = tmp_path / "prior"
+    shutil.copytree(tiny_prior, prior)
+    scores = tmp_path / "scores"
+    assert cli(*score_cmd(newcomer_corpus, scores, prior, *COLUMNS)).returncode == 0
+    train_tokenizer("a changed tokenizer " * 50, vocab_size=300).save_pretrained(prior)
+    r = cli("edit", newcomer_corpus, "--scores", scores, "--out", tmp_path / "ed", "-q")
+    assert r.returncode == 2 and "is not the one" in r.stderr and "rescore" in r.stderr
+    assert not output_files(tmp_path / "ed")
+
+
+def test_report_reads_the_text_column_from_an_edited_manifest(
+    tmp_path, newcomer_corpus, newcomer_scores
+):
+    """Trap 5: ``report`` on an edited directory of a ``content`` corpus asked for
+    ``--text-column``. Now the manifest's column is used. Catches: the ``text`` default
+    applied to tokedit's own outputs."""
+    ed = tmp_path / "ed"
+    assert (
+        cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", ed, "-q").returncode == 0
+    )
+    r = cli("report", ed, "--out", tmp_path / "rep", "--units", "words", "--examples", "0", "-q")
+    assert r.returncode == 0, r.stderr
+    report = json.loads((tmp_path / "rep" / "report.json").read_text())
+    (corpus,) = report["corpora"]
+    assert corpus["documents"]["used"] == 2 * N_DOCS and corpus["text_column"] == "content"
+    human = cli("report", newcomer_corpus, "--out", tmp_path / "rep2", "-q")
+    assert human.returncode == 2 and "--text-column" in human.stderr

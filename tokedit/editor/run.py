@@ -718,8 +718,6 @@ def edit_dataset(
     the same bytes and manifest entries. Returns counts of this run and, per threshold,
     totals over the whole output directory.
     """
-    from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
-
     options = options or EditOptions()
     check_engine(engine)
     if (scores_dir is None) == (model is None):
@@ -761,13 +759,12 @@ def edit_dataset(
         id_column = sopts.get("id_column")
         tok_source = tokenizer or sopts.get("model")
         tok_revision = None if tokenizer else sopts.get("revision")
-        tok = load_tokenizer(tok_source, tok_revision)
-        thash = tokenizer_hash(tok)
-        if thash != sopts.get("tokenizer_hash"):
-            raise InputError(
-                f"the tokenizer of {tok_source!r} (hash {thash}) is not the one {scores_path} was scored with (hash {sopts.get('tokenizer_hash')})",
-                remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
-            )
+        thash = sopts.get("tokenizer_hash")
+        # The scores' own tokenizer loads (and is checked against their hash) only when a
+        # shard is edited: a resumed run with nothing left to do starts in well under 2 s.
+        tok = None
+        if tokenizer is not None or (model_options is not None and model_options.bos):
+            tok = load_checked_tokenizer(tok_source, tok_revision, thash, scores_path)
         rule = _resolve_rule(options, int(sopts.get("top_k", 0)), scores_mode=True)
         _check_scores_bos(scores_path, smanifest, tok, model_options)
         identity = {
@@ -780,11 +777,12 @@ def edit_dataset(
         reads = {  # where the ShardEditor reads its tokens and candidates from
             "tokenizer": tok_source,
             "tokenizer_revision": tok_revision,
+            "tokenizer_hash": thash,
             "scores_dir": str(scores_path.resolve()),
             "scores_rows": {rel: e.get("rows") for rel, e in smanifest["shards"].items()},
         }
     else:
-        from tokedit.scoring.hf import model_positions
+        from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
 
         model_options = model_options or ModelOptions()
         text_column = text_column or "text"
@@ -894,6 +892,20 @@ def edit_dataset(
     }
 
 
+def load_checked_tokenizer(source: str, revision: str | None, expected_hash, scores_dir):
+    """The tokenizer edits render with, refused unless it is the one the scores were made with."""
+    from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
+
+    tok = load_tokenizer(source, revision)
+    thash = tokenizer_hash(tok)
+    if thash != expected_hash:
+        raise InputError(
+            f"the tokenizer of {source!r} (hash {thash}) is not the one {scores_dir} was scored with (hash {expected_hash})",
+            remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
+        )
+    return tok
+
+
 def entry_tokens(entry: dict) -> int:
     """Tokens read for one shard (every threshold of a sweep reads the same tokens)."""
     return max((c.get("tokens", 0) for c in entry["p"].values()), default=0)
@@ -918,6 +930,7 @@ class ShardEditor(PickledAsConfig):
     batch_rows: int
     tokenizer: str  # what load_tokenizer loads: the scores' model, --tokenizer, or --model
     tokenizer_revision: str | None = None
+    tokenizer_hash: str | None = None  # with scores_dir: the scores' tokenizer, checked on load
     scores_dir: str | None = None
     scores_rows: dict[str, int | None] | None = None
     model: str | None = None
@@ -948,7 +961,14 @@ class ShardEditor(PickledAsConfig):
             return self
         from tokedit.scoring.hf import load_tokenizer
 
-        tok = tokenizer or load_tokenizer(self.tokenizer, self.tokenizer_revision)
+        if tokenizer is not None:
+            tok = tokenizer
+        elif self.tokenizer_hash is not None:
+            tok = load_checked_tokenizer(
+                self.tokenizer, self.tokenizer_revision, self.tokenizer_hash, self.scores_dir
+            )
+        else:
+            tok = load_tokenizer(self.tokenizer, self.tokenizer_revision)
         rule, seed, p_min = self.options.rule, self.options.seed, min(self.ps)
         if self.scores_dir is not None:
             source = _ScoresSource(
