@@ -78,8 +78,8 @@ def build_fixture(root: Path) -> tuple[Path, Path]:
 
 def load(input_dir: Path, scores_dir: Path):
     from tokedit.io.read import iter_documents
+    from tokedit.io.scores_dir import scores_rel
     from tokedit.io.shards import discover_shards
-    from tokedit.scoring.run import scores_rel
 
     manifest = read_manifest(scores_dir)
     opts = manifest["options"]
@@ -164,8 +164,8 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     pinned = pin_one_core()
 
+    from tokedit.editor import EditOptions, edit_dataset
     from tokedit.editor.rules import banned_mask
-    from tokedit.editor.run import EditOptions, edit_dataset
     from tokedit.editor.splice import Renderer
     from tokedit.scoring.hf import load_tokenizer
 

@@ -75,7 +75,7 @@ def counter_counts(ids, lengths):
 
 def write_scores(ids, lengths, out: Path, tokenizer_dir: Path, tok_hash: str, shards: int = 4):
     """A scores directory (SCORES_SCHEMA) of the given documents with synthetic log-probs."""
-    from tokedit.scoring.scorer import SCORES_SCHEMA
+    from tokedit.io.scores_dir import SCORES_SCHEMA
 
     out.mkdir(parents=True)
     rng = np.random.default_rng(1)

@@ -89,7 +89,7 @@ def main() -> None:
         run_report,
     )
     from tokedit.demo import read_plays, write_demo_corpus
-    from tokedit.editor.run import EditOptions, edit_dataset
+    from tokedit.editor import EditOptions, edit_dataset
     from tokedit.scoring.run import score_dataset
     from tokedit.scoring.scorer import ScoreOptions
     from tokedit.training.trainer import TrainConfig, train_model

@@ -91,8 +91,8 @@ def tiny_scores(tmp_path_factory, corpus_dir, tiny_prior) -> Path:
 @pytest.fixture(scope="session")
 def tiny_edited(tmp_path_factory, corpus_dir, tiny_scores) -> Path:
     """``tokedit edit`` of ``corpus_dir`` with ``tiny_scores`` at p = 0.5, a changed token forced."""
+    from tokedit.editor import EditOptions, edit_dataset
     from tokedit.editor.rules import EditRule
-    from tokedit.editor.run import EditOptions, edit_dataset
 
     out = tmp_path_factory.mktemp("edited") / "out"
     edit_dataset(

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from scale_helpers import invoke, write_rows
 
-from tokedit.editor.run import EditOptions, ModelOptions, edit_dataset
+from tokedit.editor import EditOptions, ModelOptions, edit_dataset
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
 from tokedit.scoring.run import score_dataset

@@ -34,8 +34,7 @@ from scale_helpers import (
 )
 
 from tokedit.io.manifest import find_manifest
-from tokedit.io.runner import remove_stale_temp_files
-from tokedit.io.write import HOST_TAG, temp_owner, temp_path_for
+from tokedit.io.write import HOST_TAG, remove_stale_temp_files, temp_owner, temp_path_for
 
 SCORE_EXTRA = ("--candidates-min-p", "0.3")  # candidates wherever an edit at p=0.5 needs them
 

@@ -238,7 +238,7 @@ def synthetic_batch(tokenizer, texts, cand_ids, seed=0, logprob=0.0):
                 "topk_logprobs": lps,
             }
         )
-    from tokedit.scoring.scorer import SCORES_SCHEMA
+    from tokedit.io.scores_dir import SCORES_SCHEMA
 
     schema = pa.schema([SCORES_SCHEMA.field(c) for c in rows[0]])
     return ScoreBatch.from_table(pa.Table.from_pylist(rows, schema=schema))

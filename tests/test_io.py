@@ -10,12 +10,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from tokedit.engines.runner import run_shards
 from tokedit.errors import InputError, OutputError
 from tokedit.io.manifest import Manifest, read_manifest
 from tokedit.io.read import iter_batches, iter_documents
-from tokedit.io.runner import remove_stale_temp_files, run_shards
 from tokedit.io.shards import discover_shards
-from tokedit.io.write import JsonlShardWriter, atomic_path
+from tokedit.io.write import JsonlShardWriter, atomic_path, remove_stale_temp_files
 
 
 def write_jsonl(path, rows, compress=None):

@@ -21,7 +21,7 @@ from scale_helpers import invoke, run_cli, score_args, write_rows
 
 from tokedit.demo import split_documents
 from tokedit.io.manifest import read_manifest
-from tokedit.scoring.scorer import text_fingerprint
+from tokedit.io.scores_dir import text_fingerprint
 
 
 def cli(*args) -> subprocess.CompletedProcess:

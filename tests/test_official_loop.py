@@ -49,7 +49,8 @@ from tokedit.editor.batch import ScoreBatch, apply_draws, draw_batch
 from tokedit.editor.rng import doc_key, position_uniforms
 from tokedit.editor.rules import banned_mask, resolve_preset
 from tokedit.editor.splice import Renderer
-from tokedit.scoring.scorer import SCORES_SCHEMA, tokenize_documents
+from tokedit.io.scores_dir import SCORES_SCHEMA
+from tokedit.scoring.scorer import tokenize_documents
 from tokedit.training.prior import train_tokenizer
 
 WORDS = (

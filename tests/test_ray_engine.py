@@ -27,7 +27,8 @@ from scale_helpers import (  # noqa: E402
     temp_files,
 )
 
-from tokedit.editor.run import EditOptions, ShardEditor  # noqa: E402
+from tokedit.editor.options import EditOptions  # noqa: E402
+from tokedit.editor.step import ShardEditor  # noqa: E402
 from tokedit.engines.ray_engine import (  # noqa: E402
     check_reachable,
     default_resources,

@@ -383,8 +383,8 @@ def test_cli_report_and_errors(tmp_path, split_dirs):
 
 def test_report_of_a_real_edit(tmp_path, corpus_dir, tiny_scores):
     """`tokedit edit` output (a sweep): the report's edit numbers are the editor's totals."""
+    from tokedit.editor import EditOptions, edit_dataset
     from tokedit.editor.rules import EditRule
-    from tokedit.editor.run import EditOptions, edit_dataset
 
     edited = tmp_path / "edited"
     summary = edit_dataset(

@@ -22,8 +22,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scale_helpers import invoke
 
+from tokedit.editor import EditOptions, ModelOptions, edit_dataset
 from tokedit.editor.rules import EditRule
-from tokedit.editor.run import EditOptions, ModelOptions, edit_dataset
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend, load_tokenizer

@@ -419,14 +419,9 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
     """
     if quiet and model:  # with --scores no model loads, and transformers is not imported
         silence_progress_bars()
+    from tokedit.editor.options import EditOptions, ModelOptions, parse_ps
     from tokedit.editor.rules import resolve_preset
-    from tokedit.editor.run import (
-        EditOptions,
-        ModelOptions,
-        edit_dataset,
-        format_edit_summary,
-        parse_ps,
-    )
+    from tokedit.editor.run import edit_dataset, format_edit_summary
     from tokedit.errors import InputError
 
     try:

@@ -202,8 +202,8 @@ def run_demo(
 
     from tokedit.analysis.probs import accumulate_scores_dir
     from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
+    from tokedit.editor import EditOptions, edit_dataset
     from tokedit.editor.rules import resolve_preset
-    from tokedit.editor.run import EditOptions, edit_dataset
     from tokedit.io.read import read_ok_texts
     from tokedit.scoring.hf import load_causal_lm, load_tokenizer
     from tokedit.scoring.run import score_dataset

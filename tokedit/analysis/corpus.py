@@ -19,17 +19,18 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from tokedit.analysis.edits import EDIT_COLUMNS, EditAccumulator
+from tokedit.analysis.edits import EditAccumulator
 from tokedit.analysis.ngrams import MAX_N, NgramCounterSet, NgramTable
 from tokedit.analysis.probs import PerplexityAccumulator, ProbabilityAccumulator
 from tokedit.analysis.units import flat_list
 from tokedit.errors import InputError
+from tokedit.io.edited_dir import PROVENANCE_COLUMNS_ALWAYS, p_dir, p_label, parse_p_dir
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import STATUS_OK, RowBatch, iter_batches, to_documents
+from tokedit.io.scores_dir import READ_FOR_REPORT
 from tokedit.io.shards import Shard, discover_shards
 
 KIND_DATASET, KIND_SCORES, KIND_EDITED = "dataset", "scores", "edited"
-SCORES_COLUMNS = ("status", "n_tokens", "ppl", "token_ids", "logprob")
 DEFAULT_BATCH_ROWS = 1024
 
 
@@ -59,21 +60,21 @@ def open_corpus(path: str | os.PathLike, label: str, text_column: str = "text") 
     path = Path(path)
     manifest = read_manifest(path) if path.is_dir() else None
     edit_p = None
-    if manifest is None and path.name.startswith("p=") and path.parent.is_dir():
+    if manifest is None and parse_p_dir(path.name) is not None and path.parent.is_dir():
         parent = read_manifest(path.parent)
         if parent is not None and parent.get("command") == "edit":
-            manifest, edit_p = parent, path.name[2:]
+            manifest, edit_p = parent, parse_p_dir(path.name)
     command = (manifest or {}).get("command")
     if command == "edit" and edit_p is None:
         ps = (manifest.get("options") or {}).get("p")
         ps = ps if isinstance(ps, list) else [ps] if ps is not None else []
         if len(ps) > 1:
-            subdirs = ", ".join(f"{path}/p={float(p)!r}" for p in ps)
+            subdirs = ", ".join(f"{path}/{p_dir(p)}" for p in ps)
             raise InputError(
                 f"{path} holds one edited dataset per threshold",
                 remedy=f"pass one of them: {subdirs}",
             )
-        edit_p = repr(float(ps[0])) if ps else None
+        edit_p = p_label(ps[0]) if ps else None
     shards = discover_shards(path)
     if command == "score" or (command is None and _looks_like_scores(shards[0])):
         return CorpusSource(path, label, KIND_SCORES, shards, manifest, None)
@@ -194,7 +195,7 @@ def _count_statuses(stats: CorpusStats, statuses: list) -> None:
 
 def _scores_batch(batch: RowBatch, stats: CorpusStats, units, decoder):
     table = batch.table
-    missing = [c for c in SCORES_COLUMNS if c not in table.column_names]
+    missing = [c for c in READ_FOR_REPORT if c not in table.column_names]
     if missing:
         raise InputError(
             f"{batch.shard.path}: scores shard without column(s) {', '.join(missing)}",
@@ -223,12 +224,14 @@ def _text_batch(batch: RowBatch, stats: CorpusStats, units):
     source = stats.source
     docs = to_documents(batch, source.text_column)
     _count_statuses(stats, docs.statuses)
-    if all(batch.has_column(c) for c in EDIT_COLUMNS):  # an edited corpus (any kind of source)
+    if all(
+        batch.has_column(c) for c in PROVENANCE_COLUMNS_ALWAYS
+    ):  # an edited corpus (any kind of source)
         if stats.edits is None:
             stats.edits = EditAccumulator()
         if batch.table is not None:
-            cols = [batch.table.column(c) for c in EDIT_COLUMNS]
+            cols = [batch.table.column(c) for c in PROVENANCE_COLUMNS_ALWAYS]
         else:
-            cols = [batch.column(c) for c in EDIT_COLUMNS]
+            cols = [batch.column(c) for c in PROVENANCE_COLUMNS_ALWAYS]
         stats.edits.add(*cols)
     return units.encode(docs.texts)

@@ -16,8 +16,6 @@ import pyarrow.compute as pc
 
 from tokedit.analysis.ngrams import NgramCounter
 
-EDIT_COLUMNS = ("tokedit_n_above", "tokedit_n_changed", "tokedit_n_skipped", "tokedit_edits")
-
 
 def _ints(column) -> np.ndarray:
     arr = pa.array(column) if not isinstance(column, pa.Array | pa.ChunkedArray) else column

@@ -8,6 +8,7 @@ edits out). Shells: :mod:`~tokedit.editor.run` (``tokedit edit``) and
 """
 
 from tokedit.editor.batch import EDITS_TYPE, SKIP_REASONS, ScoreBatch, apply_draws, draw_batch
+from tokedit.editor.options import EditOptions, ModelOptions
 from tokedit.editor.rng import doc_keys, position_uniforms
 from tokedit.editor.rules import (
     PRESETS,
@@ -17,8 +18,9 @@ from tokedit.editor.rules import (
     draw,
     resolve_preset,
 )
-from tokedit.editor.run import PROVENANCE_COLUMNS, EditOptions, ModelOptions, edit_dataset
+from tokedit.editor.run import edit_dataset
 from tokedit.editor.splice import Renderer, align_span, splice
+from tokedit.io.edited_dir import PROVENANCE_COLUMNS
 
 __all__ = [
     "EDITS_TYPE",

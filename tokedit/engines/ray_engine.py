@@ -33,8 +33,8 @@ from typing import Any
 
 from tokedit.errors import InputError, OutputError, TokeditError
 from tokedit.io.manifest import Manifest
-from tokedit.io.runner import remove_stale_temp_files
 from tokedit.io.shards import Shard
+from tokedit.io.write import remove_stale_temp_files
 
 INSTALL_HINT = "pip install 'tokedit[ray]'   (installs ray[data])"
 
@@ -211,7 +211,7 @@ def run_shards_ray(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
-    """The Ray twin of :func:`tokedit.io.runner.run_shards`: same contract, same counts.
+    """The Ray twin of :func:`tokedit.engines.runner.run_shards`: same contract, same counts.
 
     ``process_shard`` must be picklable (it is sent to every actor) and load heavy state
     lazily. Each entry is recorded in ``manifest`` by this (driver) process as soon as its

@@ -204,3 +204,40 @@ class ArrowStreamShardWriter(_TableShardWriter):
     def _close_streams(self) -> None:
         self._writer.close()
         self._sink.close()
+
+
+def remove_stale_temp_files(out_dir: Path) -> int:
+    """Delete temp files left by processes that died (``kill -9``) before renaming them.
+
+    Temp names carry the writer's pid and host (``.name.PID-HOST.tmp``); files of live
+    processes (other ``--shard-index`` workers sharing this directory) and files written on
+    other machines (whose pids cannot be checked from here) are left alone.
+    """
+    removed = 0
+    for tmp in Path(out_dir).rglob(f".*{TMP_SUFFIX}"):
+        owner = temp_owner(tmp)
+        if owner is None or owner[1] not in (None, HOST_TAG):
+            continue
+        pid = owner[0]
+        if pid != os.getpid() and not _alive(pid):
+            tmp.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

@@ -19,13 +19,13 @@ one removes.
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import shutil
 from pathlib import Path
 
 from tokedit.errors import InputError
+from tokedit.io.write import file_sha256 as sha256_of_file
 
 PRIOR_INFO = "tokedit-prior.json"
 PROBE_TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate."
@@ -38,11 +38,7 @@ def cache_dir() -> Path:
 
 @functools.lru_cache(maxsize=64)
 def _sha256_at(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
+    return sha256_of_file(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:

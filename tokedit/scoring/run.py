@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
+from tokedit.engines.runner import PickledAsConfig, check_engine, run_step, token_bar
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
-from tokedit.io.runner import PickledAsConfig, check_engine, run_step, token_bar
+from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
-from tokedit.io.write import ParquetShardWriter
-from tokedit.scoring.scorer import SCORES_SCHEMA, ScoreOptions, Scorer, ScoreStats
-
-
-def scores_rel(shard: Shard) -> str:
-    """Output path of a shard's scores, mirroring the input path."""
-    return shard.with_suffix(".parquet")
+from tokedit.io.write import ParquetShardWriter, file_sha256
+from tokedit.scoring.scorer import ScoreOptions, Scorer, ScoreStats
 
 
 def check_unique_outputs(shards: list[Shard], rel_of) -> None:
@@ -33,14 +27,6 @@ def check_unique_outputs(shards: list[Shard], rel_of) -> None:
                 remedy="rename one of them; output paths mirror input paths without the format suffix",
             )
         seen[out] = s.rel
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def score_dataset(

@@ -5,7 +5,6 @@ The scorer never writes files; :mod:`tokedit.scoring.run` streams its tables to 
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -13,38 +12,8 @@ import pyarrow as pa
 
 from tokedit.errors import InputError
 from tokedit.io.read import STATUS_OK, Documents
+from tokedit.io.scores_dir import FINGERPRINT_COLUMN, SCORES_SCHEMA, text_fingerprint
 from tokedit.scoring.windows import padding_stats, partition_starts, plan_batches, plan_windows
-
-# Column order and types of a scores shard (a contract: see README "Scores directory").
-SCORES_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("status", pa.string()),
-        ("n_tokens", pa.int32()),
-        ("mean_logprob", pa.float64()),
-        ("ppl", pa.float64()),
-        ("token_ids", pa.list_(pa.int32())),
-        ("offsets", pa.list_(pa.int32())),
-        ("logprob", pa.list_(pa.float32())),
-        ("topk_ids", pa.list_(pa.list_(pa.int32()))),
-        ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
-        # Added in issue 16 (an addition to the contract; older scores lack it):
-        # "<characters>:<blake2b-8 hex of the UTF-8 bytes>" of the text scored, null where
-        # the row had no scorable text. ``edit --scores`` refuses rows whose text differs.
-        ("text_fingerprint", pa.string()),
-    ]
-)
-
-FINGERPRINT_COLUMN = "text_fingerprint"
-
-
-def text_fingerprint(text: str) -> str:
-    """``"<len(text)>:<16 hex digits>"``: the length in characters and an 8-byte BLAKE2b of
-    the UTF-8 bytes (lone surrogates kept as ``surrogatepass`` bytes). Cheap (~1 GB/s) and
-    enough to tell that scores were made from another text."""
-    digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).hexdigest()
-    return f"{len(text)}:{digest}"
-
 
 DEFAULT_MAX_LEN = 1024
 

@@ -352,7 +352,7 @@ def toedit(
     tokens have ``P > p``, and resample those tokens from the stored top-8 candidates
     (``edit_dataset`` defaults, conditioning on the original prefix)."""
     from tokedit.analysis.probs import accumulate_scores_dir
-    from tokedit.editor.run import EditOptions, edit_dataset
+    from tokedit.editor import EditOptions, edit_dataset
 
     src = write_dataset(work / "to-edit", texts)
     scores = score(src, work / "to-edit-scores", model_dir, preset)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 from dataclasses import fields
-from pathlib import Path
 from typing import Any
 
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
-from tokedit.io.write import HOST_TAG, TMP_SUFFIX, temp_owner
+from tokedit.io.write import remove_stale_temp_files
 
 
 class PickledAsConfig:
@@ -127,35 +125,6 @@ def run_step(
         return entry
 
     return run_shards(shards, manifest, process)
-
-
-def remove_stale_temp_files(out_dir: Path) -> int:
-    """Delete temp files left by processes that died (``kill -9``) before renaming them.
-
-    Temp names carry the writer's pid and host (``.name.PID-HOST.tmp``); files of live
-    processes (other ``--shard-index`` workers sharing this directory) and files written on
-    other machines (whose pids cannot be checked from here) are left alone.
-    """
-    removed = 0
-    for tmp in Path(out_dir).rglob(f".*{TMP_SUFFIX}"):
-        owner = temp_owner(tmp)
-        if owner is None or owner[1] not in (None, HOST_TAG):
-            continue
-        pid = owner[0]
-        if pid != os.getpid() and not _alive(pid):
-            tmp.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def token_bar(desc: str, enabled: bool = True):

@@ -1,0 +1,219 @@
+"""The per-shard step of ``tokedit edit``: read a shard with its source of candidates, write
+one output shard per threshold, return the shard's manifest entry."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+
+from tokedit.editor.batch import add_counts, apply_draws
+from tokedit.editor.options import EditOptions, ModelOptions
+from tokedit.editor.rules import banned_mask
+from tokedit.editor.sources import CandidatesSource, ModelSource, ScoresSource
+from tokedit.editor.splice import Renderer
+from tokedit.engines.runner import PickledAsConfig
+from tokedit.errors import InputError
+from tokedit.io.edited_dir import (
+    ShardOutput,
+    as_output_rows,
+    empty_batch,
+    jsonl_table_schema,
+    output_format_of,
+    output_records,
+    output_rel,
+    output_table,
+    p_dir,
+    p_label,
+    write_dataset_sidecars,
+)
+from tokedit.io.read import iter_batches, to_documents
+from tokedit.io.shards import Shard
+from tokedit.io.write import file_sha256
+from tokedit.scoring.run import load_backend
+from tokedit.scoring.scorer import ScoreOptions, bos_prepended
+
+
+def load_checked_tokenizer(source: str, revision: str | None, expected_hash, scores_dir):
+    """The tokenizer edits render with, refused unless it is the one the scores were made with."""
+    from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
+
+    tok = load_tokenizer(source, revision)
+    thash = tokenizer_hash(tok)
+    if thash != expected_hash:
+        raise InputError(
+            f"the tokenizer of {source!r} (hash {thash}) is not the one {scores_dir} was scored with (hash {expected_hash})",
+            remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
+        )
+    return tok
+
+
+def entry_tokens(entry: dict) -> int:
+    """Tokens read for one shard (every threshold of a sweep reads the same tokens)."""
+    return max((c.get("tokens", 0) for c in entry["p"].values()), default=0)
+
+
+@dataclass
+class ShardEditor(PickledAsConfig):
+    """The per-shard step of ``tokedit edit``: read a shard (and its scores), write its edits.
+
+    Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
+    in each Ray actor. It is pickled with its configuration only; the tokenizer, and in
+    one-pass mode the model, load lazily, once per process. It writes one output shard per
+    threshold atomically and returns the shard's manifest entry; the caller records it.
+    Exactly one of ``scores_dir`` (with ``scores_rows``, the scores manifest's row count per
+    shard) and ``model`` (with ``model_options`` and the resolved ``score_options``) is set.
+    """
+
+    out_dir: str
+    options: EditOptions  # thresholds parsed, rule checked against the scores
+    text_column: str
+    id_column: str | None
+    batch_rows: int
+    tokenizer: str  # what load_tokenizer loads: the scores' model, --tokenizer, or --model
+    tokenizer_revision: str | None = None
+    tokenizer_hash: str | None = None  # with scores_dir: the scores' tokenizer, checked on load
+    scores_dir: str | None = None
+    scores_rows: dict[str, int | None] | None = None
+    model: str | None = None
+    model_options: ModelOptions | None = None
+    score_options: ScoreOptions | None = None  # resolved: max_len and overlap set
+
+    def __post_init__(self) -> None:
+        self._renderer: Renderer | None = None
+        self._source: ScoresSource | ModelSource | CandidatesSource | None = None
+        self._info: dict = {}
+        self._table_schema: pa.Schema | None = None  # of the shard being edited (jsonl -> parquet)
+        self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
+
+    @property
+    def ps(self) -> tuple[float, ...]:
+        return self.options.ps
+
+    @property
+    def sweep(self) -> bool:
+        return len(self.options.ps) > 1
+
+    def _rel(self, shard: Shard, p: float) -> str:
+        return output_rel(shard, p, self.sweep, self.options.output_format)
+
+    def load(self, tokenizer=None) -> ShardEditor:
+        """Load the tokenizer (unless given) and the scores reader or the model, once."""
+        if self._source is not None:
+            return self
+        from tokedit.scoring.hf import load_tokenizer
+
+        if tokenizer is not None:
+            tok = tokenizer
+        elif self.tokenizer_hash is not None:
+            tok = load_checked_tokenizer(
+                self.tokenizer, self.tokenizer_revision, self.tokenizer_hash, self.scores_dir
+            )
+        else:
+            tok = load_tokenizer(self.tokenizer, self.tokenizer_revision)
+        rule, seed, p_min = self.options.rule, self.options.seed, min(self.ps)
+        if self.scores_dir is not None:
+            source = ScoresSource(
+                Path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
+            )
+        else:
+            from tokedit.scoring.scorer import Scorer
+
+            mo, so = self.model_options, self.score_options
+            engine = load_backend(
+                mo.backend, self.model, options=so, device=mo.device, dtype=mo.dtype,
+                revision=mo.revision,
+            )  # fmt: skip
+            if mo.backend == "hf":
+                from tokedit.editor.onepass import DrawingBackend
+
+                banned = banned_mask(tok, extra_size=engine.head.vocab_size)
+                bos = 1 if bos_prepended(tok, so.bos) else 0
+                drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
+                source = ModelSource(Scorer(drawing, tok, so), drawing)
+            else:
+                scorer = Scorer(engine, tok, so)
+                source = CandidatesSource(scorer, rule, banned_mask(tok), seed, p_min)
+            self._info = {"device": str(engine.device), "torch_dtype": str(engine.dtype)}
+        self._renderer = Renderer(tok)
+        self._source = source
+        return self
+
+    def info(self) -> dict:
+        """Facts about the loaded model (one-pass mode), recorded in the manifest's ``info``."""
+        return dict(self.load()._info)
+
+    def __call__(self, shard: Shard) -> dict:
+        self.load()
+        out_root = Path(self.out_dir)
+        out_fmt = output_format_of(shard, self.options.output_format)
+        # JSON lines to parquet: the column types of the whole shard, read once beforehand
+        # (one batch's inferred types would not hold for the next).
+        self._table_schema = (
+            jsonl_table_schema(shard, self.batch_rows, self.text_column)
+            if shard.fmt.startswith("jsonl") and not out_fmt.startswith("jsonl")
+            else None
+        )
+        outs = {p: ShardOutput(out_root / self._rel(shard, p), out_fmt) for p in self.ps}
+        shard_counts: dict[str, dict] = {p_label(p): {} for p in self.ps}
+        statuses: dict[str, int] = {}
+        rows = 0
+        try:
+            self._source.open(shard)
+            got_any = False
+            for batch in iter_batches(shard, self.batch_rows):
+                got_any = True
+                self._edit_batch(batch, outs, shard_counts, statuses)
+                rows += len(batch)
+            if not got_any and not out_fmt.startswith("jsonl"):
+                empty = empty_batch(shard, self._table_schema)
+                self._edit_batch(empty, outs, shard_counts, statuses)
+            self._source.close(shard)
+            for o in outs.values():
+                o.close()
+        except BaseException:
+            for o in outs.values():
+                o.abort()
+            raise
+        outputs, sha = [], {}
+        for p, o in outs.items():
+            rel = self._rel(shard, p)
+            outputs.append(rel)
+            sha[rel] = file_sha256(out_root / rel)
+            if out_fmt == "arrow":
+                outputs += write_dataset_sidecars(
+                    shard, out_root, o.schema, p_dir(p) if self.sweep else ""
+                )
+        return {
+            "outputs": outputs,
+            "rows": rows,
+            "sha256": sha,
+            "statuses": statuses,
+            "p": shard_counts,
+        }
+
+    def _edit_batch(self, batch, outs, shard_counts, statuses) -> None:
+        text_column, options = self.text_column, self.options
+        docs = to_documents(batch, text_column, self.id_column)
+        target = options.output_column
+        if target and target != text_column and batch.has_column(target):
+            raise InputError(
+                f"{batch.shard.path}: already has a column {target!r}",
+                remedy="choose another --output-column, or leave it out to edit the text in place",
+            )
+        for s in docs.statuses:
+            statuses[s] = statuses.get(s, 0) + 1
+        sb, draws = self._source.batch(batch, docs, on_tokens=self.on_tokens)
+        rows = as_output_rows(batch, next(iter(outs.values())).fmt, self._table_schema)
+        provenance = (options.output_column, options.provenance)
+        for p, out in outs.items():
+            edited = apply_draws(
+                sb, docs.texts, draws, p, self._renderer, drop_below=options.rule.drop_below
+            )
+            add_counts(shard_counts[p_label(p)], edited.counts)
+            if rows.table is not None:
+                out.write_table(output_table(rows, docs, edited, text_column, *provenance))
+            else:
+                out.write_records(output_records(rows, docs, edited, text_column, *provenance))
