@@ -43,9 +43,10 @@ import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 
-from tokedit.demo import read_plays, split_documents  # noqa: E402
+from tokedit.demo import read_plays  # noqa: E402
 from tokedit.editor.run import edit_dataset  # noqa: E402
 from tokedit.engines.ray_engine import ray_session  # noqa: E402
+from tokedit.io.texts import split_documents  # noqa: E402
 from tokedit.scoring.run import score_dataset  # noqa: E402
 from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
 

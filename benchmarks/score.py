@@ -35,7 +35,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from tokedit.demo import read_plays, split_documents
+from tokedit.demo import read_plays
+from tokedit.io.texts import split_documents
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
 from tokedit.training.prior import build_model, train_tokenizer

@@ -16,8 +16,8 @@ import zstandard
 from click.testing import CliRunner
 
 from tokedit.cli import main
-from tokedit.demo import split_documents
 from tokedit.io.manifest import read_manifest
+from tokedit.io.texts import split_documents
 
 FORMATS = ("parquet", "jsonl", "jsonl.gz", "jsonl.zst")
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from tokedit.demo import split_documents, write_demo_corpus
+from tokedit.demo import write_demo_corpus
 from tokedit.io.read import iter_documents
 from tokedit.io.shards import discover_shards
+from tokedit.io.texts import split_documents
 
 
 def test_split_at_scene_headings_and_long_pieces():

@@ -14,12 +14,9 @@ import pytest
 from click.testing import CliRunner
 
 from tokedit.cli import main
-from tokedit.training.experiments import (
-    get_preset,
-    make_probe,
-    real_documents,
-    run_recursive,
-)
+from tokedit.experiments import PRESETS, get_preset, run_recursive
+from tokedit.experiments.data import real_documents
+from tokedit.experiments.metrics import make_probe
 
 
 def finite(x) -> bool:
@@ -136,8 +133,8 @@ def test_arms_use_their_loss(recursive):
 
 
 def test_corpus_metrics_of_the_reference_itself(corpus_dir, tiny_prior):
+    from tokedit.experiments.metrics import corpus_metrics, unigram_tables
     from tokedit.scoring.hf import load_tokenizer
-    from tokedit.training.experiments import corpus_metrics, unigram_tables
 
     tokenizer = load_tokenizer(str(tiny_prior))
     texts = real_documents(str(corpus_dir), get_preset("test"), seed=0)[:30]
@@ -154,6 +151,10 @@ def test_presets():
     from tokedit.errors import InputError
 
     assert get_preset("tiny", steps=7).steps == 7
-    assert get_preset("gpu-1b").model_overrides["hidden_size"] == 2048
+    from tokedit.training.prior import PRESETS as MODEL_SIZES
+
+    # every experiment preset names a model size of the one table of sizes
+    assert {p.model for p in PRESETS.values()} <= set(MODEL_SIZES)
+    assert MODEL_SIZES[get_preset("gpu-1b").model]["hidden_size"] == 2048
     with pytest.raises(InputError):
         get_preset("nope")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tokedit.training.gaussian import (
+from tokedit.experiments.gaussian import (
     eta,
     gaussian_report,
     plot_gaussian,

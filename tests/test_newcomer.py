@@ -19,9 +19,9 @@ import pyarrow.parquet as pq
 import pytest
 from scale_helpers import invoke, run_cli, score_args, write_rows
 
-from tokedit.demo import split_documents
 from tokedit.io.manifest import read_manifest
 from tokedit.io.scores_dir import text_fingerprint
+from tokedit.io.texts import split_documents
 
 
 def cli(*args) -> subprocess.CompletedProcess:

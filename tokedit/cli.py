@@ -909,7 +909,7 @@ def _experiment_options(fn):
 @friendly_errors
 def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
     """Recursive training, a small-scale analogue of ForTIFAI's (not a reproduction): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
-    from tokedit.training.experiments import format_summary, get_preset, run_recursive
+    from tokedit.experiments import format_summary, get_preset, run_recursive
 
     p = get_preset(
         preset,
@@ -928,7 +928,7 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
 @friendly_errors
 def mixture(data_dir, out_dir, preset, steps, seed, quiet):
     """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): held-out ppl."""
-    from tokedit.training.experiments import format_summary, get_preset, run_mixture
+    from tokedit.experiments import format_summary, get_preset, run_mixture
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)
@@ -950,7 +950,7 @@ def gaussian(out_dir, generations, n, a, reps, seed):
     """1-D Gaussian refit loop: MLE vs tail-only refit, with eta(a) = 1 + a phi(a) / (1 - Phi(a))."""
     from pathlib import Path
 
-    from tokedit.training.gaussian import gaussian_report, plot_gaussian, run_gaussian_experiment
+    from tokedit.experiments.gaussian import gaussian_report, plot_gaussian, run_gaussian_experiment
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,8 @@ from collections.abc import Iterable
 
 BOS, EOS, PAD = "<s>", "</s>", "<pad>"
 
-# Model sizes. "tiny" trains in seconds (tests); "small" is the ~5M-parameter demo prior.
+# Model sizes, the one table of them. "tiny" trains in seconds (tests); "small" is the
+# ~5M-parameter scratch prior; the experiments' presets name one of these.
 PRESETS: dict[str, dict] = {
     "tiny": dict(
         vocab_size=512,
@@ -35,6 +36,25 @@ PRESETS: dict[str, dict] = {
         intermediate_size=1376,
         num_hidden_layers=8,
         num_attention_heads=8,
+        max_position_embeddings=2048,
+    ),
+    # The experiments' models: ``mini`` (~0.5M parameters with a 1,024-token vocabulary) for
+    # the ``tiny`` experiment preset on 2 CPU cores; ``1b`` the Llama-3.2-1B / TinyLlama-1.1B
+    # shape (hidden 2048, 16 layers, 32 heads, MLP 8192) for ``gpu-1b``.
+    "mini": dict(
+        vocab_size=1024,
+        hidden_size=128,
+        intermediate_size=344,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        max_position_embeddings=512,
+    ),
+    "1b": dict(
+        vocab_size=32000,
+        hidden_size=2048,
+        intermediate_size=8192,
+        num_hidden_layers=16,
+        num_attention_heads=32,
         max_position_embeddings=2048,
     ),
 }

@@ -1,0 +1,162 @@
+"""The library wired for the experiments: the shared initial model, training runs,
+regeneration, scoring and ToEdit editing of a generated corpus."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+
+from tokedit.experiments.data import read_dataset, write_dataset
+from tokedit.experiments.presets import ExperimentPreset
+
+
+def make_init(out_dir: Path, tokenizer_texts: list[str], preset: ExperimentPreset, seed: int):
+    """Train the shared tokenizer and save it with the shared initial weights to ``out_dir``."""
+    from tokedit.training.prior import PRESETS as MODEL_PRESETS
+    from tokedit.training.prior import build_model, train_tokenizer
+
+    tokenizer = train_tokenizer(tokenizer_texts, preset.vocab_size)
+    positions = max(preset.block_size, MODEL_PRESETS[preset.model]["max_position_embeddings"])
+    overrides = {"max_position_embeddings": positions, **preset.model_overrides}
+    model = build_model(tokenizer, preset.model, seed=seed, **overrides)
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return tokenizer, sum(p.numel() for p in model.parameters())
+
+
+def train_run(
+    init_dir: Path,
+    out_dir: Path,
+    texts: list[str],
+    preset: ExperimentPreset,
+    seed: int,
+    loss: str = "ce",
+    gamma: float = 0.99,
+    steps: int | None = None,
+) -> dict:
+    """Train a copy of the initial model on ``texts`` (no held-out split) and save it."""
+    from tokedit.training.trainer import TrainConfig, train_model
+
+    config = TrainConfig(
+        preset=preset.model,
+        block_size=preset.block_size,
+        batch_size=preset.batch_size,
+        learning_rate=preset.learning_rate,
+        warmup_steps=preset.warmup_steps,
+        max_steps=steps or preset.steps,
+        eval_every_nth_doc=0,
+        seed=seed,
+        loss=loss,
+        gamma=gamma,
+    )
+    with contextlib.redirect_stdout(io.StringIO()):  # Trainer prints its logs without tqdm
+        summary = train_model(
+            None,
+            str(out_dir),
+            config=config,
+            model_path=str(init_dir),
+            texts=texts,
+            progress=False,
+            log=lambda m: None,
+        )
+    out = {k: summary[k] for k in ("steps", "train_tokens", "train_loss", "seconds")}
+    shares = summary.get("tce_masked_share") or []  # TCE: share of masked tokens per log step
+    out["tce_masked_share_last"] = shares[-1] if shares else None
+    return out
+
+
+def quiet_transformers() -> None:
+    """No per-load progress bars: every generation loads a few models."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load(model_dir: Path):
+    from tokedit.scoring.hf import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(str(model_dir)), load_tokenizer(str(model_dir))
+
+
+def held_out_perplexity(model, tokenizer, texts: list[str], block_size: int) -> float:
+    from tokedit.training.trainer import evaluate_perplexity, pack_texts
+
+    return evaluate_perplexity(model, *pack_texts(tokenizer, texts, block_size))
+
+
+def regenerate(model, tokenizer, texts: list[str], preset: ExperimentPreset, seed: int):
+    """Each text's first ``prefix_tokens`` tokens, continued by ``model`` to its own length."""
+    from tokedit.training.generate import GenerateOptions, generate_continuations
+
+    options = GenerateOptions(
+        prefix_tokens=preset.prefix_tokens,
+        max_new_tokens=preset.doc_tokens - preset.prefix_tokens,
+        temperature=preset.temperature,
+        top_p=preset.top_p,
+        batch_size=preset.generate_batch_size,
+        seed=seed,
+    )
+    return generate_continuations(model, tokenizer, texts, options)
+
+
+def score(data_dir: Path, scores_dir: Path, model_dir: Path, preset: ExperimentPreset) -> Path:
+    from tokedit.scoring.run import score_dataset
+    from tokedit.scoring.scorer import ScoreOptions
+
+    options = ScoreOptions(
+        max_len=max(preset.block_size, preset.doc_tokens + 1),
+        overlap=16,
+        batch_tokens=preset.score_batch_tokens,
+        candidates_min_p=EDIT_MIN_P,
+    )
+    score_dataset(
+        str(data_dir),
+        str(scores_dir),
+        model=str(model_dir),
+        options=options,
+        id_column="id",
+        progress=False,
+        overwrite=True,  # a rerun into the same OUT must not reuse stale scores
+    )
+    return scores_dir
+
+
+EDIT_MIN_P = 0.05  # candidates are stored down to P = 0.05: small models are rarely confident
+
+
+def toedit(
+    texts: list[str], model_dir: Path, work: Path, preset: ExperimentPreset, seed: int
+) -> tuple[list[str], dict]:
+    """ToEdit: score ``texts`` with ``model_dir``, pick ``p`` so that ``target_edit_rate`` of the
+    tokens have ``P > p``, and resample those tokens from the stored top-8 candidates
+    (``edit_dataset`` defaults, conditioning on the original prefix)."""
+    from tokedit.analysis.probs import accumulate_scores_dir
+    from tokedit.editor import EditOptions, edit_dataset
+
+    src = write_dataset(work / "to-edit", texts)
+    scores = score(src, work / "to-edit-scores", model_dir, preset)
+    p = accumulate_scores_dir(scores).suggest(preset.target_edit_rate)["p"]
+    p = round(min(max(p, EDIT_MIN_P), 0.999), 4)
+    result = edit_dataset(
+        str(src),
+        str(work / "edited"),
+        scores_dir=str(scores),
+        options=EditOptions(ps=(p,), seed=seed),
+        id_column="id",
+        progress=False,
+        overwrite=True,
+    )
+    edited = read_dataset(work / "edited")
+    totals = next(iter(result["totals"]["p"].values()), {}) if result.get("totals") else {}
+    stats = {"p": p}
+    scored = totals.get("scored", 0)
+    stats["scored_tokens"] = scored
+    stats["above_share"] = totals.get("above", 0) / scored if scored else None
+    stats["changed_share"] = totals.get("changed", 0) / scored if scored else None
+    stats["changed_docs_share"] = float(
+        np.mean([a != b for a, b in zip(texts, edited, strict=True)])
+    )
+    return edited, stats

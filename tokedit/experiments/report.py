@@ -1,0 +1,149 @@
+"""Plots, HTML and the terminal summary of the experiments."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from tokedit.analysis.html import new_figure
+from tokedit.analysis.report import json_safe
+
+RECURSIVE_PLOTS = {
+    "held_out_ppl": ("held-out perplexity (real text)", lambda r: r["held_out_ppl"]),
+    "probe_accuracy": ("knowledge-probe accuracy", lambda r: r["probe_accuracy"]),
+    "unigram_kl": ("unigram KL(real || generated), bits", lambda r: r["generated"]["unigram_kl"]),
+    "distinct_2": ("distinct-2 of generated data", lambda r: r["generated"]["distinct_2"]),
+}
+
+
+def plot_recursive(result: dict, out: Path) -> dict[str, str]:
+    files = {}
+    for key, (title, get) in RECURSIVE_PLOTS.items():
+        fig, (ax,) = new_figure(5, 3.5)
+        for name, rows in result["arms"].items():
+            ax.plot([r["generation"] for r in rows], [get(r) for r in rows], marker="o", label=name)
+        ax.set_xlabel("generation")
+        ax.xaxis.get_major_locator().set_params(integer=True)
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        files[key] = f"recursive_{key}.png"
+        fig.savefig(out / files[key], dpi=100)
+    names = list(result["arms"])
+    fig, axes = new_figure(4 * len(names), 3.2, len(names))
+    for ax, name in zip(axes, names, strict=True):
+        for r in result["arms"][name]:
+            shares = [s or 0.0 for s in r["generated"]["hist10"]["shares"]]
+            ax.plot(np.arange(0.05, 1, 0.1), shares, marker=".", label=f"gen {r['generation']}")
+        ax.set_yscale("symlog", linthresh=1e-3)  # the high-probability bins are small
+        ax.set_ylabel("share of tokens")
+        ax.set_title(f"{name}: P(token) of generated data")
+        ax.set_xlabel("probability bin")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    files["hist10"] = "recursive_hist10.png"
+    fig.savefig(out / files["hist10"], dpi=100)
+    return files
+
+
+def _html(title: str, intro: str, table: str, images: dict[str, str]) -> str:
+    imgs = "".join(f'<img src="{f}" alt="{k}">' for k, f in images.items())
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>"
+        "body{font-family:sans-serif;margin:2em}td,th{padding:2px 8px;text-align:right}"
+        "img{margin:4px;border:1px solid #ccc}</style></head><body>"
+        f"<h1>{title}</h1><p>{intro}</p>{table}<div>{imgs}</div></body></html>"
+    )
+
+
+def _fmt(v) -> str:
+    return "-" if v is None or (isinstance(v, float) and not math.isfinite(v)) else f"{v:.4g}"
+
+
+def write_recursive_report(result: dict, out: Path) -> None:
+    result["plots"] = plot_recursive(result, out)
+    head = "<tr><th>arm</th><th>gen</th><th>held-out ppl</th><th>probe acc</th><th>unigram KL</th><th>distinct-2</th><th>P&gt;0.9 share</th></tr>"
+    body = "".join(
+        f"<tr><td>{name}</td><td>{r['generation']}</td><td>{_fmt(r['held_out_ppl'])}</td>"
+        f"<td>{_fmt(r['probe_accuracy'])}</td><td>{_fmt(r['generated']['unigram_kl'])}</td>"
+        f"<td>{_fmt(r['generated']['distinct_2'])}</td><td>{_fmt(r['generated']['hist10']['shares'][-1])}</td></tr>"
+        for name, rows in result["arms"].items()
+        for r in rows
+    )
+    intro = (
+        f"Recursive training, preset {result['preset']['model']} model "
+        f"({result['parameters'] / 1e6:.2f}M parameters), seed {result['seed']}. "
+        "Small-scale results; see the README (experiments) for definitions."
+    )
+    (out / "recursive.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    (out / "recursive.html").write_text(
+        _html("tokedit: recursive training", intro, f"<table>{head}{body}</table>", result["plots"])
+    )
+
+
+def plot_mixture(result: dict, out: Path) -> dict[str, str]:
+    names = list(result["arms"])
+    fig, (ax,) = new_figure(6, 3.5)
+    ax.bar(names, [result["arms"][n]["held_out_ppl"] for n in names], color="#4a7")
+    ax.set_ylabel("held-out perplexity (real text)")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(out / "mixture_ppl.png", dpi=100)
+    return {"held_out_ppl": "mixture_ppl.png"}
+
+
+def write_mixture_report(result: dict, out: Path) -> None:
+    result["plots"] = plot_mixture(result, out)
+    head = "<tr><th>arm</th><th>synthetic share</th><th>held-out ppl</th><th>train tokens</th><th>unigram KL</th><th>distinct-2</th></tr>"
+    body = "".join(
+        f"<tr><td>{n}</td><td>{_fmt(a['synthetic_share'])}</td><td>{_fmt(a['held_out_ppl'])}</td>"
+        f"<td>{a['train']['train_tokens']}</td><td>{_fmt(a['data']['unigram_kl'])}</td>"
+        f"<td>{_fmt(a['data']['distinct_2'])}</td></tr>"
+        for n, a in result["arms"].items()
+    )
+    intro = (
+        f"Human vs synthetic mixtures vs ToEdit-edited data; prior held-out ppl "
+        f"{_fmt(result['prior']['held_out_ppl'])}; edit threshold p = {result['edit']['p']}. "
+        "Small-scale results; see the README (experiments)."
+    )
+    (out / "mixture.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
+    (out / "mixture.html").write_text(
+        _html(
+            "tokedit: synthetic-data mixtures",
+            intro,
+            f"<table>{head}{body}</table>",
+            result["plots"],
+        )
+    )
+
+
+def format_summary(result: dict) -> str:
+    """A Markdown table of a recursive or mixture result (what the CLI prints)."""
+    if result["experiment"] == "recursive":
+        lines = [
+            "| arm | gen | held-out ppl | probe acc | unigram KL (bits) | distinct-2 | P>0.9 share |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for name, rows in result["arms"].items():
+            for r in rows:
+                g = r["generated"]
+                lines.append(
+                    f"| {name} | {r['generation']} | {_fmt(r['held_out_ppl'])} | "
+                    f"{_fmt(r['probe_accuracy'])} | {_fmt(g['unigram_kl'])} | "
+                    f"{_fmt(g['distinct_2'])} | {_fmt(g['hist10']['shares'][-1])} |"
+                )
+        return "\n".join(lines)
+    lines = [
+        "| arm | synthetic share | held-out ppl | train tokens | unigram KL (bits) | distinct-2 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, a in result["arms"].items():
+        lines.append(
+            f"| {name} | {_fmt(a['synthetic_share'])} | {_fmt(a['held_out_ppl'])} | "
+            f"{a['train']['train_tokens']} | {_fmt(a['data']['unigram_kl'])} | "
+            f"{_fmt(a['data']['distinct_2'])} |"
+        )
+    return "\n".join(lines)
