@@ -14,9 +14,10 @@ import pytest
 from click.testing import CliRunner
 
 from tokedit.cli import main
-from tokedit.experiments import PRESETS, get_preset, run_recursive
 from tokedit.experiments.data import real_documents
 from tokedit.experiments.metrics import make_probe
+from tokedit.experiments.presets import PRESETS, get_preset
+from tokedit.experiments.recursive import run_recursive
 
 
 def finite(x) -> bool:

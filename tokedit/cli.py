@@ -5,11 +5,14 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from dataclasses import dataclass, fields
 
 import click
 
 from tokedit import __version__
 from tokedit.errors import TokeditError
+from tokedit.experiments.presets import PRESETS as EXPERIMENT_PRESETS
+from tokedit.training.prior import PRESETS as MODEL_SIZES
 
 
 def friendly_errors(fn):
@@ -26,64 +29,205 @@ def friendly_errors(fn):
     return wrapper
 
 
-def input_options(fn):
-    """Options shared by every command that reads a dataset directory."""
-    fn = click.option(
-        "--id-column",
-        default=None,
-        help="Column with document ids. Rows without one get '<shard path>:<row>'.",
-    )(fn)
-    fn = click.option(
-        "--text-column", default="text", show_default=True, help="Column holding the document text."
-    )(fn)
-    return fn
+def options(*decorators):
+    """Apply click decorators in the order ``--help`` lists them (the first on top)."""
+
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
 
 
-def output_options(fn):
-    """Options shared by every command that writes a sharded output directory."""
-    fn = click.option(
-        "--overwrite",
-        is_flag=True,
-        help="Replace an output written with other options (default: refuse; same options resume).",
-    )(fn)
-    fn = click.option(
-        "--shard-index",
-        type=int,
-        default=0,
-        show_default=True,
-        help="Which slice of the shards this process handles (0-based).",
-    )(fn)
-    fn = click.option(
+def collect(name: str, factory, keys: tuple[str, ...]):
+    """Hand the command the values of the options ``keys`` as one argument ``name``,
+    ``factory(**values)``, instead of one argument each."""
+
+    def apply(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            kwargs[name] = factory(**{k: kwargs.pop(k) for k in keys})
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return apply
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def input_options(*, from_scores: bool = False, ids: bool = True):
+    """``--text-column`` / ``--id-column`` of every command that reads a dataset directory;
+    ``from_scores``: ``edit``, whose defaults are the columns the scores were made with."""
+    text = (
+        click.option(
+            "--text-column",
+            default=None,
+            help="Default: the scores' text column (with --model: text).",
+        )
+        if from_scores
+        else click.option(
+            "--text-column",
+            default="text",
+            show_default=True,
+            help="Column holding the document text.",
+        )
+    )
+    if not ids:
+        return text
+    id_help = (
+        "Default: the scores' id column."
+        if from_scores
+        else "Column with document ids. Rows without one get '<shard path>:<row>'."
+    )
+    return options(text, click.option("--id-column", default=None, help=id_help))
+
+
+@dataclass(frozen=True)
+class RunArgs:
+    """How a sharded run runs: which slice, resume or overwrite, which engine, quiet."""
+
+    num_shards: int
+    shard_index: int
+    overwrite: bool
+    engine: str
+    ray_address: str | None
+    ray_actors: int | None
+    quiet: bool
+
+    def library_kwargs(self) -> dict:
+        """The keyword arguments ``score_dataset`` and ``edit_dataset`` take for these."""
+        kwargs = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "quiet"}
+        return {**kwargs, "progress": not self.quiet}
+
+
+run_options = options(
+    click.option(
         "--num-shards",
         type=int,
         default=1,
         show_default=True,
         help="Split the shards into this many slices, e.g. one per Slurm task.",
-    )(fn)
-    return fn
-
-
-def engine_options(fn):
-    """``--engine local|ray`` and the Ray options, for commands that process shards."""
-    fn = click.option(
-        "--ray-actors",
+    ),
+    click.option(
+        "--shard-index",
         type=int,
-        default=None,
-        help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to Ray Data).",
-    )(fn)
-    fn = click.option(
-        "--ray-address",
-        default=None,
-        help="--engine ray: address of a running cluster (host:port or 'auto'); default: start a local instance.",
-    )(fn)
-    fn = click.option(
+        default=0,
+        show_default=True,
+        help="Which slice of the shards this process handles (0-based).",
+    ),
+    click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace an output written with other options (default: refuse; same options resume).",
+    ),
+    click.option(
         "--engine",
         type=click.Choice(["local", "ray"]),
         default="local",
         show_default=True,
         help="local: shards one after the other in this process; ray: a pool of Ray Data actors (same output bytes).",
-    )(fn)
-    return fn
+    ),
+    click.option(
+        "--ray-address",
+        default=None,
+        help="--engine ray: address of a running cluster (host:port or 'auto'); default: start a local instance.",
+    ),
+    click.option(
+        "--ray-actors",
+        type=int,
+        default=None,
+        help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to Ray Data).",
+    ),
+    quiet_option,
+    collect("run", RunArgs, tuple(f.name for f in fields(RunArgs))),
+)
+
+
+@dataclass(frozen=True)
+class ModelArgs:
+    """How the prior model runs: backend, windows, batches, BOS, device, dtype, revision."""
+
+    backend: str
+    max_length: int | None
+    overlap: int | None
+    batch_tokens: int
+    bos: str | None
+    no_bos: bool
+    device: str
+    dtype: str
+    revision: str | None
+
+
+def model_options(*, one_pass: bool = False):
+    """The options of the model that scores: ``score``'s, or (``one_pass``) ``edit --model``'s,
+    where they are ignored with ``--scores`` and ``--bos`` is checked against the scores."""
+    only = "--model only. " if one_pass else ""
+    backend_help = (
+        "--model: hf draws from full rows (any --top-k); vllm (CUDA GPU) from its top-k candidates (--top-k >= 1)."
+        if one_pass
+        else "hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]')."
+    )
+    bos_help = (
+        "--model: as for tokedit score  [default: auto]. With --scores: checked against the "
+        "BOS choice the scores were made with (refused if it differs); leave out to take the scores' one."
+        if one_pass
+        else "A BOS token before every document? auto: as the tokenizer does with its special "
+        "tokens (Llama, Gemma: yes; GPT-2 style, Qwen: no); always: whenever the tokenizer has one; "
+        "never. Without a BOS the first token has no log-prob (null)."
+    )
+    return options(
+        click.option(
+            "--backend",
+            type=click.Choice(["hf", "vllm"]),
+            default="hf",
+            show_default=True,
+            help=backend_help,
+        ),
+        click.option(
+            "--max-length",
+            type=int,
+            default=None,
+            help=only + "Window length in tokens; longer documents are scored in overlapping "
+            "windows.  [default: the model's positions, at most 1024]",
+        ),
+        click.option(
+            "--overlap",
+            type=int,
+            default=None,
+            help=only + "Minimum context (tokens) of every position beyond the first window."
+            "  [default: max-length / 8]",
+        ),
+        click.option(
+            "--batch-tokens",
+            type=int,
+            default=16384,
+            show_default=True,
+            help=only + "Padded tokens per forward batch (rows x longest window).",
+        ),
+        click.option(
+            "--bos",
+            type=click.Choice(["auto", "always", "never"]),
+            default=None if one_pass else "auto",
+            show_default=not one_pass,
+            help=bos_help,
+        ),
+        click.option("--no-bos", is_flag=True, hidden=True, help="Deprecated: --bos never."),
+        click.option(
+            "--device", default="auto", show_default=True, help=only + "auto, cpu, cuda, cuda:1 ..."
+        ),
+        click.option(
+            "--dtype",
+            type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
+            default="auto",
+            show_default=True,
+            help=only + "auto: bfloat16 on CUDA, float32 on CPU.",
+        ),
+        click.option("--revision", default=None, help=only + "Hub revision of the model."),
+        collect("model_args", ModelArgs, tuple(f.name for f in fields(ModelArgs))),
+    )
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -115,35 +259,7 @@ def main():
     required=True,
     help="Scores directory to write (one parquet shard per input shard).",
 )
-@input_options
-@click.option(
-    "--backend",
-    type=click.Choice(["hf", "vllm"]),
-    default="hf",
-    show_default=True,
-    help="hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]').",
-)
-@click.option(
-    "--max-length",
-    type=int,
-    default=None,
-    help="Window length in tokens; longer documents are scored in overlapping windows."
-    "  [default: the model's positions, at most 1024]",
-)
-@click.option(
-    "--overlap",
-    type=int,
-    default=None,
-    help="Minimum context (tokens) of every position beyond the first window."
-    "  [default: max-length / 8]",
-)
-@click.option(
-    "--batch-tokens",
-    type=int,
-    default=16384,
-    show_default=True,
-    help="Padded tokens per forward batch (rows x longest window).",
-)
+@input_options()
 @click.option(
     "--top-k",
     type=int,
@@ -160,53 +276,11 @@ def main():
     "0: at every position, so one scoring pass edits at any --p (about 5x the storage at "
     "--top-k 8: see the README's score section).",
 )
-@click.option(
-    "--bos",
-    type=click.Choice(["auto", "always", "never"]),
-    default="auto",
-    show_default=True,
-    help="A BOS token before every document? auto: as the tokenizer does with its special "
-    "tokens (Llama, Gemma: yes; GPT-2 style, Qwen: no); always: whenever the tokenizer has one; "
-    "never. Without a BOS the first token has no log-prob (null).",
-)
-@click.option("--no-bos", is_flag=True, hidden=True, help="Deprecated: --bos never.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1 ...")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="auto: bfloat16 on CUDA, float32 on CPU.",
-)
-@click.option("--revision", default=None, help="Hub revision of the model.")
-@output_options
-@engine_options
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@model_options()
+@run_options
 @friendly_errors
 def score(
-    input_dir,
-    model,
-    out_dir,
-    text_column,
-    id_column,
-    backend,
-    max_length,
-    overlap,
-    batch_tokens,
-    top_k,
-    candidates_min_p,
-    bos,
-    no_bos,
-    device,
-    dtype,
-    revision,
-    num_shards,
-    shard_index,
-    overwrite,
-    engine,
-    ray_address,
-    ray_actors,
-    quiet,
+    input_dir, model, out_dir, text_column, id_column, top_k, candidates_min_p, model_args, run
 ):
     """Score every token of INPUT with a prior LM: log P(token | prefix) and top-k candidates.
 
@@ -216,17 +290,18 @@ def score(
     from tokedit.scoring.run import score_dataset
     from tokedit.scoring.scorer import ScoreOptions
 
-    if quiet:
+    if run.quiet:
         silence_progress_bars()
     if not 0 <= candidates_min_p <= 1:
         raise click.BadParameter("must be in [0, 1]", param_hint="--candidates-min-p")
+    m = model_args
     options = ScoreOptions(
-        max_len=max_length,
-        overlap=overlap,
-        batch_tokens=batch_tokens,
+        max_len=m.max_length,
+        overlap=m.overlap,
+        batch_tokens=m.batch_tokens,
         top_k=top_k,
         candidates_min_p=candidates_min_p,
-        bos=bos_mode(bos, no_bos, "auto"),
+        bos=bos_mode(m.bos, m.no_bos, "auto"),
     )
     summary = score_dataset(
         input_dir,
@@ -235,17 +310,11 @@ def score(
         options=options,
         text_column=text_column,
         id_column=id_column,
-        backend=backend,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        overwrite=overwrite,
-        progress=not quiet,
-        engine=engine,
-        ray_address=ray_address,
-        ray_actors=ray_actors,
+        backend=m.backend,
+        device=m.device,
+        dtype=m.dtype,
+        revision=m.revision,
+        **run.library_kwargs(),
     )
     click.echo(format_score_summary(summary))
 
@@ -356,10 +425,7 @@ def format_score_summary(s: dict) -> str:
 @click.option(
     "--seed", type=int, default=0, show_default=True, help="With the document id, seeds each draw."
 )
-@click.option(
-    "--text-column", default=None, help="Default: the scores' text column (with --model: text)."
-)
-@click.option("--id-column", default=None, help="Default: the scores' id column.")
+@input_options(from_scores=True)
 @click.option(
     "--output-column", default=None, help="Write the edited text here; keep the text column as is."
 )
@@ -376,38 +442,10 @@ def format_score_summary(s: dict) -> str:
     "--tokenizer", default=None, help="Tokenizer to decode with, if the scores' model path moved."
 )
 @click.option("--batch-rows", type=int, default=512, show_default=True, help="Rows per batch.")
-@click.option("--max-length", type=int, default=None, help="--model: window length.")
-@click.option("--overlap", type=int, default=None, help="--model: window overlap.")
-@click.option("--batch-tokens", type=int, default=16384, show_default=True, help="--model only.")
-@click.option(
-    "--bos",
-    type=click.Choice(["auto", "always", "never"]),
-    default=None,
-    help="--model: as for tokedit score  [default: auto]. With --scores: checked against the "
-    "BOS choice the scores were made with (refused if it differs); leave out to take the scores' one.",
-)
-@click.option("--no-bos", is_flag=True, hidden=True, help="Deprecated: --bos never.")
-@click.option("--device", default="auto", show_default=True, help="--model only.")
-@click.option(
-    "--dtype",
-    type=click.Choice(["auto", "float32", "bfloat16", "float16"]),
-    default="auto",
-    show_default=True,
-    help="--model only.",
-)
-@click.option("--revision", default=None, help="--model: hub revision.")
-@click.option(
-    "--backend",
-    type=click.Choice(["hf", "vllm"]),
-    default="hf",
-    show_default=True,
-    help="--model: hf draws from full rows (any --top-k); vllm (CUDA GPU) from its top-k candidates (--top-k >= 1).",
-)
-@output_options
-@engine_options
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@model_options(one_pass=True)
+@run_options
 @friendly_errors
-def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, output_format, tokenizer, batch_rows, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
+def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, output_format, tokenizer, batch_rows, model_args, run):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
 
     Every token with P(token | original prefix) > p is redrawn from the prior's candidates;
@@ -417,7 +455,7 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
     (--output-format mirror) or all in one format. Rerunning the same command resumes an
     interrupted run.
     """
-    if quiet and model:  # with --scores no model loads, and transformers is not imported
+    if run.quiet and model:  # with --scores no model loads, and transformers is not imported
         silence_progress_bars()
     from tokedit.editor.options import EditOptions, ModelOptions, parse_ps
     from tokedit.editor.rules import resolve_preset
@@ -454,26 +492,20 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
             overridden=tuple(overridden),
         ),
         model_options=ModelOptions(
-            max_len=max_length,
-            overlap=overlap,
-            batch_tokens=batch_tokens,
-            bos=bos_mode(bos, no_bos, None),
-            device=device,
-            dtype=dtype,
-            revision=revision,
-            backend=backend,
+            max_len=model_args.max_length,
+            overlap=model_args.overlap,
+            batch_tokens=model_args.batch_tokens,
+            bos=bos_mode(model_args.bos, model_args.no_bos, None),
+            device=model_args.device,
+            dtype=model_args.dtype,
+            revision=model_args.revision,
+            backend=model_args.backend,
         ),
         text_column=text_column,
         id_column=id_column,
         tokenizer=tokenizer,
-        num_shards=num_shards,
-        shard_index=shard_index,
-        overwrite=overwrite,
         batch_rows=batch_rows,
-        progress=not quiet,
-        engine=engine,
-        ray_address=ray_address,
-        ray_actors=ray_actors,
+        **run.library_kwargs(),
     )
     click.echo(format_edit_summary(summary))
 
@@ -501,10 +533,10 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
 )
 @click.option(
     "--preset",
-    type=click.Choice(["tiny", "small", "base"]),
+    type=click.Choice(list(MODEL_SIZES)),
     default="small",
     show_default=True,
-    help="Model size for --from-scratch (tiny ~0.1M, small ~5M, base ~30M parameters).",
+    help="Model size for --from-scratch (tiny ~0.1M, small ~5M, base ~30M parameters; mini and 1b are the experiments' sizes).",
 )
 @click.option(
     "--vocab-size",
@@ -512,7 +544,7 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
     default=None,
     help="Tokenizer vocabulary for --from-scratch (default: the preset's).",
 )
-@input_options
+@input_options()
 @click.option(
     "--loss",
     type=click.Choice(["ce", "tce"]),
@@ -544,7 +576,7 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
     "--time-budget", type=float, default=None, help="Stop after this many seconds of training."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@quiet_option
 @friendly_errors
 def train(
     data_dir,
@@ -683,7 +715,7 @@ def demo_data(out_dir, shards):
     show_default=True,
     help="--prior scratch: training time budget.",
 )
-@click.option("--quiet", "-q", is_flag=True)
+@quiet_option
 @friendly_errors
 def demo(out_dir, prior, train_seconds, quiet):
     """Run the whole pipeline on the embedded demo corpus (Shakespeare).
@@ -763,9 +795,7 @@ def demo(out_dir, prior, train_seconds, quiet):
     show_default=True,
     help="Add-alpha smoothing of the KL divergences.",
 )
-@click.option(
-    "--text-column", default="text", show_default=True, help="Column holding the document text."
-)
+@input_options(ids=False)
 @click.option(
     "--examples",
     type=click.IntRange(min=0),
@@ -880,7 +910,7 @@ def _experiment_options(fn):
             click.option("--out", "-o", "out_dir", required=True, help="Result directory."),
             click.option(
                 "--preset",
-                type=click.Choice(["test", "tiny", "gpu-1b"]),
+                type=click.Choice(list(EXPERIMENT_PRESETS)),
                 default="tiny",
                 show_default=True,
                 help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see the README (experiments)).",
@@ -892,7 +922,7 @@ def _experiment_options(fn):
                 help="Override: optimizer steps per training run.",
             ),
             click.option("--seed", type=int, default=0, show_default=True),
-            click.option("--quiet", "-q", is_flag=True),
+            quiet_option,
         ]
     ):
         fn = option(fn)
@@ -909,7 +939,9 @@ def _experiment_options(fn):
 @friendly_errors
 def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
     """Recursive training, a small-scale analogue of ForTIFAI's (not a reproduction): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
-    from tokedit.experiments import format_summary, get_preset, run_recursive
+    from tokedit.experiments.presets import get_preset
+    from tokedit.experiments.recursive import run_recursive
+    from tokedit.experiments.report import format_summary
 
     p = get_preset(
         preset,
@@ -928,7 +960,9 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
 @friendly_errors
 def mixture(data_dir, out_dir, preset, steps, seed, quiet):
     """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): held-out ppl."""
-    from tokedit.experiments import format_summary, get_preset, run_mixture
+    from tokedit.experiments.mixture import run_mixture
+    from tokedit.experiments.presets import get_preset
+    from tokedit.experiments.report import format_summary
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)

@@ -32,17 +32,3 @@ generation, scoring and editing adapters), :mod:`metrics`, :mod:`recursive`, :mo
 :mod:`report` (plots and HTML), :mod:`gaussian` (the closed-form 1-D refit loop).
 docs/training.md describes the arms, the metrics and the presets.
 """
-
-from tokedit.experiments.mixture import run_mixture
-from tokedit.experiments.presets import PRESETS, ExperimentPreset, get_preset
-from tokedit.experiments.recursive import run_recursive
-from tokedit.experiments.report import format_summary
-
-__all__ = [
-    "PRESETS",
-    "ExperimentPreset",
-    "format_summary",
-    "get_preset",
-    "run_mixture",
-    "run_recursive",
-]
