@@ -321,3 +321,9 @@ def test_report_reads_the_text_column_from_an_edited_manifest(
     assert corpus["documents"]["used"] == 2 * N_DOCS and corpus["text_column"] == "content"
     human = cli("report", newcomer_corpus, "--out", tmp_path / "rep2", "-q")
     assert human.returncode == 2 and "--text-column" in human.stderr
+    # word n-grams of a text corpus need no tokenizer: nothing loads one (nor imports torch)
+    words = run_probe(
+        "report", newcomer_corpus, "--out", tmp_path / "rep3", "--text-column", "content",
+        "--units", "words", "-q",
+    )  # fmt: skip
+    assert words.returncode == 0 and "NO_TORCH" in words.stdout, words.stderr

@@ -96,10 +96,12 @@ def model_of(source: CorpusSource) -> tuple[str, str | None] | None:
 
 def resolve_units(sources: list[CorpusSource], options: ReportOptions, tokenizers: _Tokenizers):
     """Choose token or word units for every corpus of the report (see the README (report))."""
-    from tokedit.scoring.hf import tokenizer_hash
-
     if options.units not in ("auto", "tokens", "words"):
         raise InputError(f"unknown --units {options.units!r}", remedy="use auto, tokens or words")
+    if options.units == "words" and not options.tokenizer:
+        return WordUnits()  # no tokenizer to load (and no transformers, no torch to import)
+    from tokedit.scoring.hf import tokenizer_hash
+
     scores = [s for s in sources if s.kind == KIND_SCORES]
     hashes = {s.options.get("tokenizer_hash") for s in scores} - {None}
     tok, name, load_error = None, None, None

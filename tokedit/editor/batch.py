@@ -291,13 +291,3 @@ def apply_draws(
         edits=edits,
         counts=counts,
     )
-
-
-def add_counts(total: dict, counts: dict) -> dict:
-    """Sum two count dicts (nested dicts are summed key by key)."""
-    for k, v in counts.items():
-        if isinstance(v, dict):
-            add_counts(total.setdefault(k, {}), v)
-        else:
-            total[k] = total.get(k, 0) + v
-    return total

@@ -13,13 +13,9 @@ per threshold from one read of the input and the scores. Resume and atomicity co
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from tokedit.editor.batch import (
-    add_counts,
-)
 from tokedit.editor.options import (
     EditOptions,
     ModelOptions,
@@ -27,7 +23,7 @@ from tokedit.editor.options import (
     resolve_model_rule,
     resolve_rule,
 )
-from tokedit.editor.step import ShardEditor, entry_tokens, load_checked_tokenizer
+from tokedit.editor.step import ShardEditor, load_checked_tokenizer
 from tokedit.engines.runner import check_engine, run_step, token_bar
 from tokedit.errors import InputError
 from tokedit.io.edited_dir import check_output_format, p_dir, p_label, shard_output_rel
@@ -251,22 +247,14 @@ def edit_dataset(
         **reads,
     )
 
-    run_counts: dict[str, dict] = {p_label(p): {} for p in ps}
     bar = token_bar("edit", progress)
     started = time.perf_counter()
-
-    def record(rel: str, entry: dict) -> None:
-        for k, c in entry["p"].items():
-            add_counts(run_counts[k], c)
-
     try:
-        counts = run_step(
+        counts, run_stats = run_step(
             shards,
             manifest,
             shard_editor,
             bar=bar,
-            on_entry=record,
-            entry_tokens=entry_tokens,
             engine=engine,
             tokenizer=tok,
             ray_address=ray_address,
@@ -276,8 +264,9 @@ def edit_dataset(
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
-    totals = directory_totals(manifest, ps)
+    totals = directory_totals(manifest, shard_editor)
     manifest.update(totals=totals)
+    run_counts = run_stats["p"]
     tokens = max((c.get("tokens", 0) for c in run_counts.values()), default=0)
     return {
         **counts,
@@ -292,15 +281,10 @@ def edit_dataset(
     }
 
 
-def directory_totals(manifest: Manifest, ps: Sequence[float]) -> dict:
+def directory_totals(manifest: Manifest, step: ShardEditor) -> dict:
     """Per threshold: counts summed over every complete shard of the output directory."""
-    totals: dict[str, dict] = {p_label(p): {} for p in ps}
-    statuses: dict[str, int] = {}
-    for entry in manifest.shards.values():
-        for k, c in entry.get("p", {}).items():
-            add_counts(totals.setdefault(k, {}), c)
-        add_counts(statuses, entry.get("statuses", {}))
-    return {"shards": len(manifest.shards), "statuses": statuses, "p": totals}
+    stats = step.directory_stats(manifest.shards.values())
+    return {"shards": len(manifest.shards), **stats.to_dict()}
 
 
 def _share(a: int, b: int) -> str:

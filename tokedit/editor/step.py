@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from tokedit.editor.batch import add_counts, apply_draws
+from tokedit.editor.batch import apply_draws
 from tokedit.editor.options import EditOptions, ModelOptions
 from tokedit.editor.rules import banned_mask
 from tokedit.editor.sources import CandidatesSource, ModelSource, ScoresSource
 from tokedit.editor.splice import Renderer
-from tokedit.engines.runner import PickledAsConfig
+from tokedit.engines.step import ShardStep, Stats
 from tokedit.errors import InputError
 from tokedit.io.edited_dir import (
     ShardOutput,
@@ -50,13 +50,8 @@ def load_checked_tokenizer(source: str, revision: str | None, expected_hash, sco
     return tok
 
 
-def entry_tokens(entry: dict) -> int:
-    """Tokens read for one shard (every threshold of a sweep reads the same tokens)."""
-    return max((c.get("tokens", 0) for c in entry["p"].values()), default=0)
-
-
 @dataclass
-class ShardEditor(PickledAsConfig):
+class ShardEditor(ShardStep):
     """The per-shard step of ``tokedit edit``: read a shard (and its scores), write its edits.
 
     Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
@@ -80,6 +75,16 @@ class ShardEditor(PickledAsConfig):
     model: str | None = None
     model_options: ModelOptions | None = None
     score_options: ScoreOptions | None = None  # resolved: max_len and overlap set
+
+    STATS_KEYS = ("statuses", "p")  # "p": per threshold, the counts of apply_draws
+
+    def empty_stats(self) -> Stats:
+        return Stats({"statuses": {}, "p": {p_label(p): {} for p in self.ps}})
+
+    @staticmethod
+    def entry_tokens(entry: dict) -> int:
+        """Tokens read for one shard (every threshold of a sweep reads the same tokens)."""
+        return max((c.get("tokens", 0) for c in entry["p"].values()), default=0)
 
     def __post_init__(self) -> None:
         self._renderer: Renderer | None = None
@@ -157,19 +162,18 @@ class ShardEditor(PickledAsConfig):
             else None
         )
         outs = {p: ShardOutput(out_root / self._rel(shard, p), out_fmt) for p in self.ps}
-        shard_counts: dict[str, dict] = {p_label(p): {} for p in self.ps}
-        statuses: dict[str, int] = {}
+        stats = self.empty_stats()
         rows = 0
         try:
             self._source.open(shard)
             got_any = False
             for batch in iter_batches(shard, self.batch_rows):
                 got_any = True
-                self._edit_batch(batch, outs, shard_counts, statuses)
+                self._edit_batch(batch, outs, stats)
                 rows += len(batch)
             if not got_any and not out_fmt.startswith("jsonl"):
                 empty = empty_batch(shard, self._table_schema)
-                self._edit_batch(empty, outs, shard_counts, statuses)
+                self._edit_batch(empty, outs, stats)
             self._source.close(shard)
             for o in outs.values():
                 o.close()
@@ -190,11 +194,10 @@ class ShardEditor(PickledAsConfig):
             "outputs": outputs,
             "rows": rows,
             "sha256": sha,
-            "statuses": statuses,
-            "p": shard_counts,
+            **stats.to_dict(),
         }
 
-    def _edit_batch(self, batch, outs, shard_counts, statuses) -> None:
+    def _edit_batch(self, batch, outs, stats: Stats) -> None:
         text_column, options = self.text_column, self.options
         docs = to_documents(batch, text_column, self.id_column)
         target = options.output_column
@@ -204,7 +207,7 @@ class ShardEditor(PickledAsConfig):
                 remedy="choose another --output-column, or leave it out to edit the text in place",
             )
         for s in docs.statuses:
-            statuses[s] = statuses.get(s, 0) + 1
+            stats.add({"statuses": {s: 1}})
         sb, draws = self._source.batch(batch, docs, on_tokens=self.on_tokens)
         rows = as_output_rows(batch, next(iter(outs.values())).fmt, self._table_schema)
         provenance = (options.output_column, options.provenance)
@@ -212,7 +215,7 @@ class ShardEditor(PickledAsConfig):
             edited = apply_draws(
                 sb, docs.texts, draws, p, self._renderer, drop_below=options.rule.drop_below
             )
-            add_counts(shard_counts[p_label(p)], edited.counts)
+            stats.add({"p": {p_label(p): edited.counts}})
             if rows.table is not None:
                 out.write_table(output_table(rows, docs, edited, text_column, *provenance))
             else:

@@ -1,2 +1,2 @@
-"""Engines that run a per-shard step over many shards: ``local`` (:mod:`tokedit.engines.runner`)
-and ``ray`` (:mod:`tokedit.engines.ray_engine`)."""
+"""Running a per-shard step (:class:`tokedit.engines.step.ShardStep`) over many shards with
+resume: ``local`` (:mod:`tokedit.engines.runner`) and ``ray`` (:mod:`tokedit.engines.ray_engine`)."""

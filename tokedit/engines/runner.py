@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import fields
 from typing import Any
 
+from tokedit.engines.step import ShardStep, Stats
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.write import remove_stale_temp_files
-
-
-class PickledAsConfig:
-    """Mixin for the dataclass of a per-shard step, sent to other processes (Ray actors).
-
-    Only the dataclass fields (the configuration) are pickled; what ``__post_init__`` sets up
-    (loaded models, callbacks such as a progress bar) stays in the process that made it and
-    is set up afresh, lazily, in the process that unpickles the step.
-    """
-
-    def __getstate__(self) -> dict:
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
-    def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__post_init__()
 
 
 def run_shards(
@@ -71,24 +55,21 @@ def check_engine(engine: str) -> None:
 def run_step(
     shards: list[Shard],
     manifest: Manifest,
-    step,
+    step: ShardStep,
     *,
     bar,
-    on_entry: Callable[[str, dict], None],
-    entry_tokens: Callable[[dict], int],
     engine: str = "local",
     tokenizer=None,
     ray_address: str | None = None,
     ray_actors: int | None = None,
     progress: bool = True,
-) -> dict[str, int]:
-    """Run a per-shard step (``ShardScorer``, ``ShardEditor``) with either engine.
+) -> tuple[dict[str, int], Stats]:
+    """Run a :class:`ShardStep` over ``shards`` with either engine, resuming ``manifest``.
 
-    ``step`` is a :class:`PickledAsConfig` dataclass with ``load(tokenizer)``, ``info()``,
-    an ``on_tokens`` hook and ``__call__(shard) -> manifest entry``. ``on_entry(rel, entry)``
-    runs in this process for every shard done now (this run's counts). The ``bar`` counts
-    tokens: batch by batch with ``--engine local``, shard by shard (``entry_tokens``) with
-    ``--engine ray``. What ``step.info()`` reports (device, dtype) goes into the manifest.
+    Returns the counts of shards processed and skipped, and the :class:`Stats` of the shards
+    done in this run. The ``bar`` counts tokens: batch by batch with ``--engine local``,
+    shard by shard with ``--engine ray``. What ``step.info()`` reports (device, dtype) goes
+    into the manifest.
     """
     check_engine(engine)
 
@@ -96,15 +77,16 @@ def run_step(
         if info:
             manifest.update(info={**manifest.data.get("info", {}), **info})
 
+    run_stats = step.empty_stats()
     if engine == "ray":
         from tokedit.engines.ray_engine import run_shards_ray
 
         def on_ray_entry(rel: str, entry: dict) -> None:
-            on_entry(rel, entry)
-            bar.update(entry_tokens(entry))
+            run_stats.add(step.entry_stats(entry))
+            bar.update(step.entry_tokens(entry))
             bar.set_postfix(shard=rel, refresh=False)
 
-        return run_shards_ray(
+        counts = run_shards_ray(
             shards,
             manifest,
             step,
@@ -114,6 +96,7 @@ def run_step(
             on_info=record_info,
             progress=progress,
         )
+        return counts, run_stats
     if not all(manifest.is_complete(s.rel) for s in shards):
         record_info(step.load(tokenizer).info())
     step.on_tokens = bar.update
@@ -121,10 +104,10 @@ def run_step(
     def process(shard: Shard) -> dict:
         bar.set_postfix(shard=shard.rel, refresh=False)
         entry = step(shard)
-        on_entry(shard.rel, entry)
+        run_stats.add(step.entry_stats(entry))
         return entry
 
-    return run_shards(shards, manifest, process)
+    return run_shards(shards, manifest, process), run_stats
 
 
 def token_bar(desc: str, enabled: bool = True):

@@ -25,6 +25,21 @@ def real_documents(data_dir: str, preset: ExperimentPreset, seed: int, text_colu
     return [pieces[i] for i in order]
 
 
+def held_out_and_train(data_dir: str, preset: ExperimentPreset, seed: int, n_train: int):
+    """The held-out real documents (``preset.held_out_docs``) and the next ``n_train``,
+    refused with a remedy when the corpus has fewer."""
+    docs = real_documents(data_dir, preset, seed)
+    need = preset.held_out_docs + n_train
+    if len(docs) < need:
+        from tokedit.errors import InputError
+
+        raise InputError(
+            f"{data_dir}: {len(docs)} documents, the preset needs {need}",
+            remedy="use a bigger corpus or a smaller preset",
+        )
+    return docs[: preset.held_out_docs], docs[preset.held_out_docs : need]
+
+
 def texts_sha(texts: list[str]) -> str:
     h = hashlib.sha256()
     for t in texts:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tokedit.experiments.data import real_documents
+from tokedit.experiments.data import held_out_and_train
 from tokedit.experiments.metrics import corpus_metrics, unigram_tables
 from tokedit.experiments.models import (
     held_out_perplexity,
@@ -48,16 +48,7 @@ def run_mixture(
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    docs = real_documents(data_dir, preset, seed)
-    need = preset.held_out_docs + preset.mixture_docs
-    if len(docs) < need:
-        from tokedit.errors import InputError
-
-        raise InputError(
-            f"{data_dir}: {len(docs)} documents, the preset needs {need}",
-            remedy="use a bigger corpus or a smaller preset",
-        )
-    held_raw, train_raw = docs[: preset.held_out_docs], docs[preset.held_out_docs : need]
+    held_raw, train_raw = held_out_and_train(data_dir, preset, seed, preset.mixture_docs)
     init = out / "init"
     tokenizer, n_params = make_init(init, train_raw, preset, seed)
     from tokedit.io.texts import truncate_to_tokens

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from tokedit.experiments.data import real_documents, texts_sha, write_dataset
+from tokedit.experiments.data import held_out_and_train, texts_sha, write_dataset
 from tokedit.experiments.metrics import (
     corpus_metrics,
     make_probe,
@@ -65,16 +65,7 @@ def run_recursive(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     G, N = preset.generations, preset.docs_per_slice
-    docs = real_documents(data_dir, preset, seed)
-    need = preset.held_out_docs + (G + 1) * N
-    if len(docs) < need:
-        from tokedit.errors import InputError
-
-        raise InputError(
-            f"{data_dir}: {len(docs)} documents, the preset needs {need}",
-            remedy="use a bigger corpus or a smaller preset",
-        )
-    held_raw, slices_raw = docs[: preset.held_out_docs], docs[preset.held_out_docs : need]
+    held_raw, slices_raw = held_out_and_train(data_dir, preset, seed, (G + 1) * N)
     init = out / "init"
     tokenizer, n_params = make_init(init, slices_raw[:N], preset, seed)
     from tokedit.io.texts import truncate_to_tokens

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
-from tokedit.engines.runner import PickledAsConfig, check_engine, run_step, token_bar
+from tokedit.engines.runner import check_engine, run_step, token_bar
+from tokedit.engines.step import ShardStep, Stats
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
 from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.write import ParquetShardWriter, file_sha256
-from tokedit.scoring.scorer import ScoreOptions, Scorer, ScoreStats
+from tokedit.scoring.scorer import ScoreOptions, Scorer
 
 
 def check_unique_outputs(shards: list[Shard], rel_of) -> None:
@@ -109,17 +110,14 @@ def score_dataset(
         revision=revision,
         batch_rows=batch_rows,
     )
-    run_stats = ScoreStats()
     bar = token_bar("score", progress)
     started = time.perf_counter()
     try:
-        counts = run_step(
+        counts, run_stats = run_step(
             shards,
             manifest,
             shard_scorer,
             bar=bar,
-            on_entry=lambda rel, entry: run_stats.add(entry_stats(entry)),
-            entry_tokens=lambda entry: entry["tokens"],
             engine=engine,
             tokenizer=tokenizer,
             ray_address=ray_address,
@@ -129,37 +127,29 @@ def score_dataset(
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
-    totals = directory_totals(manifest)
+    totals = directory_totals(manifest, shard_scorer)
     manifest.update(totals=totals)
     return {
         **counts,
-        "run": asdict(run_stats),
+        "run": run_stats.to_dict(),
         "seconds": elapsed,
-        "tokens_per_s": run_stats.tokens / elapsed if elapsed else 0.0,
+        "tokens_per_s": run_stats["tokens"] / elapsed if elapsed else 0.0,
         "totals": totals,
         "out": str(out_dir),
     }
 
 
-def directory_totals(manifest: Manifest) -> dict:
-    total = ScoreStats()
-    for entry in manifest.shards.values():
-        total.add(entry_stats(entry))
-    out = asdict(total)
+def directory_totals(manifest: Manifest, step: ShardScorer) -> dict:
+    """The scores directory's counts: every complete shard's, summed, and the padding share."""
+    out = step.directory_stats(manifest.shards.values()).to_dict()
     out["shards"] = len(manifest.shards)
-    out["padding_share"] = (
-        total.padding_positions / total.computed_positions if total.computed_positions else 0.0
-    )
+    computed = out["computed_positions"]
+    out["padding_share"] = out["padding_positions"] / computed if computed else 0.0
     return out
 
 
-def entry_stats(entry: dict) -> ScoreStats:
-    """The :class:`ScoreStats` recorded in a shard's manifest entry."""
-    return ScoreStats(**{f.name: entry[f.name] for f in fields(ScoreStats)})
-
-
 @dataclass
-class ShardScorer(PickledAsConfig):
+class ShardScorer(ShardStep):
     """The per-shard step of ``tokedit score``: read a shard, score it, write it atomically.
 
     Both engines run this same callable: ``--engine local`` in the driver, ``--engine ray``
@@ -179,9 +169,14 @@ class ShardScorer(PickledAsConfig):
     revision: str | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
 
+    STATS_KEYS = ("documents", "tokens", "computed_positions", "padding_positions", "statuses")
+
     def __post_init__(self) -> None:
         self._scorer: Scorer | None = None
         self.on_tokens: Callable[[int], object] | None = None  # progress, this process only
+
+    def empty_stats(self) -> Stats:
+        return Stats({k: {} if k == "statuses" else 0 for k in self.STATS_KEYS})
 
     def load(self, tokenizer=None) -> ShardScorer:
         """Load the tokenizer (unless given) and the backend, once per process."""
@@ -211,7 +206,7 @@ class ShardScorer(PickledAsConfig):
 
     def __call__(self, shard: Shard) -> dict:
         scorer = self.load()._scorer
-        shard_stats = ScoreStats()
+        shard_stats = self.empty_stats()
         out_rel = scores_rel(shard)
         dest = Path(self.out_dir) / out_rel
         writer = ParquetShardWriter(dest, SCORES_SCHEMA)
@@ -228,7 +223,7 @@ class ShardScorer(PickledAsConfig):
             "outputs": [out_rel],
             "rows": writer.rows,
             "sha256": file_sha256(dest),
-            **asdict(shard_stats),
+            **shard_stats.to_dict(),
         }
 
 

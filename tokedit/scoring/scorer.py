@@ -5,11 +5,12 @@ The scorer never writes files; :mod:`tokedit.scoring.run` streams its tables to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 import pyarrow as pa
 
+from tokedit.engines.step import Stats
 from tokedit.errors import InputError
 from tokedit.io.read import STATUS_OK, Documents
 from tokedit.io.scores_dir import FINGERPRINT_COLUMN, SCORES_SCHEMA, text_fingerprint
@@ -69,23 +70,6 @@ class ScoreOptions:
 
 
 @dataclass
-class ScoreStats:
-    documents: int = 0
-    tokens: int = 0
-    computed_positions: int = 0
-    padding_positions: int = 0
-    statuses: dict[str, int] = field(default_factory=dict)
-
-    def add(self, other: ScoreStats) -> None:
-        self.documents += other.documents
-        self.tokens += other.tokens
-        self.computed_positions += other.computed_positions
-        self.padding_positions += other.padding_positions
-        for k, v in other.statuses.items():
-            self.statuses[k] = self.statuses.get(k, 0) + v
-
-
-@dataclass
 class DocTokens:
     """A tokenized document: ``seq`` is what the model reads (BOS first if used)."""
 
@@ -128,7 +112,7 @@ class Scorer:
                 remedy="e.g. --max-length 1024 --overlap 256",
             )
 
-    def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, ScoreStats]:
+    def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, Stats]:
         opts = self.options
         ok = [i for i, s in enumerate(docs.statuses) if s == STATUS_OK]
         tokens = tokenize_documents(self.tokenizer, [docs.texts[i] for i in ok], self.add_bos)
@@ -155,12 +139,20 @@ class Scorer:
         for w in windows:  # windows are in document, then position order
             per_doc[w.doc].append(results[(w.doc, w.start)])
 
-        stats = ScoreStats(documents=len(docs))
-        stats.computed_positions, stats.padding_positions = padding_stats(batches)
+        computed, padding = padding_stats(batches)
+        statuses: dict[str, int] = {}
         for s in docs.statuses:
-            stats.statuses[s] = stats.statuses.get(s, 0) + 1
+            statuses[s] = statuses.get(s, 0) + 1
         table = build_scores_table(docs, ok, tokens, per_doc, opts.top_k)
-        stats.tokens = int(sum(len(t.token_ids) for t in tokens))
+        stats = Stats(
+            {
+                "documents": len(docs),
+                "tokens": int(sum(len(t.token_ids) for t in tokens)),
+                "computed_positions": int(computed),
+                "padding_positions": int(padding),
+                "statuses": statuses,
+            }
+        )
         return table, stats
 
 
