@@ -63,6 +63,32 @@ def output_options(fn):
     return fn
 
 
+def _set_storage_options(ctx, param, value):
+    if value is not None:
+        from tokedit.errors import InputError
+        from tokedit.io.storage import set_storage_options
+
+        try:
+            set_storage_options(value)
+        except InputError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+def storage_option(fn):
+    """``--storage-options JSON`` for commands whose directories may be fsspec URLs
+    (``s3://``, ``gs://``, ``hf://``): credentials, endpoint, timeouts. Never recorded."""
+    return click.option(
+        "--storage-options",
+        default=None,
+        expose_value=False,
+        is_eager=True,
+        callback=_set_storage_options,
+        metavar="JSON",
+        help='Options of the fsspec filesystem of s3:// gs:// hf:// directories, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the filesystem\'s environment variables). See docs/storage.md.',
+    )(fn)
+
+
 def engine_options(fn):
     """``--engine local|ray`` and the Ray options, for commands that process shards."""
     fn = click.option(
@@ -182,6 +208,7 @@ def main():
 @output_options
 @engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@storage_option
 @friendly_errors
 def score(
     input_dir,
@@ -406,6 +433,7 @@ def format_score_summary(s: dict) -> str:
 @output_options
 @engine_options
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@storage_option
 @friendly_errors
 def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top_p, temperature, drop_below, exclude_original, seed, text_column, id_column, output_column, no_provenance, output_format, tokenizer, batch_rows, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision, backend, num_shards, shard_index, overwrite, engine, ray_address, ray_actors, quiet):  # fmt: skip
     """Token-Level Editing: resample the tokens of INPUT the prior is over-confident about.
@@ -809,6 +837,7 @@ def demo(out_dir, prior, train_seconds, quiet):
     help="Edit preview: --drop-below.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@storage_option
 @friendly_errors
 def report(
     dirs,

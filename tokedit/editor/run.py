@@ -46,6 +46,7 @@ from tokedit.io.read import (
 )
 from tokedit.io.runner import PickledAsConfig, check_engine, run_step, token_bar
 from tokedit.io.shards import Shard, discover_shards
+from tokedit.io.storage import arrow_source, as_path, open_arrow_stream_input
 from tokedit.io.write import (
     ArrowStreamShardWriter,
     JsonlShardWriter,
@@ -303,7 +304,7 @@ class _AlignedScores:
     def __init__(self, path: Path, expected_rows: int | None):
         self.path = path
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = pq.ParquetFile(arrow_source(path))
         except (OSError, pa.ArrowInvalid) as e:
             raise InputError(f"{path}: cannot read the scores ({e})", remedy=_RESCORE) from e
         names = set(self.file.schema_arrow.names)
@@ -511,9 +512,9 @@ def _empty_batch(shard: Shard, table_schema: pa.Schema | None = None) -> RowBatc
     if table_schema is not None:  # JSON lines written as parquet
         schema = table_schema
     elif shard.fmt == "parquet":
-        schema = pq.read_schema(shard.path)
+        schema = pq.read_schema(arrow_source(shard.path))
     else:
-        with pa.memory_map(str(shard.path)) as source:
+        with open_arrow_stream_input(shard.path) as source:
             schema = pa.ipc.open_stream(source).schema
     return RowBatch(shard, 0, table=schema.empty_table())
 
@@ -729,7 +730,7 @@ def edit_dataset(
         )
     if batch_rows < 1:
         raise InputError(f"--batch-rows {batch_rows} must be >= 1", remedy="e.g. --batch-rows 512")
-    input_path, out_path = Path(input_dir), Path(out_dir)
+    input_path, out_path = as_path(input_dir), as_path(out_dir)
     ps = parse_ps(options.ps)
     options = replace(options, ps=ps)
     check_output_format(options.output_format)
@@ -737,7 +738,7 @@ def edit_dataset(
     all_shards = discover_shards(input_path)
     check_unique_outputs(all_shards, lambda s: shard_output_rel(s, options.output_format))
     shards = discover_shards(input_path, num_shards=num_shards, shard_index=shard_index)
-    _check_out_dir(out_path, input_path, Path(scores_dir) if scores_dir else None)
+    _check_out_dir(out_path, input_path, as_path(scores_dir) if scores_dir else None)
 
     if scores_dir is not None:
         if model_options is not None and model_options.backend != "hf":
@@ -745,7 +746,7 @@ def edit_dataset(
                 f"--backend {model_options.backend} scores with --model; with --scores nothing is scored",
                 remedy="leave --backend out, or pass --model instead of --scores",
             )
-        scores_path = Path(scores_dir)
+        scores_path = as_path(scores_dir)
         smanifest = load_scores_manifest(scores_path, input_path, all_shards, ps)
         sopts = smanifest["options"]
         for flag, given, stored in (
@@ -952,7 +953,7 @@ class ShardEditor(PickledAsConfig):
         rule, seed, p_min = self.options.rule, self.options.seed, min(self.ps)
         if self.scores_dir is not None:
             source = _ScoresSource(
-                Path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
+                as_path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
             )
         else:
             from tokedit.scoring.scorer import Scorer
@@ -983,7 +984,7 @@ class ShardEditor(PickledAsConfig):
 
     def __call__(self, shard: Shard) -> dict:
         self.load()
-        out_root = Path(self.out_dir)
+        out_root = as_path(self.out_dir)
         out_fmt = output_format_of(shard, self.options.output_format)
         # JSON lines to parquet: the column types of the whole shard, read once beforehand
         # (one batch's inferred types would not hold for the next).

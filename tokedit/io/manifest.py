@@ -17,6 +17,21 @@ Directories written before this layout have ``OUT/manifest.json``. Readers (``ed
 writes into such a directory (a resume) first moves it to ``OUT/.tokedit/manifest.json``
 (written there, then the old file removed, under the lock), so the directory becomes
 loadable. :func:`find_manifest` is the one place that knows where a manifest is.
+
+On an object store (an ``s3://``... output, see :mod:`tokedit.io.storage`) there is no
+``fcntl`` lock and no rename, so the manifest is split in objects that are each written by
+ONE upload (a PUT is all or nothing) and never by two processes at once:
+
+* ``OUT/.tokedit/manifest.json``: the header (command, options, info, totals, and a snapshot
+  of the shard entries its writer knew of);
+* ``OUT/.tokedit/shards/<rel, %-quoted>.json``: one completion entry per shard, written by
+  the process that completed the shard, after the shard was published.
+
+A reader merges them: the entries of ``shards/`` are the truth about which shards are
+complete (they override the header's snapshot). Several processes (``--num-shards``
+tasks, the Ray driver) therefore share one output prefix without a lock: each writes only
+the entries of its own shards. A process that creates the header reads it back and refuses
+to go on if a concurrent process created it with other options.
 """
 
 from __future__ import annotations
@@ -27,25 +42,33 @@ import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 from tokedit import __version__
 from tokedit.errors import OutputError
+from tokedit.io.storage import RemotePath, as_path
 from tokedit.io.write import write_json
 
 META_DIR = ".tokedit"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "manifest.lock"
+ENTRIES_DIR = "shards"  # object stores: one entry object per complete shard
 _LEGACY_LOCK_NAME = ".manifest.lock"
 
 
 def manifest_path(out_dir: str | os.PathLike) -> Path:
     """Where tokedit writes the manifest of ``out_dir``: ``out_dir/.tokedit/manifest.json``."""
-    return Path(out_dir) / META_DIR / MANIFEST_NAME
+    return as_path(out_dir) / META_DIR / MANIFEST_NAME
+
+
+def entry_path(out_dir, shard_rel: str) -> RemotePath:
+    """Object stores: the completion entry of one shard, ``OUT/.tokedit/shards/<rel>.json``."""
+    return as_path(out_dir) / META_DIR / ENTRIES_DIR / (quote(shard_rel, safe="") + ".json")
 
 
 def legacy_manifest_path(out_dir: str | os.PathLike) -> Path:
     """Where tokedit wrote manifests before ``.tokedit/``: ``out_dir/manifest.json``."""
-    return Path(out_dir) / MANIFEST_NAME
+    return as_path(out_dir) / MANIFEST_NAME
 
 
 def find_manifest(out_dir: str | os.PathLike) -> Path | None:
@@ -59,6 +82,9 @@ def find_manifest(out_dir: str | os.PathLike) -> Path | None:
 
 @contextlib.contextmanager
 def _locked(out_dir: Path):
+    if isinstance(out_dir, RemotePath):  # no lock on object stores: see the module docstring
+        yield
+        return
     try:
         (out_dir / META_DIR).mkdir(parents=True, exist_ok=True)
         lock = open(out_dir / META_DIR / LOCK_NAME, "w")
@@ -88,7 +114,24 @@ def _read_json(path: Path) -> dict:
 def read_manifest(out_dir: str | os.PathLike) -> dict | None:
     """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none."""
     path = find_manifest(out_dir)
-    return None if path is None else _read_json(path)
+    data = None if path is None else _read_json(path)
+    if data is not None and isinstance(path, RemotePath):
+        data["shards"] = dict(
+            sorted({**data.get("shards", {}), **_remote_entries(out_dir)}.items())
+        )
+    return data
+
+
+def _remote_entries(out_dir) -> dict[str, dict]:
+    """The completion entries of ``OUT/.tokedit/shards/`` (object stores), by shard."""
+    entries = {}
+    folder = as_path(out_dir) / META_DIR / ENTRIES_DIR
+    for rel in folder.find():
+        if "/" in rel or not rel.endswith(".json"):
+            continue
+        obj = _read_json(folder / rel)
+        entries[obj["shard"]] = obj["entry"]
+    return entries
 
 
 def _migrate_legacy(out_dir: Path) -> None:
@@ -123,7 +166,7 @@ class Manifest:
         info: dict[str, Any] | None = None,
         overwrite: bool = False,
     ):
-        self.out_dir = Path(out_dir)
+        self.out_dir = as_path(out_dir)
         self.path = manifest_path(self.out_dir)
         self.command = command
         self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
@@ -153,6 +196,13 @@ class Manifest:
                     "shards": {},
                 }
                 write_json(self.path, self.data)
+                if isinstance(self.out_dir, RemotePath):
+                    # No lock: a concurrent process may have created the header at the same
+                    # time. The last upload wins; both read it back, and the loser of a race
+                    # between other options refuses here.
+                    theirs = read_manifest(self.out_dir)
+                    if theirs is not None:
+                        self._check_compatible(theirs)
 
     def _check_compatible(self, existing: dict) -> None:
         if existing.get("command") != self.command:
@@ -176,6 +226,15 @@ class Manifest:
     def _remove_outputs(self, existing: dict) -> None:
         """Delete what the earlier run wrote: its outputs, then the directories (``p=…/``,
         sub-directories of shards) that they leave empty, then its manifest."""
+        if isinstance(self.out_dir, RemotePath):
+            for entry in existing.get("shards", {}).values():
+                for rel in entry.get("outputs", []):
+                    (self.out_dir / rel).unlink(missing_ok=True)
+            for rel in (self.out_dir / META_DIR / ENTRIES_DIR).find():
+                (self.out_dir / META_DIR / ENTRIES_DIR / rel).unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+            legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
+            return
         out = self.out_dir.resolve()
         for entry in existing.get("shards", {}).values():
             for rel in entry.get("outputs", []):
@@ -200,6 +259,13 @@ class Manifest:
 
     def mark_complete(self, shard_rel: str, entry: dict[str, Any]) -> None:
         """Record a finished shard (after its files were renamed into place)."""
+        if isinstance(self.out_dir, RemotePath):
+            entry = json.loads(json.dumps(entry))
+            blob = json.dumps({"shard": shard_rel, "entry": entry}, indent=2, sort_keys=True)
+            entry_path(self.out_dir, shard_rel).write_text(blob + "\n")  # one PUT
+            self.data["shards"][shard_rel] = entry
+            self.data["shards"] = dict(sorted(self.data["shards"].items()))
+            return
         with _locked(self.out_dir):
             current = read_manifest(self.out_dir) or self.data
             current["shards"][shard_rel] = json.loads(json.dumps(entry))

@@ -12,6 +12,7 @@ from typing import Any
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
+from tokedit.io.storage import RemotePath, as_path, spool_dir
 from tokedit.io.write import HOST_TAG, TMP_SUFFIX, temp_owner
 
 
@@ -137,7 +138,11 @@ def remove_stale_temp_files(out_dir: Path) -> int:
     other machines (whose pids cannot be checked from here) are left alone.
     """
     removed = 0
-    for tmp in Path(out_dir).rglob(f".*{TMP_SUFFIX}"):
+    root = as_path(out_dir)
+    found = list(root.rglob(f".*{TMP_SUFFIX}"))
+    if isinstance(root, RemotePath):  # and the local spool files of dead writers
+        found += list(spool_dir().glob(f".*{TMP_SUFFIX}"))
+    for tmp in found:
         owner = temp_owner(tmp)
         if owner is None or owner[1] not in (None, HOST_TAG):
             continue

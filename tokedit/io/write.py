@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import OutputError
+from tokedit.io.storage import RemotePath, as_path, publish, spool_dir
 
 TMP_SUFFIX = ".tmp"
 # Temp names carry the writer's pid and a tag of its host: processes on several machines
@@ -30,8 +31,13 @@ TMP_SUFFIX = ".tmp"
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def temp_name_for(name: str) -> str:
+    """The hidden temporary name of an output called ``name``: ``.NAME.PID-HOST.tmp``."""
+    return f".{name}.{os.getpid()}-{HOST_TAG}{TMP_SUFFIX}"
+
+
 def temp_path_for(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.{os.getpid()}-{HOST_TAG}{TMP_SUFFIX}")
+    return dest.with_name(temp_name_for(dest.name))
 
 
 def temp_owner(tmp: Path) -> tuple[int, str | None] | None:
@@ -48,8 +54,17 @@ def temp_owner(tmp: Path) -> tuple[int, str | None] | None:
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; on success fsync it and rename it to ``dest``."""
-    dest = Path(dest)
+    """Yield a temporary path; on success fsync it and rename it to ``dest``.
+
+    For a ``dest`` on an object store (:class:`~tokedit.io.storage.RemotePath`) the
+    temporary path is a local spool file, published on success by an upload to a hidden
+    temporary key and a copy on the store (:func:`tokedit.io.storage.publish`).
+    """
+    dest = as_path(dest)
+    if isinstance(dest, RemotePath):
+        with _remote_atomic_path(dest) as tmp:
+            yield tmp
+        return
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -72,6 +87,22 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def _remote_atomic_path(dest: RemotePath) -> Iterator[Path]:
+    key = hashlib.sha256(dest.url.encode()).hexdigest()[:12]
+    tmp = spool_dir() / temp_name_for(f"{key}-{dest.name}")
+    try:
+        yield tmp
+        publish(tmp, dest, temp_name_for(dest.name))
+    except OSError as e:
+        raise OutputError(
+            f"{dest}: cannot write ({e.strerror or e})",
+            remedy="check free space in the local spool directory ($TOKEDIT_SPOOL or the temp dir) and the output URL",
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -100,7 +131,7 @@ class _ShardWriter:
     """
 
     def __init__(self, dest: str | os.PathLike):
-        self._dest = Path(dest)
+        self._dest = as_path(dest)
         self._ctx = atomic_path(dest)
         self._tmp = self._ctx.__enter__()
         self.rows = 0

@@ -7,13 +7,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
-from pathlib import Path
 
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
 from tokedit.io.runner import PickledAsConfig, check_engine, run_step, token_bar
 from tokedit.io.shards import Shard, discover_shards
+from tokedit.io.storage import as_path, is_remote
+from tokedit.io.storage import file_sha256 as storage_sha256
 from tokedit.io.write import ParquetShardWriter
 from tokedit.scoring.scorer import SCORES_SCHEMA, ScoreOptions, Scorer, ScoreStats
 
@@ -36,6 +37,8 @@ def check_unique_outputs(shards: list[Shard], rel_of) -> None:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    if is_remote(path):
+        return storage_sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -105,14 +108,14 @@ def score_dataset(
         # --bos as asked ("auto", "always", "never"): a fact, not an option: two modes that
         # resolve to the same add_bos write the same bytes and may resume each other.
         info={
-            "input": str(Path(input_dir).resolve()),
+            "input": str(as_path(input_dir).resolve()),
             "batch_tokens": options.batch_tokens,
             "bos": options.bos,
         },
         overwrite=overwrite,
     )
     shard_scorer = ShardScorer(
-        str(Path(out_dir).resolve()),
+        str(as_path(out_dir).resolve()),
         model,
         options,
         text_column=text_column,
@@ -227,7 +230,7 @@ class ShardScorer(PickledAsConfig):
         scorer = self.load()._scorer
         shard_stats = ScoreStats()
         out_rel = scores_rel(shard)
-        dest = Path(self.out_dir) / out_rel
+        dest = as_path(self.out_dir) / out_rel
         writer = ParquetShardWriter(dest, SCORES_SCHEMA)
         try:
             for docs in iter_documents(shard, self.text_column, self.id_column, self.batch_rows):
