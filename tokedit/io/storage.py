@@ -179,7 +179,7 @@ def _chain(e: BaseException) -> Iterator[BaseException]:
 def describe_error(e: BaseException, url: str) -> InputError | None:
     """An :class:`InputError` naming ``url`` for an error of the store, or ``None`` for one
     tokedit handles itself (a missing object, for example)."""
-    names = {type(x).__name__ for err in _chain(e) for x in type(err).__mro__}
+    names = {cls.__name__ for err in _chain(e) for cls in type(err).__mro__}
     text = " ".join(str(err) for err in _chain(e))
     bucket = _bucket(url)
     if "NoCredentialsError" in names or "Unable to locate credentials" in text:
