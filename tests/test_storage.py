@@ -424,6 +424,7 @@ def test_endpoint_that_does_not_answer_times_out(tmp_path):
             {
                 "key": "k",
                 "secret": "s",
+                "retries": 1,
                 "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{port}"},
                 "config_kwargs": {"connect_timeout": 1, "read_timeout": 1, "retries": {"max_attempts": 1}},
             }

@@ -42,7 +42,7 @@ import json
 import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from tokedit import __version__
 from tokedit.errors import OutputError
@@ -102,34 +102,60 @@ def _locked(out_dir: Path):
 
 
 def _read_json(path: Path) -> dict:
+    return _parse_json(path, path.read_bytes())
+
+
+def _parse_json(path, raw: bytes) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OutputError(
             f"{path}: corrupt manifest ({e})",
             remedy="delete the output directory, or rerun with --overwrite",
         ) from e
 
 
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none."""
+def read_manifest(out_dir: str | os.PathLike, *, known: dict | None = None) -> dict | None:
+    """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none.
+
+    On an object store: the header merged with the entry objects of ``.tokedit/shards/``
+    (``known``: entries this process holds already, not downloaded again)."""
+    if isinstance(as_path(out_dir), RemotePath):
+        return _read_remote_manifest(as_path(out_dir), known or {})
     path = find_manifest(out_dir)
-    data = None if path is None else _read_json(path)
-    if data is not None and isinstance(path, RemotePath):
-        data["shards"] = dict(
-            sorted({**data.get("shards", {}), **_remote_entries(out_dir)}.items())
-        )
+    return None if path is None else _read_json(path)
+
+
+def _read_remote_manifest(out_dir: RemotePath, known: dict) -> dict | None:
+    data = None
+    for path in (manifest_path(out_dir), legacy_manifest_path(out_dir)):
+        raw = path.read_bytes_or_none()  # one GET, no HEAD and no listing before it
+        if raw is not None:
+            data = _parse_json(path, raw)
+            break
+    if data is None:
+        return None
+    if path == legacy_manifest_path(out_dir) and data.get("tool") != "tokedit":
+        return None
+    entries = dict(data.get("shards", {}))
+    entries.update(_remote_entries(out_dir, known))
+    data["shards"] = dict(sorted(entries.items()))
     return data
 
 
-def _remote_entries(out_dir) -> dict[str, dict]:
-    """The completion entries of ``OUT/.tokedit/shards/`` (object stores), by shard."""
+def _remote_entries(out_dir: RemotePath, known: dict) -> dict[str, dict]:
+    """The completion entries of ``OUT/.tokedit/shards/`` (object stores), by shard; those
+    in ``known`` are taken from there (an entry object is written once per shard)."""
     entries = {}
-    folder = as_path(out_dir) / META_DIR / ENTRIES_DIR
-    for rel in folder.find():
-        if "/" in rel or not rel.endswith(".json"):
+    folder = out_dir / META_DIR / ENTRIES_DIR
+    for name in folder.find():
+        if "/" in name or not name.endswith(".json"):
             continue
-        obj = _read_json(folder / rel)
+        rel = unquote(name[: -len(".json")])
+        if rel in known:
+            entries[rel] = known[rel]
+            continue
+        obj = _read_json(folder / name)
         entries[obj["shard"]] = obj["entry"]
     return entries
 
@@ -171,7 +197,8 @@ class Manifest:
         self.command = command
         self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
         with _locked(self.out_dir):
-            _migrate_legacy(self.out_dir)
+            if not isinstance(self.out_dir, RemotePath):  # see docs/storage.md
+                _migrate_legacy(self.out_dir)
             existing = read_manifest(self.out_dir)
             if existing is None:  # a directory tokedit has never written to
                 _refuse_foreign_files(self.out_dir)
@@ -276,7 +303,7 @@ class Manifest:
     def update(self, **fields: Any) -> None:
         """Set top-level fields (for example totals) under the lock."""
         with _locked(self.out_dir):
-            current = read_manifest(self.out_dir) or self.data
+            current = read_manifest(self.out_dir, known=self.data["shards"]) or self.data
             current.update(json.loads(json.dumps(fields)))
             write_json(self.path, current)
             self.data = current
@@ -289,7 +316,7 @@ class Manifest:
 def _refuse_foreign_files(out_dir: Path) -> None:
     """A new output must not mix with files tokedit did not write: refuse a directory that
     holds visible entries but no manifest (hidden ones, such as ``.tokedit/``, are ignored)."""
-    if not out_dir.is_dir():
+    if not isinstance(out_dir, RemotePath) and not out_dir.is_dir():
         return
     foreign = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     if foreign:

@@ -51,7 +51,8 @@ S3_DEFAULTS: dict[str, Any] = {
         "retries": {"max_attempts": 2, "mode": "standard"},
     }
 }
-# s3fs retries some errors itself (connection errors among them), with back-off.
+# s3fs retries some errors itself (connection errors among them), with back-off; the
+# "retries" key of the s3 storage options sets how many times.
 S3_RETRIES = 3
 
 
@@ -148,7 +149,10 @@ def filesystem(protocol: str):
         try:
             import fsspec
 
-            fs = fsspec.filesystem(protocol, **storage_options(protocol))
+            options = storage_options(protocol)
+            # s3fs retries some errors itself (not a constructor argument): "retries" sets it.
+            retries = options.pop("retries", S3_RETRIES) if protocol in ("s3", "s3a") else None
+            fs = fsspec.filesystem(protocol, **options)
         except ImportError as e:
             raise InputError(
                 f"{protocol}:// URLs need a filesystem package that cannot be imported ({e})",
@@ -159,8 +163,8 @@ def filesystem(protocol: str):
                 f"{protocol}:// is not a filesystem fsspec knows ({e})",
                 remedy="use a local path or a URL such as s3://bucket/prefix, gs://..., hf://datasets/org/name",
             ) from e
-        if hasattr(fs, "retries"):
-            fs.retries = S3_RETRIES
+        if retries is not None:
+            fs.retries = int(retries)
         _FILESYSTEMS[key] = fs
     return fs
 
@@ -385,9 +389,25 @@ class RemotePath:
         with storage_errors(self.url):
             return self.fs.open(self.key, mode, **kwargs)
 
+    @property
+    def _cat_kwargs(self) -> dict:
+        # s3fs asks for the size (a HEAD, and a listing when missing) before a GET unless
+        # told to read in one request: small objects (manifests) are read in one GET.
+        return {"max_concurrency": 1} if self.protocol in ("s3", "s3a") else {}
+
     def read_bytes(self) -> bytes:
         with storage_errors(self.url):
-            return self.fs.cat_file(self.key)
+            return self.fs.cat_file(self.key, **self._cat_kwargs)
+
+    def read_bytes_or_none(self) -> bytes | None:
+        """The object's bytes, or ``None`` if there is no such object (one GET)."""
+        with storage_errors(self.url):
+            try:
+                return self.fs.cat_file(self.key, **self._cat_kwargs)
+            except FileNotFoundError as e:
+                if describe_error(e, self.url) is not None:
+                    raise
+                return None
 
     def read_text(self, encoding: str = "utf-8") -> str:
         return self.read_bytes().decode(encoding)
@@ -511,7 +531,7 @@ def publish(local: Path, dest: RemotePath, temp_name: str) -> None:
     with storage_errors(str(dest)):
         fs = dest.fs
         fs.put_file(str(local), tmp.key)
-        fs.copy(tmp.key, dest.key)
+        fs.cp_file(tmp.key, dest.key)  # a server-side copy (s3: CopyObject)
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(tmp.key)
     _PUBLISHED_SHA256[dest.url] = h.hexdigest()

@@ -119,6 +119,10 @@ def _write_errors(dest: Path) -> Iterator[None]:
 
 
 def write_json(dest: str | os.PathLike, data: dict) -> None:
+    dest = as_path(dest)
+    if isinstance(dest, RemotePath):  # one PUT: an object appears whole or not at all
+        dest.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
