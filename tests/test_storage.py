@@ -228,6 +228,9 @@ def test_urls_and_local_paths():
     assert (p / "c.parquet").name == "c.parquet" and p.parent == as_path("s3://bkt/a")
     assert str(as_path("hf://datasets/org/name/data/../x")) == "hf://datasets/org/name/x"
     assert as_path("gs://b/p").protocol == "gs"
+    import pickle
+
+    assert pickle.loads(pickle.dumps(p)) == p
     from tokedit.errors import InputError
 
     with pytest.raises(InputError, match="holds a password"):
@@ -378,6 +381,10 @@ def test_two_processes_share_one_output_prefix(s3, reference):
         assert p.wait(timeout=180) == 0, p.stderr.read().decode()
     assert len(_entries(s3, "two")) == 4  # one entry object per shard, from both writers
     assert_same_as_local(s3, "two", reference["edited"], opts)
+    # Totals: those over every shard, or none when the header missed a writer's last shard.
+    ref_totals = read_manifest(reference["edited"])["totals"]
+    merged = remote_manifest(out, opts)
+    assert merged.get("totals", ref_totals) == ref_totals
 
 
 # ---------------------------------------------------------------- errors: exit 2, URL named

@@ -137,8 +137,12 @@ def _read_remote_manifest(out_dir: RemotePath, known: dict) -> dict | None:
         return None
     if path == legacy_manifest_path(out_dir) and data.get("tool") != "tokedit":
         return None
-    entries = dict(data.get("shards", {}))
-    entries.update(_remote_entries(out_dir, known))
+    snapshot = dict(data.get("shards", {}))
+    entries = {**snapshot, **_remote_entries(out_dir, known)}
+    if set(entries) - set(snapshot):
+        # Shards completed (by another process) after the header was written: its totals
+        # do not count them. Readers recompute what they need from the entries.
+        data.pop("totals", None)
     data["shards"] = dict(sorted(entries.items()))
     return data
 
@@ -299,6 +303,13 @@ class Manifest:
             current["shards"] = dict(sorted(current["shards"].items()))
             write_json(self.path, current)
             self.data = current
+
+    def refresh(self) -> None:
+        """Object stores: take in the entries other processes have written since (one
+        listing), so that totals computed from :attr:`shards` count them. Local
+        directories are re-read under the lock at every :meth:`mark_complete` already."""
+        if isinstance(self.out_dir, RemotePath):
+            self.data = read_manifest(self.out_dir, known=self.data["shards"]) or self.data
 
     def update(self, **fields: Any) -> None:
         """Set top-level fields (for example totals) under the lock."""

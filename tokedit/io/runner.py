@@ -107,7 +107,7 @@ def run_step(
             bar.update(entry_tokens(entry))
             bar.set_postfix(shard=rel, refresh=False)
 
-        return run_shards_ray(
+        counts = run_shards_ray(
             shards,
             manifest,
             step,
@@ -117,6 +117,8 @@ def run_step(
             on_info=record_info,
             progress=progress,
         )
+        manifest.refresh()  # shards other processes completed count in the totals
+        return counts
     if not all(manifest.is_complete(s.rel) for s in shards):
         record_info(step.load(tokenizer).info())
     step.on_tokens = bar.update
@@ -127,7 +129,9 @@ def run_step(
         on_entry(shard.rel, entry)
         return entry
 
-    return run_shards(shards, manifest, process)
+    counts = run_shards(shards, manifest, process)
+    manifest.refresh()  # shards other processes completed count in the totals
+    return counts
 
 
 def remove_stale_temp_files(out_dir: Path) -> int:

@@ -282,6 +282,9 @@ class RemotePath:
     def __setattr__(self, name, value):  # pragma: no cover - immutability guard
         raise AttributeError("RemotePath is immutable")
 
+    def __reduce__(self):
+        return (RemotePath, (self.url,))
+
     # -- pure path operations
     @property
     def protocol(self) -> str:
