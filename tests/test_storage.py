@@ -526,3 +526,21 @@ def test_ray_actors_read_and_write_the_bucket(s3, reference, ray_one_cpu):
     # The driver published manifest objects only: shard bytes went from actor to store.
     driver_published = [u for u in storage._PUBLISHED_SHA256 if "/.tokedit/" not in u]
     assert driver_published == []
+
+
+# ---------------------------------------------------------------- train: DATA on the bucket
+
+
+def test_train_reads_its_data_from_the_bucket(s3, reference, data, tiny_prior, tmp_path):
+    args = ["--model", str(tiny_prior), "--max-steps", "2", "--block-size", "64", "--batch-size", "2", "-q"]  # fmt: skip
+    local = invoke("train", str(data), "--out", str(tmp_path / "local"), *args)
+    assert local.returncode == 0, local.stderr
+    opts = s3.options()
+    r = invoke("train", reference["data_url"], "--out", str(tmp_path / "s3"), *args, "--storage-options", opts)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    weights = sorted(p.name for p in (tmp_path / "local").glob("*.safetensors"))
+    assert weights
+    for name in weights:  # the same documents, the same seed: the same weights
+        assert (tmp_path / "s3" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
+    refused = invoke("train", str(data), "--out", f"s3://{BUCKET}/model", *args)
+    assert refused.returncode == 2 and "must be a local directory" in refused.stderr

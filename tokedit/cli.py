@@ -578,6 +578,7 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@storage_option
 @friendly_errors
 def train(
     data_dir,
@@ -600,7 +601,10 @@ def train(
     quiet,
 ):
     """Train a causal LM on DATA (any dataset directory, edited shards included)."""
+    from tokedit.io.storage import require_local
     from tokedit.training.trainer import TrainConfig, train_model
+
+    require_local(out_dir, "--out")
 
     config = TrainConfig(
         preset=preset,
@@ -927,6 +931,7 @@ def _experiment_options(fn):
             ),
             click.option("--seed", type=int, default=0, show_default=True),
             click.option("--quiet", "-q", is_flag=True),
+            storage_option,  # DATA may be an fsspec URL; --out is a local directory
         ]
     ):
         fn = option(fn)
@@ -943,7 +948,10 @@ def _experiment_options(fn):
 @friendly_errors
 def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
     """Recursive training, a small-scale analogue of ForTIFAI's (not a reproduction): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
+    from tokedit.io.storage import require_local
     from tokedit.training.experiments import format_summary, get_preset, run_recursive
+
+    require_local(out_dir, "--out")
 
     p = get_preset(
         preset,
@@ -962,7 +970,10 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
 @friendly_errors
 def mixture(data_dir, out_dir, preset, steps, seed, quiet):
     """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): held-out ppl."""
+    from tokedit.io.storage import require_local
     from tokedit.training.experiments import format_summary, get_preset, run_mixture
+
+    require_local(out_dir, "--out")
 
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)

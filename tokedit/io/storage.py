@@ -86,6 +86,16 @@ def as_path(p: Any) -> Path | RemotePath:
     return RemotePath(s)
 
 
+def require_local(path: Any, flag: str) -> None:
+    """Refuse a URL where tokedit writes local files only (model and experiment folders)."""
+    if is_remote(path):
+        raise InputError(
+            f"{flag} {path}: this output must be a local directory (object storage is for "
+            "dataset, scores, edited and report directories)",
+            remedy=f"pass a local {flag} and copy it to the store afterwards",
+        )
+
+
 # ----------------------------------------------------------------------------- options
 
 
