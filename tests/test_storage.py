@@ -240,6 +240,8 @@ def test_urls_and_local_paths():
 def test_bad_storage_options_json_exits_2(tmp_path):
     r = invoke("report", "s3://tok/x", "--out", str(tmp_path / "r"), "--storage-options", "{no")
     assert r.returncode == 2 and "--storage-options" in r.stderr
+    r = invoke("report", "s3://tok/x", "--out", str(tmp_path / "r"), "--storage-options", '{"no_such_option": 1}')  # fmt: skip
+    assert r.returncode == 2 and "filesystem refuses the storage options" in r.stderr, r.stderr
 
 
 # ---------------------------------------------------------------- the whole flow on a bucket

@@ -168,6 +168,12 @@ def filesystem(protocol: str):
                 f"{protocol}:// URLs need a filesystem package that cannot be imported ({e})",
                 remedy="pip install 'tokedit[s3]' (s3fs) for s3://, gcsfs for gs://, huggingface_hub for hf://",
             ) from e
+        except TypeError as e:  # an option this filesystem does not take
+            raise InputError(
+                f"{protocol}:// filesystem refuses the storage options ({e})",
+                remedy="check --storage-options / $TOKEDIT_STORAGE_OPTIONS; give options per "
+                'protocol when URLs of several kinds are used: \'{"s3": {...}, "hf": {...}}\'',
+            ) from e
         except ValueError as e:  # unknown protocol
             raise InputError(
                 f"{protocol}:// is not a filesystem fsspec knows ({e})",
@@ -196,6 +202,12 @@ def describe_error(e: BaseException, url: str) -> InputError | None:
     names = {cls.__name__ for err in _chain(e) for cls in type(err).__mro__}
     text = " ".join(str(err) for err in _chain(e))
     bucket = _bucket(url)
+    if isinstance(e, TypeError) and "unexpected keyword argument" in text:
+        return InputError(
+            f"{url}: the {url.split('://', 1)[0]}:// filesystem refuses the storage options ({e})",
+            remedy="check --storage-options / $TOKEDIT_STORAGE_OPTIONS; give options per "
+            'protocol when URLs of several kinds are used: \'{"s3": {...}, "hf": {...}}\'',
+        )
     if "NoCredentialsError" in names or "Unable to locate credentials" in text:
         return InputError(
             f"{url}: no credentials found for this storage",
