@@ -546,3 +546,24 @@ def test_train_reads_its_data_from_the_bucket(s3, reference, data, tiny_prior, t
         assert (tmp_path / "s3" / name).read_bytes() == (tmp_path / "local" / name).read_bytes()
     refused = invoke("train", str(data), "--out", f"s3://{BUCKET}/model", *args)
     assert refused.returncode == 2 and "must be a local directory" in refused.stderr
+
+
+def test_entries_of_other_options_are_refused_not_mixed(s3):
+    """Two runs with different options racing into one new prefix: whichever header won,
+    the other run's entry objects carry another options tag and a reader refuses them."""
+    from tokedit.errors import OutputError
+    from tokedit.io.manifest import Manifest, entry_path
+
+    storage.set_storage_options(s3.options())
+    out = f"s3://{BUCKET}/mixed"
+    m = Manifest(out, "edit", {"seed": 0})
+    m.mark_complete("a.parquet", {"outputs": []})
+    assert read_manifest(out)["shards"] == {"a.parquet": {"outputs": []}}
+    other = {"shard": "b.parquet", "entry": {"outputs": []}, "options_tag": "0" * 16}
+    entry_path(out, "b.parquet").write_text(json.dumps(other))
+    with pytest.raises(OutputError, match="written with other options"):
+        read_manifest(out)
+    with pytest.raises(OutputError, match="written with other options"):
+        Manifest(out, "edit", {"seed": 0})
+    Manifest(out, "edit", {"seed": 0}, overwrite=True)  # --overwrite clears it
+    assert read_manifest(out)["shards"] == {}

@@ -25,7 +25,8 @@ ONE upload (a PUT is all or nothing) and never by two processes at once:
 * ``OUT/.tokedit/manifest.json``: the header (command, options, info, totals, and a snapshot
   of the shard entries its writer knew of);
 * ``OUT/.tokedit/shards/<rel, %-quoted>.json``: one completion entry per shard, written by
-  the process that completed the shard, after the shard was published.
+  the process that completed the shard, after the shard was published, tagged with a hash
+  of the options it was written with.
 
 A reader merges them: the entries of ``shards/`` are the truth about which shards are
 complete (they override the header's snapshot). Several processes (``--num-shards``
@@ -38,6 +39,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -115,18 +117,21 @@ def _parse_json(path, raw: bytes) -> dict:
         ) from e
 
 
-def read_manifest(out_dir: str | os.PathLike, *, known: dict | None = None) -> dict | None:
+def read_manifest(
+    out_dir: str | os.PathLike, *, known: dict | None = None, strict: bool = True
+) -> dict | None:
     """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none.
 
     On an object store: the header merged with the entry objects of ``.tokedit/shards/``
-    (``known``: entries this process holds already, not downloaded again)."""
+    (``known``: entries this process holds already, not downloaded again; ``strict=False``:
+    entry objects of other options are taken too, for ``--overwrite`` to delete them)."""
     if isinstance(as_path(out_dir), RemotePath):
-        return _read_remote_manifest(as_path(out_dir), known or {})
+        return _read_remote_manifest(as_path(out_dir), known or {}, strict)
     path = find_manifest(out_dir)
     return None if path is None else _read_json(path)
 
 
-def _read_remote_manifest(out_dir: RemotePath, known: dict) -> dict | None:
+def _read_remote_manifest(out_dir: RemotePath, known: dict, strict: bool = True) -> dict | None:
     data = None
     for path in (manifest_path(out_dir), legacy_manifest_path(out_dir)):
         raw = path.read_bytes_or_none()  # one GET, no HEAD and no listing before it
@@ -138,7 +143,10 @@ def _read_remote_manifest(out_dir: RemotePath, known: dict) -> dict | None:
     if path == legacy_manifest_path(out_dir) and data.get("tool") != "tokedit":
         return None
     snapshot = dict(data.get("shards", {}))
-    entries = {**snapshot, **_remote_entries(out_dir, known)}
+    entries = {
+        **snapshot,
+        **_remote_entries(out_dir, known, _options_tag(data) if strict else None),
+    }
     if set(entries) - set(snapshot):
         # Shards completed (by another process) after the header was written: its totals
         # do not count them. Readers recompute what they need from the entries.
@@ -147,9 +155,19 @@ def _read_remote_manifest(out_dir: RemotePath, known: dict) -> dict | None:
     return data
 
 
-def _remote_entries(out_dir: RemotePath, known: dict) -> dict[str, dict]:
+def _options_tag(manifest: dict) -> str:
+    """A short hash of a manifest's command and options, stored in every entry object."""
+    blob = json.dumps([manifest.get("command"), manifest.get("options")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _remote_entries(out_dir: RemotePath, known: dict, tag: str | None) -> dict[str, dict]:
     """The completion entries of ``OUT/.tokedit/shards/`` (object stores), by shard; those
-    in ``known`` are taken from there (an entry object is written once per shard)."""
+    in ``known`` are taken from there (an entry object is written once per shard).
+
+    Each entry object carries the tag of the options it was written with: an entry of other
+    options than the header's (two runs with different options raced into one new prefix,
+    and each read back its own header) is refused rather than mixed in."""
     entries = {}
     folder = out_dir / META_DIR / ENTRIES_DIR
     for name in folder.find():
@@ -160,6 +178,12 @@ def _remote_entries(out_dir: RemotePath, known: dict) -> dict[str, dict]:
             entries[rel] = known[rel]
             continue
         obj = _read_json(folder / name)
+        if tag is not None and obj.get("options_tag", tag) != tag:
+            raise OutputError(
+                f"{out_dir}: shard {obj['shard']} was written with other options than the "
+                "manifest's (two runs with different options wrote into this prefix at once)",
+                remedy="rerun with --overwrite to replace the output, or choose another --out",
+            )
         entries[obj["shard"]] = obj["entry"]
     return entries
 
@@ -203,7 +227,7 @@ class Manifest:
         with _locked(self.out_dir):
             if not isinstance(self.out_dir, RemotePath):  # see docs/storage.md
                 _migrate_legacy(self.out_dir)
-            existing = read_manifest(self.out_dir)
+            existing = read_manifest(self.out_dir, strict=not overwrite)
             if existing is None:  # a directory tokedit has never written to
                 _refuse_foreign_files(self.out_dir)
             if existing is not None and overwrite:
@@ -292,7 +316,8 @@ class Manifest:
         """Record a finished shard (after its files were renamed into place)."""
         if isinstance(self.out_dir, RemotePath):
             entry = json.loads(json.dumps(entry))
-            blob = json.dumps({"shard": shard_rel, "entry": entry}, indent=2, sort_keys=True)
+            obj = {"shard": shard_rel, "entry": entry, "options_tag": _options_tag(self.data)}
+            blob = json.dumps(obj, indent=2, sort_keys=True)
             entry_path(self.out_dir, shard_rel).write_text(blob + "\n")  # one PUT
             self.data["shards"][shard_rel] = entry
             self.data["shards"] = dict(sorted(self.data["shards"].items()))
