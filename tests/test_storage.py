@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -567,3 +568,32 @@ def test_entries_of_other_options_are_refused_not_mixed(s3):
         Manifest(out, "edit", {"seed": 0})
     Manifest(out, "edit", {"seed": 0}, overwrite=True)  # --overwrite clears it
     assert read_manifest(out)["shards"] == {}
+
+
+def test_remote_shards_are_streamed_not_downloaded_first(s3, tmp_path, monkeypatch):
+    """The first record batch of a ~19 MB compressed shard arrives after one 8 MiB block."""
+    import gzip
+
+    import tokedit.io.read as read_mod
+    from tokedit.io.read import iter_batches
+    from tokedit.io.shards import discover_shards
+
+    rows = (json.dumps({"text": os.urandom(1024).hex()}) for _ in range(16_000))
+    blob = gzip.compress(("\n".join(rows) + "\n").encode(), mtime=0)
+    s3.fs.pipe_file(f"{BUCKET}/big/part.jsonl.gz", blob)
+    storage.set_storage_options(s3.options())
+    opened = []
+
+    def recording(path):
+        f = storage.open_read(path)
+        opened.append(f)
+        return f
+
+    monkeypatch.setattr(read_mod, "open_read", recording)
+    (shard,) = discover_shards(f"s3://{BUCKET}/big")
+    batches = iter_batches(shard, batch_rows=100)
+    first = next(batches)
+    assert len(first) == 100
+    fetched = opened[0].cache.total_requested_bytes
+    assert 0 < fetched < len(blob) / 2, (fetched, len(blob))
+    assert sum(len(b) for b in batches) == 16_000 - 100
