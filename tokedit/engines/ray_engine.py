@@ -4,8 +4,9 @@ The dataset is the list of shards still to do (``ray.data.from_items``, one item
 ``map_batches`` sends them one at a time (``batch_size=1``) to a fixed pool of actors, each
 of which loads the model once and calls the SAME per-shard callable as ``--engine local``
 (for ``score``: :class:`tokedit.scoring.run.ShardScorer`). That callable reads the shard,
-writes its output with tokedit's own writers and paths (temp file, fsync, rename) and returns
-the shard's manifest entry. Ray Data never writes a file: the driver iterates over the
+writes its output with tokedit's own writers and paths (temp file, fsync, rename; on an object
+store, upload to a temporary key and copy: the actor reads and writes the store itself, the
+driver never moves shard bytes) and returns the shard's manifest entry. Ray Data never writes a file: the driver iterates over the
 results as they arrive and records each entry in the manifest, so the output layout, the
 manifest, resume after a crash and the refusal of other options are those of the local
 engine, and the output bytes are identical.
