@@ -597,3 +597,36 @@ def test_remote_shards_are_streamed_not_downloaded_first(s3, tmp_path, monkeypat
     fetched = opened[0].cache.total_requested_bytes
     assert 0 < fetched < len(blob) / 2, (fetched, len(blob))
     assert sum(len(b) for b in batches) == 16_000 - 100
+
+
+def test_every_input_format_reads_the_same_from_the_bucket(s3, data, tmp_path):
+    """parquet, jsonl, jsonl.gz, jsonl.zst (the corpus) and a save_to_disk folder, beside a
+    hidden folder and an underscore folder that are skipped, as on disk."""
+    import shutil
+
+    from datasets import Dataset
+
+    from tokedit.io.read import iter_batches
+    from tokedit.io.shards import discover_shards
+
+    local = tmp_path / "formats"
+    shutil.copytree(data, local)
+    rows = [{"id": f"h{i}", "text": f"document {i}"} for i in range(10)]
+    Dataset.from_list(rows).save_to_disk(str(local / "hf"), num_shards=2)
+    (local / ".cache").mkdir()
+    (local / ".cache" / "x.parquet").write_bytes(b"not data")
+    (local / "_tmp").mkdir()
+    (local / "_tmp" / "y.jsonl").write_text("{}\n")
+    storage.set_storage_options(s3.options())
+    url = s3.upload(local, "formats")
+
+    def content(root):
+        shards = discover_shards(root)
+        return [
+            (s.rel, s.fmt, [b.column("text") for b in iter_batches(s, batch_rows=7)])
+            for s in shards
+        ]
+
+    here, there = content(local), content(url)
+    assert {fmt for _, fmt, _ in here} == {"parquet", "jsonl", "jsonl.gz", "jsonl.zst", "arrow"}
+    assert there == here
