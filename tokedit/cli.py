@@ -58,6 +58,29 @@ def collect(name: str, factory, keys: tuple[str, ...]):
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 
 
+def _set_storage_options(ctx, param, value):
+    if value is not None:
+        from tokedit.errors import InputError
+        from tokedit.io.storage import set_storage_options
+
+        try:
+            set_storage_options(value)
+        except InputError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+storage_option = click.option(
+    "--storage-options",
+    default=None,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_storage_options,
+    metavar="JSON",
+    help='Options of the fsspec filesystem of s3:// gs:// hf:// directories, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the filesystem\'s environment variables). Never recorded. See docs/storage.md.',
+)
+
+
 def input_options(*, from_scores: bool = False, ids: bool = True):
     """``--text-column`` / ``--id-column`` of every command that reads a dataset directory;
     ``from_scores``: ``edit``, whose defaults are the columns the scores were made with."""
@@ -142,6 +165,7 @@ run_options = options(
         help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to Ray Data).",
     ),
     quiet_option,
+    storage_option,
     collect("run", RunArgs, tuple(f.name for f in fields(RunArgs))),
 )
 
@@ -577,6 +601,7 @@ def edit(input_dir, out_dir, scores_dir, model, preset, ps, strategy, top_k, top
 )
 @click.option("--seed", type=int, default=0, show_default=True)
 @quiet_option
+@storage_option
 @friendly_errors
 def train(
     data_dir,
@@ -599,7 +624,10 @@ def train(
     quiet,
 ):
     """Train a causal LM on DATA (any dataset directory, edited shards included)."""
+    from tokedit.io.storage import require_local
     from tokedit.training.trainer import TrainConfig, train_model
+
+    require_local(out_dir, "--out")
 
     config = TrainConfig(
         preset=preset,
@@ -834,6 +862,7 @@ def demo(out_dir, prior, train_seconds, quiet):
     help="Edit preview: --drop-below.",
 )
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@storage_option
 @friendly_errors
 def report(
     dirs,
@@ -923,6 +952,7 @@ def _experiment_options(fn):
             ),
             click.option("--seed", type=int, default=0, show_default=True),
             quiet_option,
+            storage_option,  # DATA may be an fsspec URL; --out is a local directory
         ]
     ):
         fn = option(fn)
@@ -942,6 +972,7 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
     from tokedit.experiments.presets import get_preset
     from tokedit.experiments.recursive import run_recursive
     from tokedit.experiments.report import format_summary
+    from tokedit.io.storage import require_local
 
     p = get_preset(
         preset,
@@ -949,6 +980,7 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
         generations=generations,
         gammas=tuple(float(g) for g in gammas.split(",")) if gammas else None,
     )
+    require_local(out_dir, "--out")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_recursive(data_dir, out_dir, p, seed=seed, with_toedit=not no_toedit, log=log)
     click.echo(format_summary(result))
@@ -963,7 +995,9 @@ def mixture(data_dir, out_dir, preset, steps, seed, quiet):
     from tokedit.experiments.mixture import run_mixture
     from tokedit.experiments.presets import get_preset
     from tokedit.experiments.report import format_summary
+    from tokedit.io.storage import require_local
 
+    require_local(out_dir, "--out")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)
     click.echo(format_summary(result))

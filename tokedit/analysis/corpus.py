@@ -29,6 +29,7 @@ from tokedit.io.manifest import read_manifest
 from tokedit.io.read import STATUS_OK, RowBatch, iter_batches, to_documents
 from tokedit.io.scores_dir import READ_FOR_REPORT
 from tokedit.io.shards import Shard, discover_shards
+from tokedit.io.storage import arrow_source, as_path
 
 KIND_DATASET, KIND_SCORES, KIND_EDITED = "dataset", "scores", "edited"
 DEFAULT_BATCH_ROWS = 1024
@@ -57,7 +58,7 @@ def open_corpus(path: str | os.PathLike, label: str, text_column: str = "text") 
     An edited directory of a threshold sweep (``EDITED/p=0.99``) has its manifest one level
     up, in ``EDITED``; the sweep root itself holds one dataset per threshold and is refused.
     """
-    path = Path(path)
+    path = as_path(path)
     manifest = read_manifest(path) if path.is_dir() else None
     edit_p = None
     if manifest is None and parse_p_dir(path.name) is not None and path.parent.is_dir():
@@ -88,13 +89,13 @@ def open_corpus(path: str | os.PathLike, label: str, text_column: str = "text") 
 def _looks_like_scores(shard: Shard) -> bool:
     if shard.fmt != "parquet":
         return False
-    names = set(pq.read_schema(shard.path).names)
+    names = set(pq.read_schema(arrow_source(shard.path)).names)
     return {"token_ids", "logprob"} <= names and "text" not in names
 
 
 def count_rows(shard: Shard) -> int:
     if shard.fmt == "parquet":
-        return pq.ParquetFile(shard.path).metadata.num_rows
+        return pq.ParquetFile(arrow_source(shard.path)).metadata.num_rows
     return sum(len(b) for b in iter_batches(shard, 8192))
 
 

@@ -27,6 +27,7 @@ from tokedit.editor.rules import (
     resolve_preset,
     rule_weights,
 )
+from tokedit.io.storage import arrow_source, as_path
 
 COLUMNS = ["token_ids", "logprob", "topk_ids", "topk_logprobs"]
 
@@ -147,10 +148,12 @@ def preview_scores_dir(
 ) -> dict:
     """:class:`EditPreview` over every shard of a scores directory."""
     preview = EditPreview(settings, banned)
-    for path in sorted(Path(scores_dir).rglob("*.parquet")):
+    for path in sorted(as_path(scores_dir).rglob("*.parquet")):
         if any(part.startswith(".") for part in path.relative_to(scores_dir).parts):
             continue
-        for batch in pq.ParquetFile(path).iter_batches(columns=COLUMNS, batch_size=1024):
+        for batch in pq.ParquetFile(arrow_source(path)).iter_batches(
+            columns=COLUMNS, batch_size=1024
+        ):
             preview.add(pa.Table.from_batches([batch]))
     return {"stored_k": preview.stored_k, "settings": preview.summary()}
 

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tokedit.io.storage import arrow_source, as_path
+
 THRESHOLDS = (0.9, 0.99, 0.999)
 COARSE_BINS = 10  # the ToEdit paper's table: [0, .1), [.1, .2), ..., [.9, 1]
 FINE_BINS = 100
@@ -97,8 +99,10 @@ def accumulate_scores_dir(scores_dir: Path) -> ProbabilityAccumulator:
     import pyarrow.parquet as pq
 
     acc = ProbabilityAccumulator()
-    for path in sorted(Path(scores_dir).rglob("*.parquet")):
-        lp = pc.list_flatten(pq.read_table(path, columns=["logprob"]).column("logprob")).drop_null()
+    for path in sorted(as_path(scores_dir).rglob("*.parquet")):
+        lp = pc.list_flatten(
+            pq.read_table(arrow_source(path), columns=["logprob"]).column("logprob")
+        ).drop_null()
         acc.add(lp.to_numpy())
     return acc
 

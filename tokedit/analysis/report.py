@@ -34,7 +34,8 @@ from tokedit.analysis.tokenview import DEFAULT_EXAMPLE_CHARS, DEFAULT_EXAMPLES, 
 from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
-from tokedit.io.write import write_json
+from tokedit.io.storage import RemotePath, as_path
+from tokedit.io.write import upload_tree, write_json
 
 DIVERGENCE_N = (1, 2)
 
@@ -88,7 +89,7 @@ def model_of(source: CorpusSource) -> tuple[str, str | None] | None:
         return str(opts["model"]), opts.get("revision")
     scores = opts.get("scores")
     if scores:
-        m = read_manifest(scores) if Path(scores).is_dir() else None
+        m = read_manifest(scores) if as_path(scores).is_dir() else None
         if m and (m.get("options") or {}).get("model"):
             return str(m["options"]["model"]), m["options"].get("revision")
     return None
@@ -172,7 +173,7 @@ def _labels(dirs: list[str], labels: list[str] | None) -> list[str]:
         return list(labels)
     out: list[str] = []
     for d in dirs:
-        base = Path(d).resolve().name or str(d)
+        base = as_path(d).resolve().name or str(d)
         name, i = base, 2
         while name in out:
             name, i = f"{base}-{i}", i + 1
@@ -317,7 +318,7 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
     ]
     ref_index = 0
     if options.reference is not None:
-        ref_path = Path(options.reference).resolve()
+        ref_path = as_path(options.reference).resolve()
         matches = [i for i, s in enumerate(sources) if s.path.resolve() == ref_path]
         if matches:
             ref_index = matches[0]
@@ -411,7 +412,14 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
     """Write ``report.json``, ``plots/*.png`` and ``report.html`` into ``out_dir``."""
     from tokedit.analysis.html import render_html
 
-    out = Path(out_dir)
+    out = as_path(out_dir)
+    if isinstance(out, RemotePath):  # rendered locally, then each file published
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="tokedit-report-") as local:
+            write_report(report, local)
+            upload_tree(Path(local), out)
+        return {"json": str(out / "report.json"), "html": str(out / "report.html")}
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "report.json", report)
     html = render_html(report, out)
@@ -427,7 +435,7 @@ def run_report(
 
 
 def load_report(out_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(out_dir) / "report.json").read_text())
+    return json.loads((as_path(out_dir) / "report.json").read_text())
 
 
 def format_report_summary(result: dict) -> str:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+
+from tokedit.io.storage import arrow_source, as_path
 
 DEFAULT_EXAMPLES = 3
 DEFAULT_EXAMPLE_CHARS = 1500
@@ -244,7 +245,7 @@ def read_rows(shard, rows: Sequence[int], columns: Sequence[str]) -> dict[int, d
         return {}
     out: dict[int, dict] = {}
     if shard.fmt == "parquet":
-        pf = pq.ParquetFile(shard.path)
+        pf = pq.ParquetFile(arrow_source(shard.path))
         cols = [c for c in columns if c in pf.schema_arrow.names]
         first = 0
         for g in range(pf.metadata.num_row_groups):
@@ -272,7 +273,7 @@ def read_rows(shard, rows: Sequence[int], columns: Sequence[str]) -> dict[int, d
 def _column_values(shard, columns: Sequence[str]) -> dict[str, list]:
     """Whole columns of one shard (parquet: only those columns are read)."""
     if shard.fmt == "parquet":
-        pf = pq.ParquetFile(shard.path)
+        pf = pq.ParquetFile(arrow_source(shard.path))
         cols = [c for c in columns if c in pf.schema_arrow.names]
         table = pf.read(columns=cols)
         return {c: table.column(c).to_pylist() for c in cols}
@@ -290,7 +291,7 @@ def _input_shards(manifest: dict | None) -> dict[str, object]:
     from tokedit.io.shards import discover_shards
 
     path = ((manifest or {}).get("info") or {}).get("input")
-    if not path or not Path(path).is_dir():
+    if not path or not as_path(path).is_dir():
         return {}
     try:
         return {s.rel: s for s in discover_shards(path)}
@@ -413,7 +414,7 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
     chosen = _global_choice(source, n, counted, lambda cols, i: True)
     inputs = _input_shards(source.manifest)
     scores_dir = ((source.manifest or {}).get("info") or {}).get("scores")
-    scores_dir = Path(scores_dir) if scores_dir and Path(scores_dir).is_dir() else None
+    scores_dir = as_path(scores_dir) if scores_dir and as_path(scores_dir).is_dir() else None
     renderer = None
     tok = tokenizer()
     if tok is not None:

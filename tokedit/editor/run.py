@@ -34,6 +34,7 @@ from tokedit.io.read import (
 )
 from tokedit.io.scores_dir import load_scores_manifest, scores_fingerprint
 from tokedit.io.shards import discover_shards
+from tokedit.io.storage import as_path
 from tokedit.scoring.run import check_unique_outputs
 from tokedit.scoring.scorer import (
     ScoreOptions,
@@ -123,7 +124,7 @@ def edit_dataset(
         )
     if batch_rows < 1:
         raise InputError(f"--batch-rows {batch_rows} must be >= 1", remedy="e.g. --batch-rows 512")
-    input_path, out_path = Path(input_dir), Path(out_dir)
+    input_path, out_path = as_path(input_dir), as_path(out_dir)
     ps = parse_ps(options.ps)
     options = replace(options, ps=ps)
     check_output_format(options.output_format)
@@ -131,7 +132,7 @@ def edit_dataset(
     all_shards = discover_shards(input_path)
     check_unique_outputs(all_shards, lambda s: shard_output_rel(s, options.output_format))
     shards = discover_shards(input_path, num_shards=num_shards, shard_index=shard_index)
-    _check_out_dir(out_path, input_path, Path(scores_dir) if scores_dir else None)
+    _check_out_dir(out_path, input_path, as_path(scores_dir) if scores_dir else None)
 
     if scores_dir is not None:
         if model_options is not None and model_options.backend != "hf":
@@ -139,7 +140,7 @@ def edit_dataset(
                 f"--backend {model_options.backend} scores with --model; with --scores nothing is scored",
                 remedy="leave --backend out, or pass --model instead of --scores",
             )
-        scores_path = Path(scores_dir)
+        scores_path = as_path(scores_dir)
         smanifest = load_scores_manifest(scores_path, input_path, all_shards, ps)
         sopts = smanifest["options"]
         for flag, given, stored in (

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pyarrow as pa
 
@@ -31,6 +30,7 @@ from tokedit.io.edited_dir import (
 )
 from tokedit.io.read import iter_batches, to_documents
 from tokedit.io.shards import Shard
+from tokedit.io.storage import as_path
 from tokedit.io.write import file_sha256
 from tokedit.scoring.run import load_backend
 from tokedit.scoring.scorer import ScoreOptions, bos_prepended
@@ -121,7 +121,7 @@ class ShardEditor(ShardStep):
         rule, seed, p_min = self.options.rule, self.options.seed, min(self.ps)
         if self.scores_dir is not None:
             source = ScoresSource(
-                Path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
+                as_path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
             )
         else:
             from tokedit.scoring.scorer import Scorer
@@ -152,7 +152,7 @@ class ShardEditor(ShardStep):
 
     def __call__(self, shard: Shard) -> dict:
         self.load()
-        out_root = Path(self.out_dir)
+        out_root = as_path(self.out_dir)
         out_fmt = output_format_of(shard, self.options.output_format)
         # JSON lines to parquet: the column types of the whole shard, read once beforehand
         # (one batch's inferred types would not hold for the next).

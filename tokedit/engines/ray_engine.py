@@ -4,8 +4,9 @@ The dataset is the list of shards still to do (``ray.data.from_items``, one item
 ``map_batches`` sends them one at a time (``batch_size=1``) to a fixed pool of actors, each
 of which loads the model once and calls the SAME per-shard callable as ``--engine local``
 (for ``score``: :class:`tokedit.scoring.run.ShardScorer`). That callable reads the shard,
-writes its output with tokedit's own writers and paths (temp file, fsync, rename) and returns
-the shard's manifest entry. Ray Data never writes a file: the driver iterates over the
+writes its output with tokedit's own writers and paths (temp file, fsync, rename; on an object
+store, upload to a temporary key and copy: the actor reads and writes the store itself, the
+driver never moves shard bytes) and returns the shard's manifest entry. Ray Data never writes a file: the driver iterates over the
 results as they arrive and records each entry in the manifest, so the output layout, the
 manifest, resume after a crash and the refusal of other options are those of the local
 engine, and the output bytes are identical.
@@ -28,12 +29,12 @@ import os
 import socket
 import sys
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 from tokedit.errors import InputError, OutputError, TokeditError
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
+from tokedit.io.storage import ENV_OPTIONS, as_path, set_storage_options
 from tokedit.io.write import remove_stale_temp_files
 
 INSTALL_HINT = "pip install 'tokedit[ray]'   (installs ray[data])"
@@ -152,6 +153,9 @@ class _ShardActorBase:
     fn: Callable[[Shard], dict]
     threads: int | None = None  # torch intra-op threads (CPU pools), set once per actor
     _threads_set = False
+    # The driver's storage options (--storage-options) for s3:// ... outputs and inputs: the
+    # actors read their shards from and write them to the store themselves.
+    storage_env: str | None = None
 
     def __call__(self, batch: dict) -> dict:
         if self.threads and not self._threads_set:
@@ -159,9 +163,11 @@ class _ShardActorBase:
 
             torch.set_num_threads(self.threads)
             self._threads_set = True
+        if self.storage_env and os.environ.get(ENV_OPTIONS) != self.storage_env:
+            set_storage_options(self.storage_env)
         out: dict[str, list] = {"rel": [], "entry": [], "error": [], "info": []}
         for root, rel, fmt in zip(batch["root"], batch["rel"], batch["fmt"], strict=True):
-            shard = Shard(Path(str(root)), str(rel), str(fmt))
+            shard = Shard(as_path(str(root)), str(rel), str(fmt))
             entry, error, info = {}, "", {}
             try:
                 entry = self.fn(shard)
@@ -181,7 +187,8 @@ class _ShardActorBase:
 def _actor_class(fn: Callable[[Shard], dict], threads: int | None) -> type:
     # The callable travels inside the (pickled) class rather than as a constructor argument,
     # so Ray keeps no constructor arguments in the object store for actor restarts.
-    return type("ShardActor", (_ShardActorBase,), {"fn": fn, "threads": threads})
+    attrs = {"fn": fn, "threads": threads, "storage_env": os.environ.get(ENV_OPTIONS)}
+    return type("ShardActor", (_ShardActorBase,), attrs)
 
 
 def _local_threads() -> int:

@@ -96,6 +96,7 @@ def run_step(
             on_info=record_info,
             progress=progress,
         )
+        manifest.refresh()  # shards other processes completed count in the totals
         return counts, run_stats
     if not all(manifest.is_complete(s.rel) for s in shards):
         record_info(step.load(tokenizer).info())
@@ -107,7 +108,9 @@ def run_step(
         run_stats.add(step.entry_stats(entry))
         return entry
 
-    return run_shards(shards, manifest, process), run_stats
+    counts = run_shards(shards, manifest, process)
+    manifest.refresh()  # shards other processes completed count in the totals
+    return counts, run_stats
 
 
 def token_bar(desc: str, enabled: bool = True):

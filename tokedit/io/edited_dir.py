@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 from tokedit.errors import InputError, first_few
 from tokedit.io.read import STATUS_EMPTY, STATUS_OK, Documents, RowBatch, iter_batches
 from tokedit.io.shards import Shard
+from tokedit.io.storage import arrow_source, open_arrow_stream_input
 from tokedit.io.write import (
     ArrowStreamShardWriter,
     JsonlShardWriter,
@@ -198,9 +199,9 @@ def empty_batch(shard: Shard, table_schema: pa.Schema | None = None) -> RowBatch
     if table_schema is not None:  # JSON lines written as parquet
         schema = table_schema
     elif shard.fmt == "parquet":
-        schema = pq.read_schema(shard.path)
+        schema = pq.read_schema(arrow_source(shard.path))
     else:
-        with pa.memory_map(str(shard.path)) as source:
+        with open_arrow_stream_input(shard.path) as source:
             schema = pa.ipc.open_stream(source).schema
     return RowBatch(shard, 0, table=schema.empty_table())
 

@@ -17,35 +17,60 @@ Directories written before this layout have ``OUT/manifest.json``. Readers (``ed
 writes into such a directory (a resume) first moves it to ``OUT/.tokedit/manifest.json``
 (written there, then the old file removed, under the lock), so the directory becomes
 loadable. :func:`find_manifest` is the one place that knows where a manifest is.
+
+On an object store (an ``s3://``... output, see :mod:`tokedit.io.storage`) there is no
+``fcntl`` lock and no rename, so the manifest is split in objects that are each written by
+ONE upload (a PUT is all or nothing) and never by two processes at once:
+
+* ``OUT/.tokedit/manifest.json``: the header (command, options, info, totals, and a snapshot
+  of the shard entries its writer knew of);
+* ``OUT/.tokedit/shards/<rel, %-quoted>.json``: one completion entry per shard, written by
+  the process that completed the shard, after the shard was published, tagged with a hash
+  of the options it was written with.
+
+A reader merges them: the entries of ``shards/`` are the truth about which shards are
+complete (they override the header's snapshot). Several processes (``--num-shards``
+tasks, the Ray driver) therefore share one output prefix without a lock: each writes only
+the entries of its own shards. A process that creates the header reads it back and refuses
+to go on if a concurrent process created it with other options.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from tokedit import __version__
 from tokedit.errors import OutputError
+from tokedit.io.storage import RemotePath, as_path
 from tokedit.io.write import write_json
 
 META_DIR = ".tokedit"
 MANIFEST_NAME = "manifest.json"
 LOCK_NAME = "manifest.lock"
+ENTRIES_DIR = "shards"  # object stores: one entry object per complete shard
 _LEGACY_LOCK_NAME = ".manifest.lock"
 
 
 def manifest_path(out_dir: str | os.PathLike) -> Path:
     """Where tokedit writes the manifest of ``out_dir``: ``out_dir/.tokedit/manifest.json``."""
-    return Path(out_dir) / META_DIR / MANIFEST_NAME
+    return as_path(out_dir) / META_DIR / MANIFEST_NAME
+
+
+def entry_path(out_dir, shard_rel: str) -> RemotePath:
+    """Object stores: the completion entry of one shard, ``OUT/.tokedit/shards/<rel>.json``."""
+    return as_path(out_dir) / META_DIR / ENTRIES_DIR / (quote(shard_rel, safe="") + ".json")
 
 
 def legacy_manifest_path(out_dir: str | os.PathLike) -> Path:
     """Where tokedit wrote manifests before ``.tokedit/``: ``out_dir/manifest.json``."""
-    return Path(out_dir) / MANIFEST_NAME
+    return as_path(out_dir) / MANIFEST_NAME
 
 
 def find_manifest(out_dir: str | os.PathLike) -> Path | None:
@@ -59,6 +84,9 @@ def find_manifest(out_dir: str | os.PathLike) -> Path | None:
 
 @contextlib.contextmanager
 def _locked(out_dir: Path):
+    if isinstance(out_dir, RemotePath):  # no lock on object stores: see the module docstring
+        yield
+        return
     try:
         (out_dir / META_DIR).mkdir(parents=True, exist_ok=True)
         lock = open(out_dir / META_DIR / LOCK_NAME, "w")
@@ -76,19 +104,88 @@ def _locked(out_dir: Path):
 
 
 def _read_json(path: Path) -> dict:
+    return _parse_json(path, path.read_bytes())
+
+
+def _parse_json(path, raw: bytes) -> dict:
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
+        return json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OutputError(
             f"{path}: corrupt manifest ({e})",
             remedy="delete the output directory, or rerun with --overwrite",
         ) from e
 
 
-def read_manifest(out_dir: str | os.PathLike) -> dict | None:
-    """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none."""
+def read_manifest(
+    out_dir: str | os.PathLike, *, known: dict | None = None, strict: bool = True
+) -> dict | None:
+    """The manifest of ``out_dir`` (see :func:`find_manifest`), or ``None`` if it has none.
+
+    On an object store: the header merged with the entry objects of ``.tokedit/shards/``
+    (``known``: entries this process holds already, not downloaded again; ``strict=False``:
+    entry objects of other options are taken too, for ``--overwrite`` to delete them)."""
+    if isinstance(as_path(out_dir), RemotePath):
+        return _read_remote_manifest(as_path(out_dir), known or {}, strict)
     path = find_manifest(out_dir)
     return None if path is None else _read_json(path)
+
+
+def _read_remote_manifest(out_dir: RemotePath, known: dict, strict: bool = True) -> dict | None:
+    data = None
+    for path in (manifest_path(out_dir), legacy_manifest_path(out_dir)):
+        raw = path.read_bytes_or_none()  # one GET, no HEAD and no listing before it
+        if raw is not None:
+            data = _parse_json(path, raw)
+            break
+    if data is None:
+        return None
+    if path == legacy_manifest_path(out_dir) and data.get("tool") != "tokedit":
+        return None
+    snapshot = dict(data.get("shards", {}))
+    entries = {
+        **snapshot,
+        **_remote_entries(out_dir, known, _options_tag(data) if strict else None),
+    }
+    if set(entries) - set(snapshot):
+        # Shards completed (by another process) after the header was written: its totals
+        # do not count them. Readers recompute what they need from the entries.
+        data.pop("totals", None)
+    data["shards"] = dict(sorted(entries.items()))
+    return data
+
+
+def _options_tag(manifest: dict) -> str:
+    """A short hash of a manifest's command and options, stored in every entry object."""
+    blob = json.dumps([manifest.get("command"), manifest.get("options")], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _remote_entries(out_dir: RemotePath, known: dict, tag: str | None) -> dict[str, dict]:
+    """The completion entries of ``OUT/.tokedit/shards/`` (object stores), by shard; those
+    in ``known`` are taken from there (an entry object is written once per shard).
+
+    Each entry object carries the tag of the options it was written with: an entry of other
+    options than the header's (two runs with different options raced into one new prefix,
+    and each read back its own header) is refused rather than mixed in."""
+    entries = {}
+    folder = out_dir / META_DIR / ENTRIES_DIR
+    for name in folder.find():
+        if "/" in name or not name.endswith(".json"):
+            continue
+        rel = unquote(name[: -len(".json")])
+        if rel in known:
+            entries[rel] = known[rel]
+            continue
+        obj = _read_json(folder / name)
+        if tag is not None and obj.get("options_tag", tag) != tag:
+            raise OutputError(
+                f"{out_dir}: shard {obj['shard']} was written with other options than the "
+                "manifest's (two runs with different options wrote into this prefix at once)",
+                remedy="rerun with --overwrite to replace the output, or choose another --out",
+            )
+        entries[obj["shard"]] = obj["entry"]
+    return entries
 
 
 def _migrate_legacy(out_dir: Path) -> None:
@@ -123,13 +220,14 @@ class Manifest:
         info: dict[str, Any] | None = None,
         overwrite: bool = False,
     ):
-        self.out_dir = Path(out_dir)
+        self.out_dir = as_path(out_dir)
         self.path = manifest_path(self.out_dir)
         self.command = command
         self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
         with _locked(self.out_dir):
-            _migrate_legacy(self.out_dir)
-            existing = read_manifest(self.out_dir)
+            if not isinstance(self.out_dir, RemotePath):  # see docs/storage.md
+                _migrate_legacy(self.out_dir)
+            existing = read_manifest(self.out_dir, strict=not overwrite)
             if existing is None:  # a directory tokedit has never written to
                 _refuse_foreign_files(self.out_dir)
             if existing is not None and overwrite:
@@ -153,6 +251,13 @@ class Manifest:
                     "shards": {},
                 }
                 write_json(self.path, self.data)
+                if isinstance(self.out_dir, RemotePath):
+                    # No lock: a concurrent process may have created the header at the same
+                    # time. The last upload wins; both read it back, and the loser of a race
+                    # between other options refuses here.
+                    theirs = read_manifest(self.out_dir)
+                    if theirs is not None:
+                        self._check_compatible(theirs)
 
     def _check_compatible(self, existing: dict) -> None:
         if existing.get("command") != self.command:
@@ -176,6 +281,15 @@ class Manifest:
     def _remove_outputs(self, existing: dict) -> None:
         """Delete what the earlier run wrote: its outputs, then the directories (``p=…/``,
         sub-directories of shards) that they leave empty, then its manifest."""
+        if isinstance(self.out_dir, RemotePath):
+            for entry in existing.get("shards", {}).values():
+                for rel in entry.get("outputs", []):
+                    (self.out_dir / rel).unlink(missing_ok=True)
+            for rel in (self.out_dir / META_DIR / ENTRIES_DIR).find():
+                (self.out_dir / META_DIR / ENTRIES_DIR / rel).unlink(missing_ok=True)
+            self.path.unlink(missing_ok=True)
+            legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
+            return
         out = self.out_dir.resolve()
         for entry in existing.get("shards", {}).values():
             for rel in entry.get("outputs", []):
@@ -200,6 +314,14 @@ class Manifest:
 
     def mark_complete(self, shard_rel: str, entry: dict[str, Any]) -> None:
         """Record a finished shard (after its files were renamed into place)."""
+        if isinstance(self.out_dir, RemotePath):
+            entry = json.loads(json.dumps(entry))
+            obj = {"shard": shard_rel, "entry": entry, "options_tag": _options_tag(self.data)}
+            blob = json.dumps(obj, indent=2, sort_keys=True)
+            entry_path(self.out_dir, shard_rel).write_text(blob + "\n")  # one PUT
+            self.data["shards"][shard_rel] = entry
+            self.data["shards"] = dict(sorted(self.data["shards"].items()))
+            return
         with _locked(self.out_dir):
             current = read_manifest(self.out_dir) or self.data
             current["shards"][shard_rel] = json.loads(json.dumps(entry))
@@ -207,10 +329,17 @@ class Manifest:
             write_json(self.path, current)
             self.data = current
 
+    def refresh(self) -> None:
+        """Object stores: take in the entries other processes have written since (one
+        listing), so that totals computed from :attr:`shards` count them. Local
+        directories are re-read under the lock at every :meth:`mark_complete` already."""
+        if isinstance(self.out_dir, RemotePath):
+            self.data = read_manifest(self.out_dir, known=self.data["shards"]) or self.data
+
     def update(self, **fields: Any) -> None:
         """Set top-level fields (for example totals) under the lock."""
         with _locked(self.out_dir):
-            current = read_manifest(self.out_dir) or self.data
+            current = read_manifest(self.out_dir, known=self.data["shards"]) or self.data
             current.update(json.loads(json.dumps(fields)))
             write_json(self.path, current)
             self.data = current
@@ -223,7 +352,7 @@ class Manifest:
 def _refuse_foreign_files(out_dir: Path) -> None:
     """A new output must not mix with files tokedit did not write: refuse a directory that
     holds visible entries but no manifest (hidden ones, such as ``.tokedit/``, are ignored)."""
-    if not out_dir.is_dir():
+    if not isinstance(out_dir, RemotePath) and not out_dir.is_dir():
         return
     foreign = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
     if foreign:

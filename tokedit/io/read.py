@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from tokedit.errors import InputError
 from tokedit.io.shards import Shard, discover_shards
+from tokedit.io.storage import arrow_source, open_arrow_stream_input, open_read
 
 DEFAULT_BATCH_ROWS = 512
 
@@ -108,7 +109,7 @@ def iter_batches(shard: Shard, batch_rows: int = DEFAULT_BATCH_ROWS) -> Iterator
 
 def _parquet_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
     try:
-        pf = pq.ParquetFile(shard.path)
+        pf = pq.ParquetFile(arrow_source(shard.path))
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(
             f"{shard.path}: not a readable parquet file ({e})",
@@ -133,7 +134,7 @@ def _parquet_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
 def _arrow_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
     # datasets' save_to_disk writes Arrow IPC *stream* files; memory-map and slice them.
     try:
-        with pa.memory_map(str(shard.path)) as source:
+        with open_arrow_stream_input(shard.path) as source:
             reader = pa.ipc.open_stream(source)
             start = 0
             pending: list[pa.RecordBatch] = []
@@ -158,7 +159,7 @@ def _arrow_batches(shard: Shard, batch_rows: int) -> Iterator[RowBatch]:
 
 def _open_text_stream(shard: Shard) -> io.BufferedIOBase:
     try:
-        raw = open(shard.path, "rb")
+        raw = open_read(shard.path)
     except FileNotFoundError as e:  # a dangling symlink, or a file removed since discovery
         raise InputError(
             f"{shard.path}: cannot open ({e.strerror}{'; it is a broken symlink' if shard.path.is_symlink() else ''})",

@@ -21,6 +21,7 @@ from tokedit.io.edited_dir import p_label
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, STATUS_OK, Documents, RowBatch
 from tokedit.io.shards import Shard
+from tokedit.io.storage import arrow_source
 
 # Column order and types of a scores shard (a contract: see README "Scores directory").
 SCORES_SCHEMA = pa.schema(
@@ -115,7 +116,7 @@ class AlignedScores:
     def __init__(self, path: Path, expected_rows: int | None):
         self.path = path
         try:
-            self.file = pq.ParquetFile(path)
+            self.file = pq.ParquetFile(arrow_source(path))
         except (OSError, pa.ArrowInvalid) as e:
             raise InputError(f"{path}: cannot read the scores ({e})", remedy=RESCORE_REMEDY) from e
         names = set(self.file.schema_arrow.names)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from tokedit.errors import InputError, first_few
 from tokedit.io.manifest import MANIFEST_NAME
+from tokedit.io.storage import RemotePath, as_path
 
 # Longest suffix first: ".jsonl.gz" must win over ".gz".
 FORMATS = {
@@ -31,9 +32,10 @@ IGNORED_NAMES = {MANIFEST_NAME, "README.md", "README", ".gitattributes", "LICENS
 
 @dataclass(frozen=True)
 class Shard:
-    """One input file. ``rel`` is its POSIX path relative to the dataset root."""
+    """One input file. ``rel`` is its POSIX path relative to the dataset root (a local
+    :class:`Path` or a :class:`~tokedit.io.storage.RemotePath`)."""
 
-    root: Path
+    root: Path | RemotePath
     rel: str
     fmt: str
 
@@ -81,7 +83,9 @@ def discover_shards(
     Raises :class:`InputError` for a missing directory, an empty one, or a file of unknown type
     (naming it), so that nothing in the directory is silently left out.
     """
-    root = Path(root)
+    root = as_path(root)
+    if isinstance(root, RemotePath):
+        return _select(_discover_remote(root), num_shards, shard_index)
     if root.is_file() and shard_format(root.name):
         return _select(
             [Shard(root.parent, root.name, shard_format(root.name))], num_shards, shard_index
@@ -118,6 +122,10 @@ def discover_shards(
                 unknown.append(rel)
             else:
                 shards.append(Shard(root, rel, fmt))
+    return _select(_checked(root, shards, unknown), num_shards, shard_index)
+
+
+def _checked(root, shards: list[Shard], unknown: list[str]) -> list[Shard]:
     if unknown:
         raise InputError(
             f"{root}: {len(unknown)} file(s) of unknown type: {first_few(unknown)}",
@@ -129,7 +137,58 @@ def discover_shards(
             remedy="the directory must hold .parquet/.jsonl[.gz|.zst] files or a datasets save_to_disk folder",
         )
     shards.sort(key=lambda s: s.rel)
-    return _select(shards, num_shards, shard_index)
+    return shards
+
+
+def _discover_remote(root: RemotePath) -> list[Shard]:
+    """:func:`discover_shards` on an object store: one listing of the prefix, the same rules
+    as on disk (hidden and ``_`` directories skipped, ``save_to_disk`` folders recognised)."""
+    keys = root.find()
+    if not keys:
+        if root.is_file() and shard_format(root.name):
+            return [Shard(root.parent, root.name, shard_format(root.name))]
+        raise InputError(
+            f"{root}: no such dataset directory (nothing under this prefix)",
+            remedy="check the URL; pass a prefix of .parquet/.jsonl[.gz|.zst] shards or a datasets save_to_disk folder",
+        )
+    present = set(keys)
+    hf_folders = sorted(
+        {
+            k.rsplit("/", 1)[0] if "/" in k else ""
+            for k in keys
+            if k.rsplit("/", 1)[-1] == "state.json"
+            and (k[: -len("state.json")] + "dataset_info.json") in present
+        }
+    )
+    shards: list[Shard] = []
+    unknown: list[str] = []
+    for key in keys:
+        parts = key.split("/")
+        if any(d.startswith((".", "_")) for d in parts[:-1]):
+            continue
+        folder = "/".join(parts[:-1])
+        hf = next(
+            (f for f in hf_folders if f == folder or f == "" or folder.startswith(f + "/")), None
+        )
+        if hf is not None:
+            continue
+        name = parts[-1]
+        if name.startswith(".") or name in IGNORED_NAMES or name.endswith(".tmp"):
+            continue
+        fmt = shard_format(name)
+        if fmt is None or fmt == "arrow":
+            unknown.append(key)
+        else:
+            shards.append(Shard(root, key, fmt))
+    for folder in hf_folders:
+        if any(d.startswith((".", "_")) for d in folder.split("/") if folder):
+            continue
+        state = json.loads((root / folder / "state.json").read_text())
+        prefix = folder + "/" if folder else ""
+        shards.extend(
+            Shard(root, prefix + f["filename"], "arrow") for f in state.get("_data_files", [])
+        )
+    return _checked(root, shards, unknown)
 
 
 def _select(shards: list[Shard], num_shards: int, shard_index: int) -> list[Shard]:

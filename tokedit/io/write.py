@@ -22,6 +22,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import OutputError
+from tokedit.io.storage import RemotePath, as_path, is_remote, publish, spool_dir
+from tokedit.io.storage import file_sha256 as remote_sha256
 
 TMP_SUFFIX = ".tmp"
 # Temp names carry the writer's pid and a tag of its host: processes on several machines
@@ -30,8 +32,13 @@ TMP_SUFFIX = ".tmp"
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def temp_name_for(name: str) -> str:
+    """The hidden temporary name of an output called ``name``: ``.NAME.PID-HOST.tmp``."""
+    return f".{name}.{os.getpid()}-{HOST_TAG}{TMP_SUFFIX}"
+
+
 def temp_path_for(dest: Path) -> Path:
-    return dest.with_name(f".{dest.name}.{os.getpid()}-{HOST_TAG}{TMP_SUFFIX}")
+    return dest.with_name(temp_name_for(dest.name))
 
 
 def temp_owner(tmp: Path) -> tuple[int, str | None] | None:
@@ -48,8 +55,17 @@ def temp_owner(tmp: Path) -> tuple[int, str | None] | None:
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path; on success fsync it and rename it to ``dest``."""
-    dest = Path(dest)
+    """Yield a temporary path; on success fsync it and rename it to ``dest``.
+
+    For a ``dest`` on an object store (:class:`~tokedit.io.storage.RemotePath`) the
+    temporary path is a local spool file, published on success by an upload to a hidden
+    temporary key and a copy on the store (:func:`tokedit.io.storage.publish`).
+    """
+    dest = as_path(dest)
+    if isinstance(dest, RemotePath):
+        with _remote_atomic_path(dest) as tmp:
+            yield tmp
+        return
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -75,6 +91,22 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def _remote_atomic_path(dest: RemotePath) -> Iterator[Path]:
+    key = hashlib.sha256(dest.url.encode()).hexdigest()[:12]
+    tmp = spool_dir() / temp_name_for(f"{key}-{dest.name}")
+    try:
+        yield tmp
+        publish(tmp, dest, temp_name_for(dest.name))
+    except OSError as e:
+        raise OutputError(
+            f"{dest}: cannot write ({e.strerror or e})",
+            remedy="check free space in the local spool directory ($TOKEDIT_SPOOL or the temp dir) and the output URL",
+        ) from e
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
 def _write_errors(dest: Path) -> Iterator[None]:
     """Turn an ``OSError`` while streaming into a shard (disk full, file too large, I/O
     error) into an :class:`OutputError` naming the destination."""
@@ -88,6 +120,10 @@ def _write_errors(dest: Path) -> Iterator[None]:
 
 
 def write_json(dest: str | os.PathLike, data: dict) -> None:
+    dest = as_path(dest)
+    if isinstance(dest, RemotePath):  # one PUT: an object appears whole or not at all
+        dest.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+        return
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
@@ -100,7 +136,7 @@ class _ShardWriter:
     """
 
     def __init__(self, dest: str | os.PathLike):
-        self._dest = Path(dest)
+        self._dest = as_path(dest)
         self._ctx = atomic_path(dest)
         self._tmp = self._ctx.__enter__()
         self.rows = 0
@@ -214,7 +250,11 @@ def remove_stale_temp_files(out_dir: Path) -> int:
     other machines (whose pids cannot be checked from here) are left alone.
     """
     removed = 0
-    for tmp in Path(out_dir).rglob(f".*{TMP_SUFFIX}"):
+    root = as_path(out_dir)
+    found = list(root.rglob(f".*{TMP_SUFFIX}"))
+    if isinstance(root, RemotePath):  # and the local spool files of dead writers
+        found += list(spool_dir().glob(f".*{TMP_SUFFIX}"))
+    for tmp in found:
         owner = temp_owner(tmp)
         if owner is None or owner[1] not in (None, HOST_TAG):
             continue
@@ -236,8 +276,19 @@ def _alive(pid: int) -> bool:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, local or on an object store."""
+    if is_remote(path):
+        return remote_sha256(path)
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def upload_tree(local_dir: Path, dest: RemotePath) -> None:
+    """Publish every file under ``local_dir`` to the same relative key under ``dest``
+    (reports: JSON, HTML, PNG), each through :func:`publish`."""
+    for f in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):
+        target = dest / f.relative_to(local_dir).as_posix()
+        publish(f, target, temp_name_for(target.name))

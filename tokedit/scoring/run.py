@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 from tokedit.engines.runner import check_engine, run_step, token_bar
 from tokedit.engines.step import ShardStep, Stats
@@ -14,6 +13,7 @@ from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
 from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
+from tokedit.io.storage import as_path
 from tokedit.io.write import ParquetShardWriter, file_sha256
 from tokedit.scoring.scorer import ScoreOptions, Scorer
 
@@ -92,14 +92,14 @@ def score_dataset(
         # --bos as asked ("auto", "always", "never"): a fact, not an option: two modes that
         # resolve to the same add_bos write the same bytes and may resume each other.
         info={
-            "input": str(Path(input_dir).resolve()),
+            "input": str(as_path(input_dir).resolve()),
             "batch_tokens": options.batch_tokens,
             "bos": options.bos,
         },
         overwrite=overwrite,
     )
     shard_scorer = ShardScorer(
-        str(Path(out_dir).resolve()),
+        str(as_path(out_dir).resolve()),
         model,
         options,
         text_column=text_column,
@@ -208,7 +208,7 @@ class ShardScorer(ShardStep):
         scorer = self.load()._scorer
         shard_stats = self.empty_stats()
         out_rel = scores_rel(shard)
-        dest = Path(self.out_dir) / out_rel
+        dest = as_path(self.out_dir) / out_rel
         writer = ParquetShardWriter(dest, SCORES_SCHEMA)
         try:
             for docs in iter_documents(shard, self.text_column, self.id_column, self.batch_rows):
