@@ -25,6 +25,7 @@ from pathlib import Path
 import pytest
 from scale_helpers import (
     cli_command,
+    edit_args,
     free_port,
     invoke,
     manifest_shards,
@@ -43,8 +44,8 @@ from tokedit.io.write import HOST_TAG, temp_owner, temp_path_for
 SCORE_EXTRA = ("--candidates-min-p", "0.3")  # candidates wherever an edit at p=0.5 needs them
 
 
-def edit_args(data: Path, scores: Path, out: Path) -> list[str]:
-    return ["edit", str(data), "--scores", str(scores), "--out", str(out), "--p", "0.5", "-q"]
+def edit_cmd(data: Path, scores: Path, out: Path) -> list[str]:
+    return edit_args(data, out, "--scores", scores, "--p", "0.5")
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +71,7 @@ def reference(tmp_path_factory, data, tiny_prior):
     """Uninterrupted score and edit runs (separate processes), with their timelines."""
     root = tmp_path_factory.mktemp("crash-ref")
     score = timed_run(score_args(data, root / "scores", tiny_prior, *SCORE_EXTRA), root / "scores")
-    edit = timed_run(edit_args(data, root / "scores", root / "edited"), root / "edited")
+    edit = timed_run(edit_cmd(data, root / "scores", root / "edited"), root / "edited")
     assert manifest_shards(root / "edited")["part-0.parquet"]["p"]["0.5"]["changed"] > 0
     return {"scores": root / "scores", "edited": root / "edited", "score": score, "edit": edit}
 
@@ -136,7 +137,7 @@ def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, referen
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kill_9_edit_at_a_random_point_then_rerun(tmp_path, seed, data, reference):
     out = tmp_path / "edited"
-    args = edit_args(data, reference["scores"], out)
+    args = edit_cmd(data, reference["scores"], out)
     delay = kill_delay(100 + seed, reference["edit"])
     print(kill_during_run(args, out, delay, len(manifest_shards(reference["edited"]))))
     r = invoke(*args)
@@ -162,7 +163,7 @@ def kill_after_first_shard(args: list[str], out: Path) -> int:
 
 def test_kill_9_edit_between_shards(tmp_path, data, reference):
     out = tmp_path / "edited"
-    args = edit_args(data, reference["scores"], out)
+    args = edit_cmd(data, reference["scores"], out)
     shards = len(manifest_shards(reference["edited"]))
     for _ in range(4):  # the last shards can be recorded before the kill lands: try again
         recorded = kill_after_first_shard(args, out)
@@ -231,7 +232,7 @@ def test_kill_9_ray_driver_then_rerun(tmp_path, command, data, reference, tiny_p
     if command == "score":
         args = score_args(data, out, tiny_prior, *SCORE_EXTRA, *ray)
     else:
-        args = [*edit_args(data, reference["scores"], out), *ray]
+        args = [*edit_cmd(data, reference["scores"], out), *ray]
     proc = subprocess.Popen(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
