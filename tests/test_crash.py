@@ -2,11 +2,11 @@
 an uninterrupted run with no duplicate, missing, partial or temporary file; an output that
 cannot be written is a clear error.
 
-Kill times are drawn from seeded generators over the measured length of an uninterrupted
-run, so they land during start-up, mid-shard or between shards; every case must end in the
-same bytes. A kill must land while shards remain to be written: a run that finished (or
-recorded its last shard) first tested nothing, so it is retried earlier and, if it never
-lands in time, the test fails.
+Kill points are drawn from seeded generators over the measured timeline of an
+uninterrupted run (start-up, then the shards), so they land during start-up, mid-shard or
+between shards; every case must end in the same bytes. A kill must land while shards remain
+to be written: a run that finished (or recorded its last shard) first tested nothing, so it
+is retried earlier and, if it never lands in time, the test fails.
 """
 
 from __future__ import annotations
@@ -76,44 +76,57 @@ def reference(tmp_path_factory, data, tiny_prior):
     return {"scores": root / "scores", "edited": root / "edited", "score": score, "edit": edit}
 
 
-def kill_delay(seed: int, timeline: tuple[float, float]) -> float:
-    """A seeded point in a run: mostly while shards are processed, sometimes during start-up."""
+def kill_point(seed: int) -> float:
+    """A seeded point of a run: below 0, a share of the start-up before the manifest exists
+    (-0.1: at 90 % of it); from 0, a share of the time from the manifest to the end."""
+    return random.Random(seed).uniform(-0.15, 0.8)
+
+
+def kill_after(args: list[str], out: Path, point: float, timeline, shards: int) -> str | None:
+    """Start the CLI and ``kill -9`` it at ``point`` of the reference ``timeline`` (seconds
+    until its manifest appeared, until it exited), the second part timed from this run's own
+    manifest, so a slower start-up does not move the kill out of the run. Describe the state
+    it left, or None when the kill came too late: the run had ended or recorded all
+    ``shards``."""
     started, total = timeline
-    return max(0.1, started + random.Random(seed).uniform(-0.15, 0.8) * (total - started))
-
-
-def kill_after(args: list[str], out: Path, delay: float, shards: int) -> str | None:
-    """Start the CLI, ``kill -9`` it after ``delay`` seconds; describe the state it left, or
-    None when the kill came too late: the run had ended or recorded all ``shards``."""
     proc = subprocess.Popen(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        proc.wait(timeout=delay)
+        if point < 0:
+            proc.wait(timeout=(1 + point) * started)
+        else:
+            deadline = time.time() + 120
+            while find_manifest(out) is None and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            proc.wait(timeout=point * (total - started))
         return None  # finished before the kill
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    where = f"{point:+.2f} of the run"
     if find_manifest(out) is None:
-        return f"killed at {delay:.2f}s before the manifest existed"
+        return f"killed at {where}, before the manifest existed"
     recorded = len(manifest_shards(out))
     if recorded >= shards:
         return None
     return (
-        f"killed at {delay:.2f}s with {recorded} of {shards} shard(s) recorded and "
+        f"killed at {where} with {recorded} of {shards} shard(s) recorded and "
         f"{len(temp_files(out))} temp file(s) left"
     )
 
 
-def kill_during_run(args: list[str], out: Path, delay: float, shards: int) -> str:
-    """:func:`kill_after`, retried with half the delay (the machine may run faster than when
-    the reference was timed) until the kill lands while shards remain; fails after 4 tries."""
+def kill_during_run(args: list[str], out: Path, seed: int, timeline, shards: int) -> str:
+    """:func:`kill_after` at the seeded point, retried at half its time (the machine may run
+    faster than when the reference was timed) until the kill lands while shards remain;
+    fails after 4 tries."""
+    point = kill_point(seed)
     for _ in range(4):
-        state = kill_after(args, out, delay, shards)
+        state = kill_after(args, out, point, timeline, shards)
         if state is not None:
             return state
         shutil.rmtree(out)
-        delay /= 2
+        point = point / 2 if point > 0 else (1 + point) / 2 - 1  # half the time
     pytest.fail("every kill came after the run had written all its shards: nothing was tested")
 
 
@@ -127,8 +140,8 @@ def assert_same_as(out: Path, ref: Path) -> None:
 def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, reference, tiny_prior):
     out = tmp_path / "scores"
     args = score_args(data, out, tiny_prior, *SCORE_EXTRA)
-    delay = kill_delay(seed, reference["score"])
-    print(kill_during_run(args, out, delay, len(manifest_shards(reference["scores"]))))
+    shards = len(manifest_shards(reference["scores"]))
+    print(kill_during_run(args, out, seed, reference["score"], shards))
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
     assert_same_as(out, reference["scores"])
@@ -138,8 +151,8 @@ def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, referen
 def test_kill_9_edit_at_a_random_point_then_rerun(tmp_path, seed, data, reference):
     out = tmp_path / "edited"
     args = edit_cmd(data, reference["scores"], out)
-    delay = kill_delay(100 + seed, reference["edit"])
-    print(kill_during_run(args, out, delay, len(manifest_shards(reference["edited"]))))
+    shards = len(manifest_shards(reference["edited"]))
+    print(kill_during_run(args, out, 100 + seed, reference["edit"], shards))
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
     assert_same_as(out, reference["edited"])
