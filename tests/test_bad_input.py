@@ -2,7 +2,7 @@
 
 Either a clear error naming the file (and line or row) with a fix, exit status 2 and no
 traceback, or a kept row with a ``status``. No row is ever dropped silently. The outcomes
-are listed in the README (scaling out) ("Bad input").
+are listed in docs/formats.md ("What happens to bad input").
 """
 
 from __future__ import annotations
