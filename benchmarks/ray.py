@@ -217,7 +217,7 @@ def main() -> None:
         for label in rates:
             if label != "local":
                 same = (
-                    "DIFFERENT (see the README (scaling out): thread counts)"
+                    "DIFFERENT (see docs/scaling.md: thread counts)"
                     if label in differ
                     else "identical"
                 )

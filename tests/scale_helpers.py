@@ -1,4 +1,9 @@
-"""Helpers shared by the Ray, crash and bad-input suites (not a test module)."""
+"""Helpers shared by the test modules (not a test module): one home for each.
+
+Corpus writers, CLI runners (in this process, :func:`invoke`; in another, :func:`run_cli`),
+the arguments of ``tokedit score`` / ``tokedit edit`` runs, output comparisons and the
+byte-exact check of edited text.
+"""
 
 from __future__ import annotations
 
@@ -73,6 +78,47 @@ def score_args(
     ]
 
 
+def edit_args(data: Path, out: Path, *extra) -> list[str]:
+    """``tokedit edit DATA --out OUT -q`` and ``extra`` (``--scores S`` or ``--model M``, ...)."""
+    return ["edit", str(data), "--out", str(out), "-q", *map(str, extra)]
+
+
+def assert_edits_byte_exact(tokenizer, original, edited, edits, metaspace=False) -> None:
+    """Every character outside the edits is the input's; each edit holds the new token's
+    text, and a deletion (``new_id`` -1) removes exactly its span. Edits are in document
+    order (as ``tokedit_edits`` is documented) and do not overlap.
+
+    Token texts are computed here independently of tokedit's Renderer: from the token string
+    with the byte-level alphabet, or "▁" -> " " for Metaspace (no space at the document start).
+    """
+    from tokenizers import decoders
+
+    def token_text(tid, at_start):
+        s = tokenizer.convert_ids_to_tokens(int(tid))
+        if metaspace:
+            s = s.replace("▁", " ")
+            return s[1:] if at_start and s.startswith(" ") else s
+        return decoders.ByteLevel().decode([s])
+
+    positions = [e["pos"] for e in edits]
+    assert positions == sorted(set(positions)), "edits out of document order"
+    pieces, last = [], 0
+    for e in edits:
+        assert e["char_start"] >= last and e["char_end"] > e["char_start"]
+        at0 = e["pos"] == 0
+        assert original[e["char_start"] : e["char_end"]] == token_text(e["orig_id"], at0)
+        if e["new_id"] == -1:  # a deletion (--drop-below): the span is cut out
+            new = ""
+        else:
+            new = token_text(e["new_id"], at0)
+            assert new and "\ufffd" not in new
+        pieces += [original[last : e["char_start"]], new]
+        last = e["char_end"]
+    pieces.append(original[last:])
+    assert edited == "".join(pieces)
+    edited.encode("utf-8")  # whole characters only
+
+
 def cli_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "tokedit.cli", *args]
 
@@ -82,20 +128,25 @@ def run_cli(*args: str, **kwargs) -> subprocess.CompletedProcess:
     return subprocess.run(cli_command(*args), capture_output=True, text=True, **kwargs)
 
 
-def invoke(*args: str) -> subprocess.CompletedProcess:
-    """The CLI in this process (fast): returncode, stdout and stderr like a process."""
-    r = CliRunner().invoke(main, list(args))
+def invoke(*args) -> subprocess.CompletedProcess:
+    """The CLI in this process (fast): returncode, stdout and stderr like a process.
+
+    Arguments may be paths or numbers: each is passed as ``str``."""
+    r = CliRunner().invoke(main, [str(a) for a in args])
     if r.exception and not isinstance(r.exception, SystemExit):
         raise r.exception
     return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
 
 def output_files(out: Path) -> dict[str, bytes]:
-    """Every data file of an output directory (not the manifest, lock or temp files)."""
+    """Every data file of an output directory: nothing hidden (manifest, lock, temp files),
+    and not the root ``manifest.json`` of a directory written before ``.tokedit/``."""
     return {
-        p.relative_to(out).as_posix(): p.read_bytes()
+        rel: p.read_bytes()
         for p in sorted(out.rglob("*"))
-        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+        if p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(out).parts)
+        and (rel := p.relative_to(out).as_posix()) != "manifest.json"
     }
 
 

@@ -2,9 +2,11 @@
 an uninterrupted run with no duplicate, missing, partial or temporary file; an output that
 cannot be written is a clear error.
 
-Kill times are drawn from seeded generators over the measured length of an uninterrupted
-run, so they land during start-up, mid-shard, between shards or after the end; every case
-must end in the same bytes.
+Kill points are drawn from seeded generators over the measured timeline of an
+uninterrupted run (start-up, then the shards), so they land during start-up, mid-shard or
+between shards; every case must end in the same bytes. A kill must land while shards remain
+to be written: a run that finished (or recorded its last shard) first tested nothing, so it
+is retried earlier and, if it never lands in time, the test fails.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import random
 import resource
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +25,7 @@ from pathlib import Path
 import pytest
 from scale_helpers import (
     cli_command,
+    edit_args,
     free_port,
     invoke,
     manifest_shards,
@@ -39,8 +43,8 @@ from tokedit.io.write import HOST_TAG, remove_stale_temp_files, temp_owner, temp
 SCORE_EXTRA = ("--candidates-min-p", "0.3")  # candidates wherever an edit at p=0.5 needs them
 
 
-def edit_args(data: Path, scores: Path, out: Path) -> list[str]:
-    return ["edit", str(data), "--scores", str(scores), "--out", str(out), "--p", "0.5", "-q"]
+def edit_cmd(data: Path, scores: Path, out: Path) -> list[str]:
+    return edit_args(data, out, "--scores", scores, "--p", "0.5")
 
 
 @pytest.fixture(scope="module")
@@ -66,34 +70,63 @@ def reference(tmp_path_factory, data, tiny_prior):
     """Uninterrupted score and edit runs (separate processes), with their timelines."""
     root = tmp_path_factory.mktemp("crash-ref")
     score = timed_run(score_args(data, root / "scores", tiny_prior, *SCORE_EXTRA), root / "scores")
-    edit = timed_run(edit_args(data, root / "scores", root / "edited"), root / "edited")
+    edit = timed_run(edit_cmd(data, root / "scores", root / "edited"), root / "edited")
     assert manifest_shards(root / "edited")["part-0.parquet"]["p"]["0.5"]["changed"] > 0
     return {"scores": root / "scores", "edited": root / "edited", "score": score, "edit": edit}
 
 
-def kill_delay(seed: int, timeline: tuple[float, float]) -> float:
-    """A seeded point in a run: mostly while shards are processed, sometimes during start-up."""
+def kill_point(seed: int) -> float:
+    """A seeded point of a run: below 0, a share of the start-up before the manifest exists
+    (-0.1: at 90 % of it); from 0, a share of the time from the manifest to the end."""
+    return random.Random(seed).uniform(-0.15, 0.8)
+
+
+def kill_after(args: list[str], out: Path, point: float, timeline, shards: int) -> str | None:
+    """Start the CLI and ``kill -9`` it at ``point`` of the reference ``timeline`` (seconds
+    until its manifest appeared, until it exited), the second part timed from this run's own
+    manifest, so a slower start-up does not move the kill out of the run. Describe the state
+    it left, or None when the kill came too late: the run had ended or recorded all
+    ``shards``."""
     started, total = timeline
-    return max(0.1, started + random.Random(seed).uniform(-0.15, 1.0) * (total - started))
-
-
-def kill_after(args: list[str], out: Path, delay: float) -> str:
-    """Start the CLI, ``kill -9`` it after ``delay`` seconds; describe the state it left."""
     proc = subprocess.Popen(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     try:
-        proc.wait(timeout=delay)
-        return "finished before the kill"
+        if point < 0:
+            proc.wait(timeout=(1 + point) * started)
+        else:
+            deadline = time.time() + 120
+            while find_manifest(out) is None and proc.poll() is None and time.time() < deadline:
+                time.sleep(0.005)
+            proc.wait(timeout=point * (total - started))
+        return None  # finished before the kill
     except subprocess.TimeoutExpired:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+    where = f"{point:+.2f} of the run"
     if find_manifest(out) is None:
-        return f"killed at {delay:.1f}s before the manifest existed"
+        return f"killed at {where}, before the manifest existed"
+    recorded = len(manifest_shards(out))
+    if recorded >= shards:
+        return None
     return (
-        f"killed at {delay:.1f}s with {len(manifest_shards(out))} shard(s) recorded and "
+        f"killed at {where} with {recorded} of {shards} shard(s) recorded and "
         f"{len(temp_files(out))} temp file(s) left"
     )
+
+
+def kill_during_run(args: list[str], out: Path, seed: int, timeline, shards: int) -> str:
+    """:func:`kill_after` at the seeded point, retried at half its time (the machine may run
+    faster than when the reference was timed) until the kill lands while shards remain;
+    fails after 4 tries."""
+    point = kill_point(seed)
+    for _ in range(4):
+        state = kill_after(args, out, point, timeline, shards)
+        if state is not None:
+            return state
+        shutil.rmtree(out)
+        point = point / 2 if point > 0 else (1 + point) / 2 - 1  # half the time
+    pytest.fail("every kill came after the run had written all its shards: nothing was tested")
 
 
 def assert_same_as(out: Path, ref: Path) -> None:
@@ -106,8 +139,8 @@ def assert_same_as(out: Path, ref: Path) -> None:
 def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, reference, tiny_prior):
     out = tmp_path / "scores"
     args = score_args(data, out, tiny_prior, *SCORE_EXTRA)
-    delay = kill_delay(seed, reference["score"])
-    print(kill_after(args, out, delay))
+    shards = len(manifest_shards(reference["scores"]))
+    print(kill_during_run(args, out, seed, reference["score"], shards))
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
     assert_same_as(out, reference["scores"])
@@ -116,17 +149,17 @@ def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, referen
 @pytest.mark.parametrize("seed", [0, 1])
 def test_kill_9_edit_at_a_random_point_then_rerun(tmp_path, seed, data, reference):
     out = tmp_path / "edited"
-    args = edit_args(data, reference["scores"], out)
-    delay = kill_delay(100 + seed, reference["edit"])
-    print(kill_after(args, out, delay))
+    args = edit_cmd(data, reference["scores"], out)
+    shards = len(manifest_shards(reference["edited"]))
+    print(kill_during_run(args, out, 100 + seed, reference["edit"], shards))
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
     assert_same_as(out, reference["edited"])
 
 
-def test_kill_9_edit_between_shards(tmp_path, data, reference):
-    out = tmp_path / "edited"
-    args = edit_args(data, reference["scores"], out)
+def kill_after_first_shard(args: list[str], out: Path) -> int:
+    """Start the CLI and ``kill -9`` it as soon as its manifest records a shard; the number
+    of shards recorded then."""
     proc = subprocess.Popen(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -137,7 +170,20 @@ def test_kill_9_edit_between_shards(tmp_path, data, reference):
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert 1 <= len(manifest_shards(out)) <= 4
+    return len(manifest_shards(out)) if find_manifest(out) is not None else 0
+
+
+def test_kill_9_edit_between_shards(tmp_path, data, reference):
+    out = tmp_path / "edited"
+    args = edit_cmd(data, reference["scores"], out)
+    shards = len(manifest_shards(reference["edited"]))
+    for _ in range(4):  # the last shards can be recorded before the kill lands: try again
+        recorded = kill_after_first_shard(args, out)
+        if recorded < shards:
+            break
+        shutil.rmtree(out)
+    print(f"killed with {recorded} of {shards} shard(s) recorded")
+    assert 1 <= recorded < shards, f"killed with {recorded} of {shards} shards recorded"
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
     assert_same_as(out, reference["edited"])
@@ -198,7 +244,7 @@ def test_kill_9_ray_driver_then_rerun(tmp_path, command, data, reference, tiny_p
     if command == "score":
         args = score_args(data, out, tiny_prior, *SCORE_EXTRA, *ray)
     else:
-        args = [*edit_args(data, reference["scores"], out), *ray]
+        args = [*edit_cmd(data, reference["scores"], out), *ray]
     proc = subprocess.Popen(
         cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )

@@ -11,7 +11,6 @@ import gzip
 import json
 import math
 import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -19,10 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from click.testing import CliRunner
-from tokenizers import decoders
+from scale_helpers import assert_edits_byte_exact, invoke
 
-from tokedit.cli import main
 from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import load_tokenizer
 from tokedit.scoring.run import score_dataset
@@ -36,13 +33,6 @@ NON_ASCII = [
     "To be, or not to be, that is the question: 🎭 whether 'tis nobler in the mind.",
     "Mixed 東京 🎉 naïve text. My lord, I will speak to him. Ça va? Très bien, merci.",
 ]
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    r = CliRunner().invoke(main, [str(a) for a in args])
-    if r.exception and not isinstance(r.exception, SystemExit):
-        raise r.exception
-    return subprocess.CompletedProcess(args, r.exit_code, r.stdout, r.stderr)
 
 
 def read_rows(path: Path) -> list[dict]:
@@ -67,27 +57,6 @@ def data_files(root: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def tok(tiny_prior):
     return load_tokenizer(str(tiny_prior))
-
-
-def token_text(tok, tid: int) -> str:
-    """A byte-level token's text, from its string and the byte alphabet (not the Renderer)."""
-    return decoders.ByteLevel().decode([tok.convert_ids_to_tokens(int(tid))])
-
-
-def assert_row_byte_exact(tok, original: str, edited: str, edits: list[dict]) -> None:
-    pieces, last = [], 0
-    for e in edits:
-        assert e["char_start"] >= last and e["char_end"] > e["char_start"]
-        assert original[e["char_start"] : e["char_end"]] == token_text(tok, e["orig_id"])
-        if e["new_id"] == -1:  # a deletion (--drop-below): the span is cut out
-            new = ""
-        else:
-            new = token_text(tok, e["new_id"])
-            assert new and "\ufffd" not in new
-        pieces += [original[last : e["char_start"]], new]
-        last = e["char_end"]
-    pieces.append(original[last:])
-    assert edited == "".join(pieces)
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +98,7 @@ def above_positions(doc: dict, p: float) -> np.ndarray:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory, corpus_dir, tiny_scores):
     out = tmp_path_factory.mktemp("edited") / "sweep"
-    r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", out, "--p", "0.1,0.5", "-q")
+    r = invoke("edit", corpus_dir, "--scores", tiny_scores, "--out", out, "--p", "0.1,0.5", "-q")
     assert r.returncode == 0, r.stderr
     return out, r.stdout
 
@@ -150,7 +119,7 @@ def test_sweep_is_byte_exact_keeps_rows_columns_and_formats(sweep, corpus_dir, t
                 }
                 assert b["tokedit_n_changed"] == len(b["tokedit_edits"])
                 assert b["tokedit_n_above"] >= b["tokedit_n_changed"] + b["tokedit_n_skipped"]
-                assert_row_byte_exact(tok, a["text"], b["text"], b["tokedit_edits"])
+                assert_edits_byte_exact(tok, a["text"], b["text"], b["tokedit_edits"])
                 changed += b["tokedit_n_changed"]
         totals = manifest["totals"]["p"][p]
         assert changed == totals["changed"] > 0
@@ -214,7 +183,7 @@ def expected_change(stored: dict, p: float, temperature=1.0, top_k=8, top_p=None
 def test_change_rate_matches_the_rule(tmp_path, corpus_dir, tiny_scores, stored, args, kw):
     p = 0.1
     out = tmp_path / "e"
-    r = cli(
+    r = invoke(
         "edit",
         corpus_dir,
         "--scores",
@@ -242,7 +211,7 @@ def test_exclude_original_changes_every_token_above_p_unless_skipped(
     tmp_path, corpus_dir, tiny_scores, stored
 ):
     out = tmp_path / "x"
-    r = cli(
+    r = invoke(
         "edit",
         corpus_dir,
         "--scores",
@@ -269,12 +238,12 @@ def test_exclude_original_changes_every_token_above_p_unless_skipped(
 def test_output_independent_of_batch_size_and_processes(tmp_path, corpus_dir, tiny_scores):
     common = ["--scores", tiny_scores, "--p", "0.2", "--seed", 3, "-q"]
     assert (
-        cli("edit", corpus_dir, "--out", tmp_path / "one", "--batch-rows", 1, *common).returncode
+        invoke("edit", corpus_dir, "--out", tmp_path / "one", "--batch-rows", 1, *common).returncode
         == 0
     )
-    assert cli("edit", corpus_dir, "--out", tmp_path / "many", *common).returncode == 0
+    assert invoke("edit", corpus_dir, "--out", tmp_path / "many", *common).returncode == 0
     for i in range(2):
-        r = cli(
+        r = invoke(
             "edit",
             corpus_dir,
             "--out",
@@ -298,20 +267,20 @@ def test_output_independent_of_batch_size_and_processes(tmp_path, corpus_dir, ti
 def test_rerun_resumes_and_other_options_are_refused(tmp_path, corpus_dir, tiny_scores):
     out = tmp_path / "r"
     args = ["edit", corpus_dir, "--scores", tiny_scores, "--out", out, "--p", "0.5", "-q"]
-    assert cli(*args).returncode == 0
+    assert invoke(*args).returncode == 0
     before = {f: (out / f).read_bytes() for f in data_files(out)}
     (out / "plays-01.jsonl.gz").unlink()
-    again = cli(*args)
+    again = invoke(*args)
     assert again.returncode == 0 and "3 shard(s) already done" in again.stdout
     assert {f: (out / f).read_bytes() for f in data_files(out)} == before
-    other = cli(*args, "--seed", 1)
+    other = invoke(*args, "--seed", 1)
     assert other.returncode == 2 and "other options (seed: 0 -> 1)" in other.stderr
     assert "--overwrite" in other.stderr
 
 
 def test_output_column_and_no_provenance(tmp_path, corpus_dir, tiny_scores):
     out = tmp_path / "oc"
-    r = cli(
+    r = invoke(
         "edit",
         corpus_dir,
         "--scores",
@@ -339,7 +308,7 @@ def test_output_column_and_no_provenance(tmp_path, corpus_dir, tiny_scores):
         )
         > 10
     )
-    taken = cli(
+    taken = invoke(
         "edit",
         corpus_dir,
         "--scores",
@@ -358,7 +327,7 @@ def test_output_column_and_no_provenance(tmp_path, corpus_dir, tiny_scores):
 def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_scores):
     """The default is up-revise; low-drop-up-revise needs 64 stored candidates and says so;
     explicit flags override a preset's values and the manifest records both."""
-    r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "d", "-q")
+    r = invoke("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "d", "-q")
     assert r.returncode == 0, r.stderr
     m = read_manifest(tmp_path / "d")
     o = m["options"]
@@ -366,13 +335,13 @@ def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_score
     assert (m["info"]["preset"], m["info"]["overridden"]) == ("up-revise", [])
 
     low = ["edit", corpus_dir, "--scores", tiny_scores, "--preset", "low-drop-up-revise"]
-    r = cli(*low, "--out", tmp_path / "l")
+    r = invoke(*low, "--out", tmp_path / "l")
     assert r.returncode == 2
     assert "--top-k 64 (from --preset low-drop-up-revise)" in r.stderr
     assert "store only 8 candidates" in r.stderr and "tokedit score --top-k 64" in r.stderr
     _no_complete_output(tmp_path / "l")
 
-    r = cli(*low, "--out", tmp_path / "o", "--top-k", 8, "--p", 0.5, "-q")
+    r = invoke(*low, "--out", tmp_path / "o", "--top-k", 8, "--p", 0.5, "-q")
     assert r.returncode == 0, r.stderr
     m = read_manifest(tmp_path / "o")
     o = m["options"]
@@ -380,14 +349,14 @@ def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_score
     assert (m["info"]["preset"], m["info"]["overridden"]) == ("low-drop-up-revise", ["p", "top_k"])
     assert m["totals"]["p"]["0.5"]["deleted"] > 0
 
-    r = cli(*low, "--out", tmp_path / "b", "--top-k", 8, "--p", 0.5, "--drop-below", 0.6)
+    r = invoke(*low, "--out", tmp_path / "b", "--top-k", 8, "--p", 0.5, "--drop-below", 0.6)
     assert r.returncode == 2 and "--drop-below 0.6 is not below --p 0.5" in r.stderr
 
 
 def test_drop_below_cuts_exactly_the_tokens_below_q(tmp_path, corpus_dir, tiny_scores, stored, tok):
     q = 0.01
     out = tmp_path / "del"
-    r = cli(
+    r = invoke(
         "edit", corpus_dir, "--scores", tiny_scores, "--out", out, "--p", 0.5,
         "--drop-below", q, "-q",
     )  # fmt: skip
@@ -404,7 +373,7 @@ def test_drop_below_cuts_exactly_the_tokens_below_q(tmp_path, corpus_dir, tiny_s
             assert got <= want  # never a token at or above q, never one without a log-prob
             assert b["tokedit_n_deleted"] == len(dels)
             assert b["tokedit_n_changed"] + b["tokedit_n_deleted"] == len(b["tokedit_edits"])
-            assert_row_byte_exact(tok, a["text"], b["text"], b["tokedit_edits"])
+            assert_edits_byte_exact(tok, a["text"], b["text"], b["tokedit_edits"])
             below += len(want)
             deleted += len(got)
             deleted_chars += sum(e["char_end"] - e["char_start"] for e in dels)
@@ -468,7 +437,7 @@ def test_non_ascii_all_formats_byte_exact_and_skips_counted(tmp_path, mixed, tok
 
     corpus, scores = mixed
     out = tmp_path / "e"
-    r = cli(
+    r = invoke(
         "edit", corpus, "--scores", scores, "--out", out, "--p", "0.01", "--exclude-original", "-q"
     )
     assert r.returncode == 0, r.stderr
@@ -488,7 +457,7 @@ def test_non_ascii_all_formats_byte_exact_and_skips_counted(tmp_path, mixed, tok
         if not isinstance(orig["text"], str) or not orig["text"]:
             assert row["text"] == orig["text"] and row["tokedit_n_above"] == 0  # kept as is
             continue
-        assert_row_byte_exact(tok, orig["text"], row["text"], row["tokedit_edits"])
+        assert_edits_byte_exact(tok, orig["text"], row["text"], row["tokedit_edits"])
         assert row["tokedit_n_above"] == row["tokedit_n_changed"] + row["tokedit_n_skipped"]
         for ch in "東京🎉é":  # whole characters only: none lost, none half-replaced
             if ch in orig["text"]:
@@ -516,7 +485,7 @@ def test_every_position_above_p_stays_byte_exact_end_to_end(tmp_path, mixed, tok
             t = t.set_column(t.column_names.index(name), name, col)
         pq.write_table(t, f)
     out = tmp_path / "e"
-    r = cli(
+    r = invoke(
         "edit", corpus, "--scores", doctored, "--out", out, "--p", "0.5", "--exclude-original", "-q"
     )
     assert r.returncode == 0, r.stderr
@@ -530,7 +499,7 @@ def test_every_position_above_p_stays_byte_exact_end_to_end(tmp_path, mixed, tok
     }
     for row in read_rows(out / "a.parquet") + read_rows(out / "b.jsonl"):
         if isinstance(originals[row["id"]], str) and originals[row["id"]]:
-            assert_row_byte_exact(tok, originals[row["id"]], row["text"], row["tokedit_edits"])
+            assert_edits_byte_exact(tok, originals[row["id"]], row["text"], row["tokedit_edits"])
             assert "\ufffd" not in row["text"]
             assert row["tokedit_n_above"] == row["tokedit_n_changed"] + row["tokedit_n_skipped"]
 
@@ -538,9 +507,9 @@ def test_every_position_above_p_stays_byte_exact_end_to_end(tmp_path, mixed, tok
 def test_one_pass_model_mode_equals_scores_mode(tmp_path, mixed, tiny_prior, tok):
     corpus, scores = mixed
     common = ["--p", "0.05,0.3", "--id-column", "id", "-q"]
-    a = cli("edit", corpus, "--scores", scores, "--out", tmp_path / "s", "--p", "0.05,0.3", "-q")
+    a = invoke("edit", corpus, "--scores", scores, "--out", tmp_path / "s", "--p", "0.05,0.3", "-q")
     assert a.returncode == 0, a.stderr
-    b = cli(
+    b = invoke(
         "edit",
         corpus,
         "--model",
@@ -562,7 +531,7 @@ def test_one_pass_model_mode_equals_scores_mode(tmp_path, mixed, tiny_prior, tok
         if not rel.endswith(".json"):
             assert read_rows(tmp_path / "s" / rel) == read_rows(tmp_path / "m" / rel), rel
     dropped = [
-        cli(
+        invoke(
             "edit", corpus, *src, "--out", tmp_path / name, "--p", "0.3", "--drop-below", "0.02",
             "--id-column", "id", "-q",
         )
@@ -580,7 +549,7 @@ def test_one_pass_model_mode_equals_scores_mode(tmp_path, mixed, tiny_prior, tok
             assert rows == read_rows(tmp_path / "md" / rel), rel
             n_deleted += sum(r.get("tokedit_n_deleted") or 0 for r in rows)
     assert n_deleted > 50
-    full = cli(
+    full = invoke(
         "edit",
         corpus,
         "--model",
@@ -602,7 +571,7 @@ def test_one_pass_model_mode_equals_scores_mode(tmp_path, mixed, tiny_prior, tok
     assert full.returncode == 0, full.stderr
     for row in read_rows(tmp_path / "f" / "p=0.05" / "a.parquet"):
         orig = [d for d in read_rows(corpus / "a.parquet") if d["id"] == row["id"]][0]
-        assert_row_byte_exact(tok, orig["text"], row["text"], row["tokedit_edits"])
+        assert_edits_byte_exact(tok, orig["text"], row["text"], row["tokedit_edits"])
 
 
 # ------------------------------------------------------------------ bad input
@@ -626,7 +595,7 @@ def _no_complete_output(out: Path) -> None:
     ],
 )
 def test_bad_thresholds(tmp_path, corpus_dir, tiny_scores, p, message):
-    r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "o", "--p", p)
+    r = invoke("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "o", "--p", p)
     assert r.returncode == 2 and message in r.stderr and "fix:" in r.stderr
     assert "Traceback" not in r.stderr
     _no_complete_output(tmp_path / "o")
@@ -635,7 +604,7 @@ def test_bad_thresholds(tmp_path, corpus_dir, tiny_scores, p, message):
 def test_mismatched_scores_are_refused(tmp_path, corpus_dir, tiny_scores, mixed, tiny_prior):
     corpus, scores = mixed
     # another dataset's scores: different shard list
-    r = cli("edit", corpus_dir, "--scores", scores, "--out", tmp_path / "o1")
+    r = invoke("edit", corpus_dir, "--scores", scores, "--out", tmp_path / "o1")
     assert r.returncode == 2 and "no complete scores for 4 of the 4 shards" in r.stderr
     _no_complete_output(tmp_path / "o1")
 
@@ -646,7 +615,7 @@ def test_mismatched_scores_are_refused(tmp_path, corpus_dir, tiny_scores, mixed,
     ids = t.column("id").to_pylist()
     ids[5] = "someone-else"
     pq.write_table(t.set_column(0, "id", pa.array(ids)), bad / "plays-02.parquet")
-    r = cli("edit", bad, "--scores", tiny_scores, "--out", tmp_path / "o2", "--p", "0.5")
+    r = invoke("edit", bad, "--scores", tiny_scores, "--out", tmp_path / "o2", "--p", "0.5")
     assert r.returncode == 2
     assert f"{bad / 'plays-02.parquet'} row 5: id 'someone-else'" in r.stderr
     done = read_manifest(tmp_path / "o2")["shards"]
@@ -659,7 +628,7 @@ def test_mismatched_scores_are_refused(tmp_path, corpus_dir, tiny_scores, mixed,
     shutil.copytree(corpus_dir, short)
     t = pq.read_table(short / "plays-00.parquet")
     pq.write_table(t.slice(0, t.num_rows - 1), short / "plays-00.parquet")
-    r = cli("edit", short, "--scores", tiny_scores, "--out", tmp_path / "o3", "--p", "0.5")
+    r = invoke("edit", short, "--scores", tiny_scores, "--out", tmp_path / "o3", "--p", "0.5")
     assert r.returncode == 2 and f"has {t.num_rows - 1} rows but its scores" in r.stderr
     _no_complete_output(tmp_path / "o3")
 
@@ -668,19 +637,19 @@ def test_mismatched_scores_are_refused(tmp_path, corpus_dir, tiny_scores, mixed,
 
     other = tmp_path / "tok"
     train_tokenizer(NON_ASCII * 5, vocab_size=300).save_pretrained(other)
-    r = cli(
+    r = invoke(
         "edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "o4", "--tokenizer", other
     )
     assert r.returncode == 2 and "is not the one" in r.stderr and "hash" in r.stderr
 
     # k larger than stored, no source, two sources
-    r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "o5", "--top-k", 9)
+    r = invoke("edit", corpus_dir, "--scores", tiny_scores, "--out", tmp_path / "o5", "--top-k", 9)
     assert r.returncode == 2 and "store only 8 candidates" in r.stderr
-    r = cli("edit", corpus_dir, "--out", tmp_path / "o6")
+    r = invoke("edit", corpus_dir, "--out", tmp_path / "o6")
     assert r.returncode == 2 and "either --scores" in r.stderr
-    r = cli(
+    r = invoke(
         "edit", corpus_dir, "--scores", tiny_scores, "--model", tiny_prior, "--out", tmp_path / "o7"
     )
     assert r.returncode == 2 and "either --scores" in r.stderr
-    r = cli("edit", corpus_dir, "--scores", tiny_scores, "--out", corpus_dir / "inside")
+    r = invoke("edit", corpus_dir, "--scores", tiny_scores, "--out", corpus_dir / "inside")
     assert r.returncode == 2 and "inside it" in r.stderr

@@ -11,6 +11,7 @@ import pyarrow as pa
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scale_helpers import assert_edits_byte_exact
 
 from tokedit.editor.batch import ScoreBatch, apply_draws, draw_batch
 from tokedit.editor.rng import doc_keys, position_uniforms
@@ -242,35 +243,6 @@ def synthetic_batch(tokenizer, texts, cand_ids, seed=0, logprob=0.0):
 
     schema = pa.schema([SCORES_SCHEMA.field(c) for c in rows[0]])
     return ScoreBatch.from_table(pa.Table.from_pylist(rows, schema=schema))
-
-
-def assert_edits_byte_exact(tokenizer, original, edited, edits, metaspace=False):
-    """Every character outside the edits is the input's; each edit holds the new token's text.
-
-    Token texts are computed here independently of Renderer: from the token string with the
-    byte-level alphabet, or "▁" -> " " for Metaspace (no space at the document start).
-    """
-    from tokenizers import decoders
-
-    def token_text(tid, at_start):
-        s = tokenizer.convert_ids_to_tokens(int(tid))
-        if metaspace:
-            s = s.replace("▁", " ")
-            return s[1:] if at_start and s.startswith(" ") else s
-        return decoders.ByteLevel().decode([s])
-
-    pieces, last = [], 0
-    for e in sorted(edits, key=lambda e: e["pos"]):
-        assert e["char_start"] >= last and e["char_end"] > e["char_start"]
-        at0 = e["pos"] == 0
-        assert original[e["char_start"] : e["char_end"]] == token_text(e["orig_id"], at0)
-        new = token_text(e["new_id"], at0)
-        assert "\ufffd" not in new and new
-        pieces += [original[last : e["char_start"]], new]
-        last = e["char_end"]
-    pieces.append(original[last:])
-    assert edited == "".join(pieces)
-    edited.encode("utf-8")  # whole characters only
 
 
 @settings(max_examples=60, deadline=None)

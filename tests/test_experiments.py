@@ -24,10 +24,18 @@ def finite(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
+# The TCE arm's gamma: the test preset's 0.1M-parameter model, 3 steps from random init,
+# gives its tokens P of about 1/300, so at the preset's gamma 0.9 TCE masks nothing and
+# trains to the same bits as CE; at 0.005 it masks ~10-30 % of the tokens.
+GAMMA = 0.005
+TCE_ARM = f"tce-{GAMMA:g}"
+
+
 @pytest.fixture(scope="module")
 def recursive(tmp_path_factory, corpus_dir):
     out = tmp_path_factory.mktemp("recursive")
-    run_recursive(str(corpus_dir), str(out), get_preset("test"), seed=0, log=lambda m: None)
+    preset = get_preset("test", gammas=(GAMMA,))
+    run_recursive(str(corpus_dir), str(out), preset, seed=0, log=lambda m: None)
     return out, json.loads((out / "recursive.json").read_text())
 
 
@@ -44,7 +52,7 @@ def mixture(tmp_path_factory, corpus_dir):
 def test_recursive_outputs_every_key_finite(recursive):
     out, r = recursive
     preset = get_preset("test")
-    assert set(r["arms"]) == {"ce", "tce-0.9", "toedit"}
+    assert set(r["arms"]) == {"ce", TCE_ARM, "toedit"}
     for name, rows in r["arms"].items():
         assert [row["generation"] for row in rows] == list(range(preset.generations + 1))
         for row in rows:
@@ -124,13 +132,26 @@ def test_gaussian_cli(tmp_path):
 
 
 def test_arms_use_their_loss(recursive):
+    """The arms train with the loss they name: from the same initial weights, seed and
+    generation-0 data, the TCE arm masks tokens and ends in another model than CE; the
+    toedit arm's generation 0 is the CE model. Catches: a TCE arm that trains with plain
+    cross entropy (no loss function, gamma dropped, or the mask computed but not applied)."""
     _, r = recursive
     losses = {a["name"]: (a["loss"], a["gamma"], a["data"]) for a in r["arm_definitions"]}
     assert losses == {
         "ce": ("ce", None, "regenerate"),
-        "tce-0.9": ("tce", 0.9, "regenerate"),
+        TCE_ARM: ("tce", GAMMA, "regenerate"),
         "toedit": ("ce", None, "toedit"),
     }
+    ce, tce, toedit = r["arms"]["ce"][0], r["arms"][TCE_ARM][0], r["arms"]["toedit"][0]
+    assert tce["train_data_sha"] == ce["train_data_sha"]
+    for row in r["arms"][TCE_ARM]:
+        masked = row["train"]["tce_masked_share_last"]
+        assert masked is not None and 0 < masked < 1, f"the TCE arm masked {masked} of its tokens"
+    assert ce["train"]["tce_masked_share_last"] is None
+    assert tce["held_out_ppl"] != ce["held_out_ppl"], "the TCE arm trained the CE model"
+    assert tce["train"]["train_loss"] != ce["train"]["train_loss"]
+    assert toedit["held_out_ppl"] == ce["held_out_ppl"]  # same data, loss and seed
 
 
 def test_corpus_metrics_of_the_reference_itself(corpus_dir, tiny_prior):

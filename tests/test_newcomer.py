@@ -17,28 +17,11 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scale_helpers import invoke, run_cli, score_args, write_rows
+from scale_helpers import invoke, output_files, run_cli, score_args, write_rows
 
 from tokedit.io.manifest import read_manifest
 from tokedit.io.scores_dir import text_fingerprint
 from tokedit.io.texts import split_documents
-
-
-def cli(*args) -> subprocess.CompletedProcess:
-    """:func:`scale_helpers.invoke` with paths and numbers as arguments."""
-    return invoke(*map(str, args))
-
-
-def output_files(out: Path) -> dict[str, bytes]:
-    """The data files of an output directory: nothing hidden (manifest, locks, temp files)."""
-    return {
-        p.relative_to(out).as_posix(): p.read_bytes()
-        for p in sorted(out.rglob("*"))
-        if p.is_file()
-        and not any(part.startswith(".") for part in p.relative_to(out).parts)
-        and p.name != "manifest.json"
-    }
-
 
 N_DOCS = 12  # per shard: small enough for seconds, large enough for a few edits
 
@@ -118,7 +101,9 @@ def test_stale_scores_are_refused_naming_file_and_row(tmp_path, newcomer_corpus,
     assert fingerprints[0].as_py() == text_fingerprint(first)
     assert fingerprints[0].as_py().startswith(f"{len(first)}:")
     modified = prefixed_copy(newcomer_corpus, tmp_path / "data-mod", "[edited 2024] ")
-    r = cli("edit", modified, "--scores", newcomer_scores, "--out", tmp_path / "ed", *COLUMNS, "-q")
+    r = invoke(
+        "edit", modified, "--scores", newcomer_scores, "--out", tmp_path / "ed", *COLUMNS, "-q"
+    )
     assert r.returncode != 0 and "Traceback" not in r.stderr
     assert f"{modified / 'part-0.parquet'} row 0: the text differs" in r.stderr
     assert f"({len(first) + 14} characters now, {len(first)} when scored)" in r.stderr
@@ -136,10 +121,10 @@ def test_scores_without_fingerprints_still_edit(tmp_path, newcomer_corpus, newco
         table = pq.read_table(shard)
         pq.write_table(table.drop_columns(["text_fingerprint"]), shard)
     common = ["--p", "0.3", *COLUMNS, "-q"]
-    new_run = cli(
+    new_run = invoke(
         "edit", newcomer_corpus, "--scores", newcomer_scores, "--out", tmp_path / "a", *common
     )
-    old_run = cli("edit", newcomer_corpus, "--scores", old, "--out", tmp_path / "b", *common)
+    old_run = invoke("edit", newcomer_corpus, "--scores", old, "--out", tmp_path / "b", *common)
     assert new_run.returncode == 0 and old_run.returncode == 0, old_run.stderr
     assert output_files(tmp_path / "a") == output_files(tmp_path / "b")
 
@@ -153,7 +138,7 @@ def test_one_scoring_pass_edits_at_the_threshold_report_suggests(
     only in report.json/html, the old default --candidates-min-p 0.9 (edit refused at p < 0.9)."""
     manifest = read_manifest(newcomer_scores)
     assert manifest["options"]["candidates_min_p"] == 0.0
-    r = cli(
+    r = invoke(
         "report", newcomer_scores, "--out", tmp_path / "rep", "--target-edit-rate", "0.1,0.05",
         "-q", "--examples", "0",
     )  # fmt: skip
@@ -166,7 +151,7 @@ def test_one_scoring_pass_edits_at_the_threshold_report_suggests(
     p = float(command[command.index("--p") + 1])
     assert 0 < p < 0.9
     command[command.index("EDITED")] = str(tmp_path / "ed")
-    edited = cli(*command[1:], "-q")
+    edited = invoke(*command[1:], "-q")
     assert edited.returncode == 0, edited.stderr
     totals = read_manifest(tmp_path / "ed")["totals"]["p"][f"{p!r}"]
     assert totals["above"] / totals["scored"] == pytest.approx(0.1, abs=0.03)
@@ -181,17 +166,17 @@ def test_report_on_min_p_scores_says_they_cannot_edit_and_what_to_run(
     Catches: a suggestion below candidates_min_p printed without a word (the newcomer's rerun),
     a rescoring command that forgets the columns."""
     old = tmp_path / "scores"
-    r = cli(*score_cmd(newcomer_corpus, old, tiny_prior, *COLUMNS, "--candidates-min-p", "0.9"))
+    r = invoke(*score_cmd(newcomer_corpus, old, tiny_prior, *COLUMNS, "--candidates-min-p", "0.9"))
     assert r.returncode == 0, r.stderr
-    rep = cli("report", old, "--out", tmp_path / "rep", "-q", "--examples", "0")
+    rep = invoke("report", old, "--out", tmp_path / "rep", "-q", "--examples", "0")
     lines = rep.stdout.splitlines()
     i = next(i for i, line in enumerate(lines) if "CANNOT edit" in line)
     assert "P >= 0.9" in lines[i]
     score, edit = (shlex.split(c) for c in lines[i + 1].strip().split(" && "))
     assert score[:2] == ["tokedit", "score"] and "--candidates-min-p" in score
-    assert cli(*score[1:], "-q").returncode == 0
+    assert invoke(*score[1:], "-q").returncode == 0
     edit[edit.index("EDITED")] = str(tmp_path / "ed")
-    edited = cli(*edit[1:], "-q")
+    edited = invoke(*edit[1:], "-q")
     assert edited.returncode == 0, edited.stderr
     p = float(edit[edit.index("--p") + 1])
     assert read_manifest(tmp_path / "ed")["totals"]["p"][f"{p!r}"]["changed"] > 0
@@ -212,17 +197,19 @@ def test_out_into_a_directory_of_other_files_is_refused(tmp_path, newcomer_corpu
     mine = tmp_path / "notes"
     mine.mkdir()
     (mine / "todo.txt").write_text("my file\n")
-    r = cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", mine, "-q")
+    r = invoke("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", mine, "-q")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "is not empty (todo.txt)" in r.stderr and "new or empty --out" in r.stderr
     assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["todo.txt"]
     assert read_manifest(mine) is None
     fresh = tmp_path / "fresh"
     assert (
-        cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", fresh, "-q").returncode
+        invoke(
+            "edit", newcomer_corpus, "--scores", newcomer_scores, "--out", fresh, "-q"
+        ).returncode
         == 0
     )
-    again = cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", fresh, "-q")
+    again = invoke("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", fresh, "-q")
     assert again.returncode == 0 and "2 shard(s) already done" in again.stdout
 
 
@@ -230,7 +217,7 @@ def test_overwrite_removes_what_the_earlier_run_wrote(tmp_path, newcomer_corpus,
     """Trap 5: ``--overwrite`` with other ``--p`` values left the old ``p=`` directories
     behind. Catches: removing the files but not the directories they leave empty."""
     out = tmp_path / "e"
-    sweep = cli(
+    sweep = invoke(
         "edit", newcomer_corpus, "--scores", newcomer_scores, "--out", out, "--p", "0.5,0.9", "-q"
     )
     assert sweep.returncode == 0, sweep.stderr
@@ -238,7 +225,7 @@ def test_overwrite_removes_what_the_earlier_run_wrote(tmp_path, newcomer_corpus,
         "p=0.5",
         "p=0.9",
     ]
-    r = cli(
+    r = invoke(
         "edit",
         newcomer_corpus,
         "--scores",
@@ -297,9 +284,9 @@ def test_a_changed_prior_tokenizer_is_refused_when_a_shard_is_edited(
     prior = tmp_path / "prior"
     shutil.copytree(tiny_prior, prior)
     scores = tmp_path / "scores"
-    assert cli(*score_cmd(newcomer_corpus, scores, prior, *COLUMNS)).returncode == 0
+    assert invoke(*score_cmd(newcomer_corpus, scores, prior, *COLUMNS)).returncode == 0
     train_tokenizer("a changed tokenizer " * 50, vocab_size=300).save_pretrained(prior)
-    r = cli("edit", newcomer_corpus, "--scores", scores, "--out", tmp_path / "ed", "-q")
+    r = invoke("edit", newcomer_corpus, "--scores", scores, "--out", tmp_path / "ed", "-q")
     assert r.returncode == 2 and "is not the one" in r.stderr and "rescore" in r.stderr
     assert not output_files(tmp_path / "ed")
 
@@ -312,14 +299,15 @@ def test_report_reads_the_text_column_from_an_edited_manifest(
     applied to tokedit's own outputs."""
     ed = tmp_path / "ed"
     assert (
-        cli("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", ed, "-q").returncode == 0
+        invoke("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", ed, "-q").returncode
+        == 0
     )
-    r = cli("report", ed, "--out", tmp_path / "rep", "--units", "words", "--examples", "0", "-q")
+    r = invoke("report", ed, "--out", tmp_path / "rep", "--units", "words", "--examples", "0", "-q")
     assert r.returncode == 0, r.stderr
     report = json.loads((tmp_path / "rep" / "report.json").read_text())
     (corpus,) = report["corpora"]
     assert corpus["documents"]["used"] == 2 * N_DOCS and corpus["text_column"] == "content"
-    human = cli("report", newcomer_corpus, "--out", tmp_path / "rep2", "-q")
+    human = invoke("report", newcomer_corpus, "--out", tmp_path / "rep2", "-q")
     assert human.returncode == 2 and "--text-column" in human.stderr
     # word n-grams of a text corpus need no tokenizer: nothing loads one (nor imports torch)
     words = run_probe(

@@ -18,6 +18,7 @@ pytest.importorskip("ray.data", reason="Ray Data is an optional extra: pip insta
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:ray")
 
 from scale_helpers import (  # noqa: E402
+    edit_args,
     free_port,
     invoke,
     manifest_shards,
@@ -197,10 +198,6 @@ def test_shard_scorer_pickles_its_configuration_only(tmp_path, tiny_prior):
 
 
 # ---------------------------------------------------------------- tokedit edit --engine ray
-
-
-def edit_args(data, out, *extra: str) -> list[str]:
-    return ["edit", str(data), "--out", str(out), "-q", *extra]
 
 
 @pytest.fixture(scope="module")

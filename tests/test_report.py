@@ -24,7 +24,7 @@ from tokedit.cli import main
 from tokedit.io.manifest import manifest_path
 from tokedit.io.write import write_json
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+REPORT_DOC = Path(__file__).resolve().parent.parent / "docs" / "report.md"
 
 
 def _read_texts(directory: Path) -> list[str]:
@@ -260,9 +260,9 @@ class _Images(HTMLParser):
 
 
 def _documented_keys() -> set[str]:
-    """The ``- `key` `` definitions of the README's report section."""
-    text = README.read_text()
-    section = text[text.index("## `tokedit report`") : text.index("## `tokedit train`")]
+    """The ``- `key` `` definitions of ``docs/report.md`` (the report's page)."""
+    text = REPORT_DOC.read_text()
+    section = text[text.index("## `report.json`") : text.index("## `report.html`")]
     return set(re.findall(r"^- `([^`]+)`", section, flags=re.MULTILINE))
 
 
@@ -337,7 +337,7 @@ def test_full_report_html_json_and_docs(
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
     for label in ("human", "scores", "edited"):
         assert label in html
-    # json: every key is documented in the README (report), and every documented key is there
+    # json: every key is documented in docs/report.md, and every documented key is there
     # (in this token report or in a word report)
     words = build_report([str(split_dirs["a"][0])], ReportOptions(units="words", max_docs=5))
     # (and the token view's edit keys, from a real edit)

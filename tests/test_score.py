@@ -15,7 +15,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from scale_helpers import invoke, score_args
+from scale_helpers import cli_command, invoke, run_cli, score_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokedit.demo import write_demo_corpus
@@ -216,13 +216,6 @@ def small_corpus(tmp_path_factory, plays):
     return out
 
 
-def run_cli(*args):
-    """A separate process, for tests that kill or run several processes."""
-    return subprocess.run(
-        [sys.executable, "-m", "tokedit.cli", *args], capture_output=True, text=True
-    )
-
-
 def shard_bytes(out):
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))}
 
@@ -232,7 +225,7 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path, corpus_dir, tiny_prio
     assert run_cli(*score_args(corpus_dir, whole, tiny_prior)).returncode == 0
     crashed = tmp_path / "crashed"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tokedit.cli", *score_args(corpus_dir, crashed, tiny_prior)],
+        cli_command(*score_args(corpus_dir, crashed, tiny_prior)),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

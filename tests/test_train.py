@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scale_helpers import write_rows
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokedit.errors import InputError
 from tokedit.training.trainer import (
     IGNORE_INDEX,
     TrainConfig,
+    evaluate_perplexity,
     pack_blocks,
+    pack_texts,
     split_held_out,
     train_model,
 )
@@ -53,19 +56,29 @@ def test_trained_prior_loads_like_a_hub_model_and_learned(tiny_prior):
     assert s["steps"] == 300 and s["from_scratch"] is True
 
 
-def test_continue_training_an_existing_model(tmp_path, corpus_dir, tiny_prior):
+def test_continue_training_an_existing_model(tmp_path, tiny_prior):
+    """Continued training moves the weights towards its data: the loss on the (repeated)
+    training text falls. Catches: a learning rate of 0, or an optimizer that never steps."""
+    text = "Double, double toil and trouble; fire burn and cauldron bubble. " * 6
+    write_rows(tmp_path / "data" / "x.jsonl", [{"text": text}] * 40)  # held out: the same text
+    config = TrainConfig(max_steps=5, batch_size=4, block_size=64, warmup_steps=0)
     s = train_model(
-        str(corpus_dir),
+        str(tmp_path / "data"),
         str(tmp_path / "m"),
         model_path=str(tiny_prior),
-        config=TrainConfig(max_steps=3, batch_size=4, block_size=64),
+        config=config,
         progress=False,
         log=lambda m: None,
     )
-    assert s["steps"] == 3 and s["base_model"] == str(tiny_prior)
+    assert s["steps"] == 5 and s["base_model"] == str(tiny_prior)
     assert (tmp_path / "m" / "config.json").is_file() and (
         tmp_path / "m" / "tokenizer.json"
     ).is_file()
+    tok = AutoTokenizer.from_pretrained(tiny_prior)
+    ids, labels = pack_texts(tok, [text], config.block_size)
+    before = evaluate_perplexity(AutoModelForCausalLM.from_pretrained(tiny_prior), ids, labels)
+    after = evaluate_perplexity(AutoModelForCausalLM.from_pretrained(tmp_path / "m"), ids, labels)
+    assert after < 0.9 * before, f"training did not lower the loss: ppl {before:.2f} -> {after:.2f}"
 
 
 def test_train_needs_exactly_one_of_model_and_from_scratch(tmp_path, corpus_dir):

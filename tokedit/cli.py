@@ -298,7 +298,7 @@ def main():
     show_default=True,
     help="Store candidates only where P(actual token) >= this; editing at p needs min-p <= p. "
     "0: at every position, so one scoring pass edits at any --p (about 5x the storage at "
-    "--top-k 8: see the README's score section).",
+    "--top-k 8: see docs/score.md).",
 )
 @model_options()
 @run_options
@@ -942,7 +942,7 @@ def _experiment_options(fn):
                 type=click.Choice(list(EXPERIMENT_PRESETS)),
                 default="tiny",
                 show_default=True,
-                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see the README (experiments)).",
+                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see docs/training.md).",
             ),
             click.option(
                 "--steps",

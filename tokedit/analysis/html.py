@@ -385,7 +385,7 @@ def render_html(report: dict, out: Path) -> Path:
     )
     parts.append(
         f"<p>n-grams are counted over {unit_desc}. Reference corpus for tail coverage: "
-        f"<b>{html.escape(report['reference'])}</b>. Definitions of every number: the README (report).</p>"
+        f"<b>{html.escape(report['reference'])}</b>. Definitions of every number: docs/report.md.</p>"
     )
     if report["sampled"]:
         parts.append(

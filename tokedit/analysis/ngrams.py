@@ -349,7 +349,7 @@ def entropy_bits(counts: np.ndarray) -> float:
 
 
 def concentration(table: NgramTable) -> dict:
-    """distinct-n, entropy and top-mass shares of one n-gram table (see the README (report))."""
+    """distinct-n, entropy and top-mass shares of one n-gram table (see docs/report.md)."""
     total, d = table.total, table.distinct
     desc = table.counts_desc
     top1pct_k = math.ceil(0.01 * d) if d else 0
@@ -411,7 +411,7 @@ def compare(
     """Tail coverage of ``other`` against ``ref`` and, with ``alpha``, KL / JS divergences.
 
     Both tables are aligned once over the union of their keys; every number is then a sum
-    over that union (definitions in the README (report)).
+    over that union (definitions in docs/report.md).
     """
     r, c = align(ref, other)
     tot_r, tot_o = int(r.sum()), int(c.sum())

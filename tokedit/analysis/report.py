@@ -1,7 +1,7 @@
 """``tokedit report``: distribution statistics of one or several corpora, side by side.
 
 :func:`build_report` streams every directory once and returns a JSON-able dict (every key is
-defined in ``the README (report)``); :func:`write_report` writes ``report.json``, the PNG plots and
+defined in ``docs/report.md``); :func:`write_report` writes ``report.json``, the PNG plots and
 ``report.html``. The reference corpus (``--reference``, default the first) is read first and
 its n-gram tables are kept; every other corpus is compared with it and then dropped, so
 memory holds the distinct n-grams of two corpora at most.
@@ -96,7 +96,7 @@ def model_of(source: CorpusSource) -> tuple[str, str | None] | None:
 
 
 def resolve_units(sources: list[CorpusSource], options: ReportOptions, tokenizers: _Tokenizers):
-    """Choose token or word units for every corpus of the report (see the README (report))."""
+    """Choose token or word units for every corpus of the report (see docs/report.md)."""
     if options.units not in ("auto", "tokens", "words"):
         raise InputError(f"unknown --units {options.units!r}", remedy="use auto, tokens or words")
     if options.units == "words" and not options.tokenizer:

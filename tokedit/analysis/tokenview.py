@@ -5,8 +5,8 @@ The pure core works on one document's text, its scores row (``offsets``: char st
 token, ``logprob``) and its edits (spans in the same text); it returns *segments*: runs of
 text with a probability and an optional edit, bounded to a window of ``max_chars``. The shell
 below (:func:`collect_examples`) picks the documents of a scores or edited directory and reads
-the rows they need. Every key written to ``report.json`` is defined in the README (report,
-"Token view").
+the rows they need. Every key written to ``report.json`` is defined in docs/report.md
+("Token view").
 
 An edited directory's edits are spans of the ORIGINAL text, so the view shows the original
 text with each edit overlaid: the original token struck through, its replacement after it.
@@ -211,7 +211,7 @@ def reconstruct_original(edited: str, edits: Sequence[dict]) -> str | None:
     """The original text from the edited one, given each edit's ``orig`` and ``new`` text.
 
     Edit ``j`` starts in the edited text at ``char_start + Σ (len(new) - (char_end -
-    char_start))`` over the earlier edits (the README's rule). None unless every replacement
+    char_start))`` over the earlier edits (docs/report.md, "Token view"). None unless every replacement
     is found there and every original text has its span's length.
     """
     parts, last, shift = [], 0, 0

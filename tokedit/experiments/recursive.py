@@ -51,7 +51,7 @@ def run_recursive(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """A small-scale analogue of ForTIFAI's recursive training (see the module docstring and
-    ``the README (experiments)``; not a reproduction).
+    ``docs/training.md``; not a reproduction).
 
     Generation 0 trains on real slice 0. After training generation ``g``, its model rewrites
     its whole training set (``regenerate``: prefix-conditioned sampling; ``toedit``: ToEdit

@@ -76,7 +76,7 @@ def write_recursive_report(result: dict, out: Path) -> None:
     intro = (
         f"Recursive training, preset {result['preset']['model']} model "
         f"({result['parameters'] / 1e6:.2f}M parameters), seed {result['seed']}. "
-        "Small-scale results; see the README (experiments) for definitions."
+        "Small-scale results; see docs/training.md for definitions."
     )
     (out / "recursive.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     (out / "recursive.html").write_text(
@@ -107,7 +107,7 @@ def write_mixture_report(result: dict, out: Path) -> None:
     intro = (
         f"Human vs synthetic mixtures vs ToEdit-edited data; prior held-out ppl "
         f"{_fmt(result['prior']['held_out_ppl'])}; edit threshold p = {result['edit']['p']}. "
-        "Small-scale results; see the README (experiments)."
+        "Small-scale results; see docs/training.md."
     )
     (out / "mixture.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
     (out / "mixture.html").write_text(

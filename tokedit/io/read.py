@@ -24,7 +24,7 @@ from tokedit.io.storage import arrow_source, open_arrow_stream_input, open_read
 
 DEFAULT_BATCH_ROWS = 512
 
-# Row statuses for documents that are kept but not processed (documented in the README).
+# Row statuses for documents that are kept but not processed (documented in docs/formats.md).
 STATUS_OK = "ok"
 STATUS_EMPTY = "empty"
 STATUS_NULL = "null_text"

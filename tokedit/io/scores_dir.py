@@ -23,7 +23,7 @@ from tokedit.io.read import DEFAULT_BATCH_ROWS, STATUS_OK, Documents, RowBatch
 from tokedit.io.shards import Shard
 from tokedit.io.storage import arrow_source
 
-# Column order and types of a scores shard (a contract: see README "Scores directory").
+# Column order and types of a scores shard (a contract: see docs/formats.md "Scores directory").
 SCORES_SCHEMA = pa.schema(
     [
         ("id", pa.string()),

@@ -545,7 +545,7 @@ def publish(local: Path, dest: RemotePath, temp_name: str) -> None:
     on the store (all or nothing), then delete the temporary key.
 
     A crash before the copy leaves only the temporary key, which the next run removes
-    (:func:`tokedit.io.runner.remove_stale_temp_files`); a crash after it leaves a complete
+    (:func:`tokedit.io.write.remove_stale_temp_files`); a crash after it leaves a complete
     object, which counts only once its manifest entry exists.
     """
     tmp = dest.with_name(temp_name)

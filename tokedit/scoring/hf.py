@@ -307,6 +307,6 @@ def check_head(model, head: LogitHead, name: str) -> float:
         raise InputError(
             f"model {name!r} ({type(model).__name__}) post-processes its logits in a way "
             f"tokedit does not reproduce (max difference {diff:.3g} on a probe)",
-            remedy="use a family tokedit supports (README, tokedit score: prior families) or report the model type",
+            remedy="use a family tokedit supports (docs/priors.md: exact log-probs for every family) or report the model type",
         )
     return diff

@@ -8,7 +8,7 @@ plus the token actually at ``j`` (so ``k`` or ``k + 1`` entries). :func:`window_
 turns that into the :class:`~tokedit.scoring.hf.WindowScores` the ``hf`` backend returns;
 it is pure Python / numpy and tested without vLLM.
 
-Settings and why (the pitfalls listed in DESIGN.md; see the README (GPUs)):
+Settings and why (the pitfalls listed in DESIGN.md; see docs/gpus.md):
 
 * ``max_logprobs = k + 1``: vLLM refuses requests asking for more than ``max_logprobs``
   (default 20), and the answer may hold ``k + 1`` entries.
