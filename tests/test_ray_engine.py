@@ -234,15 +234,22 @@ def test_ray_edit_is_byte_identical_to_local(tmp_path, ray_local, data, local_ou
     ]  # this run's counts come back from the actors
 
 
-def test_ray_deletions_are_byte_identical_to_local(tmp_path, ray_local, data, local_out):
-    """--drop-below (and the default up-revise preset) write the same bytes on both engines."""
-    args = ("--scores", str(local_out), "--p", "0.9", "--drop-below", "0.01")
+def edit_on_both_engines(tmp_path, data, *args):
+    """``tokedit edit`` with ``args`` on the local engine and on Ray; both must succeed and
+    write the same bytes and manifest entries."""
     local = invoke(*edit_args(data, tmp_path / "local", *args))
     ray = invoke(*edit_args(data, tmp_path / "ray", *args, "--engine", "ray"))
     assert local.returncode == 0, local.stderr
     assert ray.returncode == 0, ray.stderr
     assert output_files(tmp_path / "ray") == output_files(tmp_path / "local")
     assert manifest_shards(tmp_path / "ray") == manifest_shards(tmp_path / "local")
+    return local, ray
+
+
+def test_ray_deletions_are_byte_identical_to_local(tmp_path, ray_local, data, local_out):
+    """--drop-below (and the default up-revise preset) write the same bytes on both engines."""
+    args = ("--scores", str(local_out), "--p", "0.9", "--drop-below", "0.01")
+    local, ray = edit_on_both_engines(tmp_path, data, *args)
     deleted = sum(e["p"]["0.9"]["deleted"] for e in manifest_shards(tmp_path / "ray").values())
     assert deleted > 100
     assert summary_counts(ray.stdout) == [
@@ -254,12 +261,7 @@ def test_ray_deletions_are_byte_identical_to_local(tmp_path, ray_local, data, lo
 def test_ray_one_pass_edit_is_byte_identical_to_local(tmp_path, ray_local, data, tiny_prior):
     args = ("--model", str(tiny_prior), "--id-column", "id", "--p", "0.5",
             "--max-length", "128", "--overlap", "32")  # fmt: skip
-    local = invoke(*edit_args(data, tmp_path / "local", *args))
-    ray = invoke(*edit_args(data, tmp_path / "ray", *args, "--engine", "ray"))
-    assert local.returncode == 0, local.stderr
-    assert ray.returncode == 0, ray.stderr
-    assert output_files(tmp_path / "ray") == output_files(tmp_path / "local")
-    assert manifest_shards(tmp_path / "ray") == manifest_shards(tmp_path / "local")
+    local, ray = edit_on_both_engines(tmp_path, data, *args)
     changed = sum(e["p"]["0.5"]["changed"] for e in manifest_shards(tmp_path / "ray").values())
     assert changed > 0
     info = read_manifest(tmp_path / "ray")["info"]

@@ -13,7 +13,7 @@ per threshold from one read of the input and the scores. Resume and atomicity co
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from tokedit.editor.options import (
@@ -23,6 +23,7 @@ from tokedit.editor.options import (
     resolve_model_rule,
     resolve_rule,
 )
+from tokedit.editor.rules import EditRule
 from tokedit.editor.step import ShardEditor, load_checked_tokenizer
 from tokedit.engines.runner import check_engine, run_step, token_bar
 from tokedit.errors import InputError
@@ -88,6 +89,160 @@ def _check_scores_bos(scores_dir: Path, manifest: dict, tok, model_options) -> N
 # ----------------------------------------------------------------------------- the run
 
 
+@dataclass
+class EditPlan:
+    """What an edit reads and what its manifest records, decided before any shard is read.
+
+    ``identity`` is the part of the manifest's options that names the source (compared on
+    resume); ``info`` holds facts (recorded, not compared). The other fields are what the
+    :class:`ShardEditor` reads its tokens and candidates from: a scores directory, or a model.
+    """
+
+    mode: str  # "scores" or "model"
+    rule: EditRule  # resolved against the scores' top-k or the backend
+    text_column: str
+    id_column: str | None
+    identity: dict
+    info: dict
+    tokenizer: str  # what the step loads: the scores' model, --tokenizer, or --model
+    tokenizer_revision: str | None = None
+    tokenizer_hash: str | None = None  # scores mode: checked when the step loads it
+    loaded_tokenizer: object = None  # already loaded here (one-pass, or a checked --tokenizer)
+    scores_dir: str | None = None
+    scores_rows: dict[str, int | None] | None = None
+    model: str | None = None
+    model_options: ModelOptions | None = None
+    score_options: ScoreOptions | None = None
+
+    def shard_editor(self, out_dir: str, options: EditOptions, batch_rows: int) -> ShardEditor:
+        return ShardEditor(
+            out_dir,
+            replace(options, rule=self.rule),
+            text_column=self.text_column,
+            id_column=self.id_column,
+            batch_rows=batch_rows,
+            tokenizer=self.tokenizer,
+            tokenizer_revision=self.tokenizer_revision,
+            tokenizer_hash=self.tokenizer_hash,
+            scores_dir=self.scores_dir,
+            scores_rows=self.scores_rows,
+            model=self.model,
+            model_options=self.model_options,
+            score_options=self.score_options,
+        )
+
+
+def plan_from_scores(
+    scores_path,
+    input_path,
+    all_shards,
+    options: EditOptions,
+    model_options: ModelOptions | None,
+    text_column: str | None,
+    id_column: str | None,
+    tokenizer: str | None,
+) -> EditPlan:
+    """Edit from a scores directory: checked against the input, the thresholds, the columns
+    given and (if asked) the tokenizer and ``--bos``."""
+    if model_options is not None and model_options.backend != "hf":
+        raise InputError(
+            f"--backend {model_options.backend} scores with --model; with --scores nothing is scored",
+            remedy="leave --backend out, or pass --model instead of --scores",
+        )
+    smanifest = load_scores_manifest(scores_path, input_path, all_shards, options.ps)
+    sopts = smanifest["options"]
+    for flag, given, stored in (
+        ("--text-column", text_column, sopts.get("text_column", "text")),
+        ("--id-column", id_column, sopts.get("id_column")),
+    ):
+        if given is not None and given != stored:
+            raise InputError(
+                f"{flag} {given!r}, but the scores in {scores_path} were computed with {flag} {stored!r}",
+                remedy=f"leave {flag} out (the scores' value is used), or rescore",
+            )
+    tok_source = tokenizer or sopts.get("model")
+    tok_revision = None if tokenizer else sopts.get("revision")
+    thash = sopts.get("tokenizer_hash")
+    # The scores' own tokenizer loads (and is checked against their hash) only when a shard
+    # is edited: a resumed run with nothing left to do starts in well under 2 s.
+    tok = None
+    if tokenizer is not None or (model_options is not None and model_options.bos):
+        tok = load_checked_tokenizer(tok_source, tok_revision, thash, scores_path)
+    _check_scores_bos(scores_path, smanifest, tok, model_options)
+    return EditPlan(
+        mode="scores",
+        rule=resolve_rule(options, int(sopts.get("top_k", 0)), scores_mode=True),
+        text_column=sopts.get("text_column", "text"),
+        id_column=sopts.get("id_column"),
+        identity={
+            "mode": "scores",
+            "scores": scores_fingerprint(smanifest),
+            "model": sopts.get("model"),
+            "tokenizer_hash": thash,
+        },
+        info={"scores": str(scores_path.resolve())},
+        tokenizer=tok_source,
+        tokenizer_revision=tok_revision,
+        tokenizer_hash=thash,
+        loaded_tokenizer=tok,
+        scores_dir=str(scores_path.resolve()),
+        scores_rows={rel: e.get("rows") for rel, e in smanifest["shards"].items()},
+    )
+
+
+def plan_from_model(
+    model: str,
+    options: EditOptions,
+    model_options: ModelOptions | None,
+    text_column: str | None,
+    id_column: str | None,
+) -> EditPlan:
+    """Score with ``model`` and edit in the same pass (hf: draws from full rows; vLLM: from
+    its top-k candidates)."""
+    from tokedit.scoring.gguf import model_source
+    from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
+
+    model_options = model_options or ModelOptions()
+    tok = load_tokenizer(model, model_options.revision)
+    rule = resolve_model_rule(options, model_options.backend)
+    full_rows = model_options.backend == "hf"
+    score_options = ScoreOptions(
+        max_len=model_options.max_len,
+        overlap=model_options.overlap,
+        batch_tokens=model_options.batch_tokens,
+        top_k=0 if full_rows else rule.top_k,
+        candidates_min_p=1.0 if full_rows else min(options.ps),
+        bos=model_options.bos or "auto",
+    ).resolved(model_positions(model, model_options.revision))
+    identity = {
+        "mode": "model",
+        "backend": model_options.backend,
+        "model": model,
+        "revision": model_options.revision,
+        "tokenizer_hash": tokenizer_hash(tok),
+        "dtype": model_options.dtype,
+        "max_length": score_options.max_len,
+        "overlap": score_options.overlap,
+        "add_bos": bos_prepended(tok, score_options.bos),  # a BOS was prepended
+    }
+    if source := model_source(model):  # a GGUF prior: which file, which quantization
+        identity["model_source"] = source
+    return EditPlan(
+        mode="model",
+        rule=rule,
+        text_column=text_column or "text",
+        id_column=id_column,
+        identity=identity,
+        info={"bos": score_options.bos},
+        tokenizer=model,
+        tokenizer_revision=model_options.revision,
+        loaded_tokenizer=tok,
+        model=model,
+        model_options=model_options,
+        score_options=score_options,
+    )
+
+
 def edit_dataset(
     input_dir: str,
     out_dir: str,
@@ -135,90 +290,19 @@ def edit_dataset(
     _check_out_dir(out_path, input_path, as_path(scores_dir) if scores_dir else None)
 
     if scores_dir is not None:
-        if model_options is not None and model_options.backend != "hf":
-            raise InputError(
-                f"--backend {model_options.backend} scores with --model; with --scores nothing is scored",
-                remedy="leave --backend out, or pass --model instead of --scores",
-            )
-        scores_path = as_path(scores_dir)
-        smanifest = load_scores_manifest(scores_path, input_path, all_shards, ps)
-        sopts = smanifest["options"]
-        for flag, given, stored in (
-            ("--text-column", text_column, sopts.get("text_column", "text")),
-            ("--id-column", id_column, sopts.get("id_column")),
-        ):
-            if given is not None and given != stored:
-                raise InputError(
-                    f"{flag} {given!r}, but the scores in {scores_path} were computed with {flag} {stored!r}",
-                    remedy=f"leave {flag} out (the scores' value is used), or rescore",
-                )
-        text_column = sopts.get("text_column", "text")
-        id_column = sopts.get("id_column")
-        tok_source = tokenizer or sopts.get("model")
-        tok_revision = None if tokenizer else sopts.get("revision")
-        thash = sopts.get("tokenizer_hash")
-        # The scores' own tokenizer loads (and is checked against their hash) only when a
-        # shard is edited: a resumed run with nothing left to do starts in well under 2 s.
-        tok = None
-        if tokenizer is not None or (model_options is not None and model_options.bos):
-            tok = load_checked_tokenizer(tok_source, tok_revision, thash, scores_path)
-        rule = resolve_rule(options, int(sopts.get("top_k", 0)), scores_mode=True)
-        _check_scores_bos(scores_path, smanifest, tok, model_options)
-        identity = {
-            "mode": "scores",
-            "scores": scores_fingerprint(smanifest),
-            "model": sopts.get("model"),
-            "tokenizer_hash": thash,
-        }
-        info = {"input": str(input_path.resolve()), "scores": str(scores_path.resolve())}
-        reads = {  # where the ShardEditor reads its tokens and candidates from
-            "tokenizer": tok_source,
-            "tokenizer_revision": tok_revision,
-            "tokenizer_hash": thash,
-            "scores_dir": str(scores_path.resolve()),
-            "scores_rows": {rel: e.get("rows") for rel, e in smanifest["shards"].items()},
-        }
+        plan = plan_from_scores(
+            as_path(scores_dir), input_path, all_shards, options, model_options,
+            text_column, id_column, tokenizer,
+        )  # fmt: skip
     else:
-        from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
-
-        model_options = model_options or ModelOptions()
-        text_column = text_column or "text"
-        tok = load_tokenizer(model, model_options.revision)
-        thash = tokenizer_hash(tok)
-        rule = resolve_model_rule(options, model_options.backend)
-        positions = model_positions(model, model_options.revision)
-        full_rows = model_options.backend == "hf"  # hf draws from full rows; vllm from top-k
-        score_options = ScoreOptions(
-            max_len=model_options.max_len,
-            overlap=model_options.overlap,
-            batch_tokens=model_options.batch_tokens,
-            top_k=0 if full_rows else rule.top_k,
-            candidates_min_p=1.0 if full_rows else min(ps),
-            bos=model_options.bos or "auto",
-        ).resolved(positions)
-        identity = {
-            "mode": "model",
-            "backend": model_options.backend,
-            "model": model,
-            "revision": model_options.revision,
-            "tokenizer_hash": thash,
-            "dtype": model_options.dtype,
-            "max_length": score_options.max_len,
-            "overlap": score_options.overlap,
-            "add_bos": bos_prepended(tok, score_options.bos),  # a BOS was prepended
-        }
-        from tokedit.scoring.gguf import model_source
-
-        if source := model_source(model):  # a GGUF prior: which file, which quantization
-            identity["model_source"] = source
-        info = {"input": str(input_path.resolve()), "bos": score_options.bos}
-        reads = {
-            "tokenizer": model,
-            "tokenizer_revision": model_options.revision,
-            "model": model,
-            "model_options": model_options,
-            "score_options": score_options,
-        }
+        plan = plan_from_model(model, options, model_options, text_column, id_column)
+    rule, text_column, id_column, identity = (
+        plan.rule,
+        plan.text_column,
+        plan.id_column,
+        plan.identity,
+    )
+    info = {"input": str(input_path.resolve()), **plan.info}
 
     manifest_options = {
         **identity,
@@ -239,14 +323,7 @@ def edit_dataset(
     info["preset"] = options.preset
     info["overridden"] = list(options.overridden)
     manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=overwrite)
-    shard_editor = ShardEditor(
-        str(out_path.resolve()),
-        replace(options, rule=rule),
-        text_column=text_column,
-        id_column=id_column,
-        batch_rows=batch_rows,
-        **reads,
-    )
+    shard_editor = plan.shard_editor(str(out_path.resolve()), options, batch_rows)
 
     bar = token_bar("edit", progress)
     started = time.perf_counter()
@@ -257,7 +334,7 @@ def edit_dataset(
             shard_editor,
             bar=bar,
             engine=engine,
-            tokenizer=tok,
+            tokenizer=plan.loaded_tokenizer,
             ray_address=ray_address,
             ray_actors=ray_actors,
             progress=progress,
