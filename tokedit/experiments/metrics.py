@@ -177,20 +177,22 @@ def kt_accuracy_of(scores) -> float:
 
 
 def token_logprobs(model, tokenizer, texts: list[str]) -> list[np.ndarray]:
-    """log P of every text token under ``model`` (``out[i][j]`` for token ``j`` of text ``i``;
-    the tokenizer's BOS is put in front where it has one, else token 0 gets NaN)."""
+    """log P of every text token under ``model`` (``out[i][j]`` for token ``j`` of text ``i``,
+    NaN for a first token that has no context). As ForTIFAI's ``to_tokens_and_logprobs``:
+    the text is tokenized with the tokenizer's own special tokens (Gemma's BOS; none for the
+    scratch tokenizers) and the special tokens' positions are then left out."""
     import torch
 
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    special = set(tokenizer.all_special_ids)
     out = []
     model.eval()
     device = next(model.parameters()).device
     with torch.inference_mode():
-        for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
-            x = torch.tensor([bos + ids], device=device)
+        for ids in tokenizer(texts)["input_ids"]:
+            x = torch.tensor([ids], device=device)
             lp = torch.log_softmax(model(input_ids=x).logits[0].float(), dim=-1)
-            got = lp[:-1].gather(1, x[0, 1:, None])[:, 0].cpu().numpy()
-            out.append(got[len(bos) - 1 :] if bos else np.concatenate([[np.nan], got]))
+            got = np.concatenate([[np.nan], lp[:-1].gather(1, x[0, 1:, None])[:, 0].cpu().numpy()])
+            out.append(np.array([v for t, v in zip(ids, got, strict=True) if t not in special]))
     return out
 
 
