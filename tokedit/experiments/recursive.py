@@ -64,13 +64,15 @@ METRIC_DEFINITIONS = {
     " smoothing over the union of seen tokens (real = training slices and held-out)",
     "generated.kl_synthetic_to_real_nats": "ForTIFAI (src/kl-divregence.ipynb kl_divergence):"
     f" KL(produced || real training slices) of token unigrams, nats, zeros floored at {KL_FLOOR}",
-    "held_out_ppl_ratio": "held_out_ppl / the arm's generation-0 held_out_ppl",
+    "*_ratio": "a metric over the arm's generation-0 value (failure lines)",
 }
 
 
-def _series(rows: list[dict], metric: str) -> list:
-    if metric == "held_out_ppl_ratio":
-        return [r["held_out_ppl"] / rows[0]["held_out_ppl"] for r in rows]
+def metric_series(rows: list[dict], metric: str) -> list:
+    """One metric of an arm, generation by generation (``*_ratio``: over generation 0's)."""
+    if metric.endswith("_ratio"):
+        values = metric_series(rows, metric[: -len("_ratio")])
+        return [v / values[0] for v in values]
     if metric in ("kl_synthetic_to_real_nats", "unigram_kl"):
         return [r["generated"][metric] for r in rows]
     return [r[metric] for r in rows]
@@ -214,7 +216,7 @@ def run_recursive(
     result["arm_definitions"] = arms
     result["failure_lines"] = [list(x) for x in preset.failure_lines]
     result["time_to_failure"] = {
-        name: {m: time_to_failure(_series(rows, m), d, v) for m, d, v in preset.failure_lines}
+        name: {m: time_to_failure(metric_series(rows, m), d, v) for m, d, v in preset.failure_lines}
         for name, rows in result["arms"].items()
     }
     result["seconds"] = time.perf_counter() - t_start
