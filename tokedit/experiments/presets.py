@@ -149,8 +149,8 @@ PRESETS: dict[str, ExperimentPreset] = {
         block_size=128,
         finetune_learning_rate=2e-5,  # ForTIFAI's src/run_pipeline.sh (Gemma 3 1B)
         warmup_steps=0,
-        generate_batch_size=8,
-        context_tokens=96,
+        generate_batch_size=20,  # 4 beam windows of 5 beams per batch
+        context_tokens=64,
         new_tokens=32,
         score_batch_tokens=2048,
     ),
