@@ -153,6 +153,13 @@ def resolve_base(
         from tokedit.scoring.priors import PRIORS, prior_dir
 
         path = prior_dir(preset.base) if preset.base in PRIORS else Path(preset.base).expanduser()
+        if preset.base in PRIORS and not (path / "config.json").is_file():
+            from tokedit.errors import InputError
+
+            raise InputError(
+                f"the prior {preset.base!r} is not fetched ({path})",
+                remedy=f"run `tokedit prior fetch {preset.base}` first",
+            )
         where = str(path) if path.exists() else preset.base
         return Path(where), {"base": preset.base, "path": where, "pretrained_here": False}
     from tokedit.experiments.data import texts_sha
