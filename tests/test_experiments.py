@@ -1,15 +1,19 @@
-"""End-to-end runs of the collapse experiments on the seconds-sized ``test`` preset.
+"""End-to-end runs of the collapse experiments on the seconds-sized ``test`` preset, and the
+metrics against independent computations on small fixed inputs.
 
-They assert behaviour (files, keys, finite numbers, shared generation-0 data, a probe that
-really corrupts) and never tuned outcomes.
+They assert behaviour (files, keys, finite numbers, shared generation-0 data, checkpoints
+continued generation after generation, a TCE arm that masks, a probe that really corrupts)
+and never tuned outcomes. Each test's docstring names the broken implementation it catches.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
 import matplotlib.image
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -24,9 +28,9 @@ def finite(x) -> bool:
     return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
-# The TCE arm's gamma: the test preset's 0.1M-parameter model, 3 steps from random init,
-# gives its tokens P of about 1/300, so at the preset's gamma 0.9 TCE masks nothing and
-# trains to the same bits as CE; at 0.005 it masks ~10-30 % of the tokens.
+# The TCE arm's gamma: the test preset's 0.1M-parameter base, pretrained 3 steps from random
+# init, gives its tokens P of about 1/300, so at the preset's gamma 0.9 TCE masks nothing and
+# trains to the same bits as CE; at 0.005 it masks ~50-70 % of the tokens.
 GAMMA = 0.005
 TCE_ARM = f"tce-{GAMMA:g}"
 
@@ -87,7 +91,8 @@ def test_recursive_arms_share_generation_zero_data(recursive):
     n = get_preset("test").docs_per_slice
     for rows in r["arms"].values():
         assert rows[0]["train_docs"] == n
-        assert rows[1]["train_docs"] == 2 * n  # regenerated slice 0 + fresh real slice 1
+        # what generation 0 produced (beam: one text per window) + fresh real slice 1
+        assert rows[1]["train_docs"] == rows[0]["generated"]["docs"] + n
     # generation 1 trains on regenerated text, not on generation 0's data again
     assert r["arms"]["ce"][1]["train_data_sha"] != r["arms"]["ce"][0]["train_data_sha"]
 
@@ -180,3 +185,196 @@ def test_presets():
     assert MODEL_SIZES[get_preset("gpu-1b").model]["hidden_size"] == 2048
     with pytest.raises(InputError):
         get_preset("nope")
+
+
+def independent_weights_sha(model_dir) -> str:
+    """The fingerprint of a saved checkpoint, computed here from the loaded model (the same
+    recipe as ``weights_sha``, written out again: names in order, float32 bytes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    h = hashlib.sha256()
+    for name in sorted(model.state_dict()):
+        h.update(name.encode())
+        h.update(model.state_dict()[name].to(torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def test_each_generation_continues_the_previous_checkpoint(recursive):
+    """Generation 0 starts from the pretrained base and generation g + 1 from generation g's
+    saved checkpoint (its weights before the first step, recorded by the trainer, equal the
+    fingerprint of the checkpoint on disk). Catches: every generation retrained from the
+    base or from a random initialisation (tokedit's old design), a trainer that ignores the
+    model it is given, or a next generation started from another arm's checkpoint."""
+    out, r = recursive
+    base = independent_weights_sha(out / "base" / "model")
+    assert r["base"]["weights_sha"] == base
+    for name, rows in r["arms"].items():
+        assert rows[0]["train"]["initial_weights_sha"] == base, name
+        for g in range(1, len(rows)):
+            before = independent_weights_sha(out / rows[g - 1]["model_dir"])
+            assert rows[g]["train"]["initial_weights_sha"] == before, (name, g)
+            assert before != base  # training moved the weights: the check can tell them apart
+    # the arms' generation-1 runs start from different checkpoints (CE's vs TCE's)
+    assert (
+        r["arms"]["ce"][1]["train"]["initial_weights_sha"]
+        != r["arms"][TCE_ARM][1]["train"]["initial_weights_sha"]
+    )
+
+
+def test_tce_arm_masks_and_ce_does_not_from_checkpoints(recursive):
+    """Read from each saved checkpoint's own training record (tokedit_train.json): the TCE
+    arm trained with loss tce at its gamma and masked a share > 0 of its tokens in every
+    logged interval; the CE arm trained with ce and masked nothing. Catches: a TCE arm whose
+    gamma never reaches the trainer (masks nothing) or a CE arm that truncates."""
+    out, r = recursive
+    for name, rows in r["arms"].items():
+        for row in rows:
+            record = json.loads((out / row["model_dir"] / "tokedit_train.json").read_text())
+            if name == TCE_ARM:
+                assert record["config"]["loss"] == "tce"
+                assert record["config"]["gamma"] == GAMMA
+                assert record["tce_masked_share"] and min(record["tce_masked_share"]) > 0
+            else:
+                assert record["config"]["loss"] == "ce"
+                assert record["tce_masked_share"] == []
+
+
+def test_kl_nats_with_floor_matches_hand_computation():
+    """ForTIFAI's KL(synthetic || real): normalise, floor zeros at 1e-10, natural log.
+    Catches: bits instead of nats, the direction reversed, add-0.5 smoothing, a floor applied
+    before normalising, zeros dropped instead of floored."""
+    from tokedit.experiments.metrics import kl_nats_with_floor
+
+    synthetic, real = [3, 1, 0, 0], [1, 1, 2, 0]
+    # p = (.75, .25, 1e-10, 1e-10), q = (.25, .25, .5, 1e-10)
+    expected = 0.75 * math.log(0.75 / 0.25) + 1e-10 * math.log(1e-10 / 0.5) + 0.0
+    assert kl_nats_with_floor(synthetic, real) == pytest.approx(expected, rel=1e-12)
+    assert kl_nats_with_floor(real, real) == 0.0
+    # real has a token the synthetic corpus lacks, and the other way round: finite, floored
+    assert kl_nats_with_floor([0, 4], [4, 0]) == pytest.approx(
+        1e-10 * math.log(1e-10) + math.log(1 / 1e-10), rel=1e-12
+    )
+
+
+def test_knowledge_test_matches_a_direct_computation(tiny_prior):
+    """The knowledge test scores each variant by the mean log-prob of its answer tokens
+    (ForTIFAI's span: from the end of the context to the shorter variant's end), computed
+    here directly from the model's logits. Catches: a span shifted by one (scoring the
+    context's last token or dropping the answer's first), a sum instead of a mean, scoring
+    the whole text, or true and false swapped."""
+    import torch
+
+    from tokedit.experiments.metrics import knowledge_test, kt_accuracy_of
+    from tokedit.scoring.hf import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm(str(tiny_prior)), load_tokenizer(str(tiny_prior))
+    items = [
+        {
+            "context": "To be, or not to be.",
+            "true": "That is the question.",
+            "false": "That is the little answer.",
+        },
+        {
+            "context": "Now is the winter of our discontent.",
+            "true": "Made glorious summer.",
+            "false": "Made glorious thunder.",
+        },
+    ]
+    got = knowledge_test(model, tok, items)
+
+    def ids(text):
+        return tok(text, add_special_tokens=False)["input_ids"]
+
+    expected = []
+    for it in items:
+        texts = [it["context"] + " " + it["true"], it["context"] + " " + it["false"]]
+        start, end = len(ids(it["context"])), min(len(ids(t)) for t in texts)
+        pair = []
+        for t in texts:
+            x = torch.tensor([ids(t)])
+            with torch.no_grad():
+                logp = torch.log_softmax(model(input_ids=x).logits[0].double(), -1)
+            pair.append(sum(float(logp[j - 1, x[0, j]]) for j in range(start, end)) / (end - start))
+        expected.append(pair)
+    assert np.ravel(got["scores"]) == pytest.approx(np.ravel(expected), rel=1e-5)
+    assert got["accuracy"] == np.mean([a > b for a, b in expected])
+    assert kt_accuracy_of([[-1.0, -2.0], [-3.0, -2.0], [-1.0, -1.0]]) == pytest.approx(1 / 3)
+
+
+def test_time_to_failure():
+    """The first generation at or past the line, None when none crosses. Catches: an index
+    off by one, a strict comparison, the direction ignored."""
+    from tokedit.experiments.metrics import time_to_failure
+
+    assert time_to_failure([0.1, 0.3, 0.6, 0.2], "above", 0.5) == 2
+    assert time_to_failure([0.4, 0.5], "above", 0.5) == 1
+    assert time_to_failure([0.8, 0.7, 0.55, 0.5], "below", 0.55) == 2
+    assert time_to_failure([0.8, 0.7], "below", 0.55) is None
+    assert time_to_failure([0.1, 0.2], "above", 0.5) is None
+
+
+def test_beam_windows_and_settings(tiny_prior):
+    """ForTIFAI's generation: blocks of new_tokens, windows of context_tokens at a stride of
+    one block, len(blocks) - blocks_before of them, 5 beams and repetition penalty 3.0 by
+    default; the corpus equals a direct ``generate`` call with those settings. Catches:
+    non-overlapping windows, a window count off by one, sampling instead of beam search, the
+    repetition penalty dropped."""
+    import torch
+
+    from tokedit.scoring.hf import load_causal_lm, load_tokenizer
+    from tokedit.training.generate import BeamOptions, beam_windows, generate_beam_corpus
+
+    assert beam_windows(list(range(20)), 8, 4) == [
+        list(range(0, 8)),
+        list(range(4, 12)),
+        list(range(8, 16)),
+    ]
+    d = BeamOptions()
+    assert (d.context_tokens, d.new_tokens, d.num_beams, d.repetition_penalty) == (512, 32, 5, 3.0)
+    model, tok = load_causal_lm(str(tiny_prior)), load_tokenizer(str(tiny_prior))
+    texts = ["To be, or not to be, that is the question: whether 'tis nobler in the mind"]
+    options = BeamOptions(context_tokens=8, new_tokens=4, num_beams=3, repetition_penalty=3.0)
+    got = generate_beam_corpus(model, tok, texts, options)
+    stream = tok(texts, add_special_tokens=False)["input_ids"][0] + [tok.eos_token_id]
+    windows = beam_windows(stream, 8, 4)
+    assert len(got) == len(windows) > 0
+    x = torch.tensor(windows[:1])
+    direct = model.generate(
+        input_ids=x,
+        attention_mask=torch.ones_like(x),
+        do_sample=False,
+        num_beams=3,
+        repetition_penalty=3.0,
+        max_new_tokens=4,
+        min_new_tokens=4,
+        pad_token_id=tok.eos_token_id,
+    )[0, 8:]
+    assert got[0] == tok.decode(direct.tolist(), skip_special_tokens=True)
+
+
+def test_mixture_corpora_are_independent(mixture, corpus_dir):
+    """The second corpus is other plays than the arms train on, and the synthetic corpus is
+    sampled from generic prompts, not from the human documents. Catches: an "other corpus"
+    drawn from the training plays, or synthetic documents that continue human prefixes."""
+    from tokedit.experiments.data import split_by_group
+    from tokedit.experiments.mixture import GENERIC_PROMPTS
+
+    _, r = mixture
+    main, other, groups = split_by_group(str(corpus_dir), get_preset("test"), seed=0)
+    assert groups and r["other_corpus"]["groups"] == groups and other
+    assert not set(main) & set(other)
+    ids = pq_ids(corpus_dir)
+    assert {i.split("/")[0] for i in ids} > set(groups)  # some plays are left to train on
+    for arm in r["arms"].values():
+        assert finite(arm["other_corpus_ppl"])
+    for text in r["synthetic_corpus"]["examples"]:
+        assert text.startswith(GENERIC_PROMPTS)
+        assert not any(text[:20] == doc[:20] for doc in main)
+
+
+def pq_ids(corpus_dir) -> list[str]:
+    from tokedit.io.read import read_ok_texts
+
+    return read_ok_texts(str(corpus_dir), "text", "id")[0]

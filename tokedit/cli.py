@@ -927,8 +927,9 @@ def report(
 def experiment():
     """Model-collapse experiments at small scale: recursive, mixture, gaussian.
 
-    recursive and mixture are small-scale analogues of the papers' experiments (a tiny model
-    trained from scratch on CPU), not reproductions: see docs/fidelity.md.
+    recursive follows ForTIFAI's pipeline (continued fine-tuning of a pretrained model, beam
+    search data) at a small scale; mixture is a small-scale analogue of ToEdit's Table 1.
+    Neither is a reproduction at the papers' scale: see docs/fidelity.md.
     """
 
 
@@ -942,7 +943,7 @@ def _experiment_options(fn):
                 type=click.Choice(list(EXPERIMENT_PRESETS)),
                 default="tiny",
                 show_default=True,
-                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus), gpu-1b (a 1B-class model; see docs/training.md).",
+                help="Sizes: test (seconds), tiny (2 CPU cores, <= 20 min on the demo corpus; recursive fine-tunes a base pretrained here), cpu-gemma (recursive fine-tunes the real Gemma 3 270M prior on 2 CPU cores), gpu-1b (one GPU; see docs/training.md).",
             ),
             click.option(
                 "--steps",
@@ -966,9 +967,29 @@ def _experiment_options(fn):
     "--gamma", "gammas", default=None, help="Override: comma-separated TCE gammas, one arm each."
 )
 @click.option("--no-toedit", is_flag=True, help="Leave out the ToEdit arm.")
+@click.option(
+    "--model",
+    "base",
+    default=None,
+    help="Override: the pretrained model generation 0 fine-tunes: 'scratch' (a small model "
+    "pretrained here once on documents no arm trains on, cached in OUT/base), a prior name "
+    "('gemma-3-270m', see `tokedit prior fetch`), a save_pretrained directory, a GGUF file or "
+    "a hub name.",
+)
+@click.option(
+    "--generation",
+    type=click.Choice(["beam", "sample"]),
+    default=None,
+    help="Override: how each generation writes the next one's synthetic data: beam "
+    "(ForTIFAI's generate.py: 5 beams, repetition penalty 3.0, 32 new tokens after each "
+    "context window of the training stream; the preset sets the window) or sample "
+    "(ancestral sampling at T = 1 after each document's first prefix tokens).",
+)
 @friendly_errors
-def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit):
-    """Recursive training, a small-scale analogue of ForTIFAI's (not a reproduction): CE vs TCE arms (and ToEdit), held-out ppl and probes per generation."""
+def recursive(
+    data_dir, out_dir, preset, steps, seed, quiet, generations, gammas, no_toedit, base, generation
+):
+    """Recursive training as ForTIFAI runs it, at a chosen scale: generation 0 fine-tunes a pretrained model, each later generation fine-tunes the previous checkpoint on its own (beam-searched) data plus fresh real text; CE vs TCE arms (and ToEdit); held-out ppl, knowledge test, KL(synthetic||real) and time to failure."""
     from tokedit.experiments.presets import get_preset
     from tokedit.experiments.recursive import run_recursive
     from tokedit.experiments.report import format_summary
@@ -979,6 +1000,8 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
         steps=steps,
         generations=generations,
         gammas=tuple(float(g) for g in gammas.split(",")) if gammas else None,
+        base=base,
+        generation=generation,
     )
     require_local(out_dir, "--out")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
@@ -991,7 +1014,7 @@ def recursive(data_dir, out_dir, preset, steps, seed, quiet, generations, gammas
 @_experiment_options
 @friendly_errors
 def mixture(data_dir, out_dir, preset, steps, seed, quiet):
-    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): held-out ppl."""
+    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): the synthetic corpus is sampled from generic prompts, independent of the human documents; perplexity on held-out documents and on other plays never trained on."""
     from tokedit.experiments.mixture import run_mixture
     from tokedit.experiments.presets import get_preset
     from tokedit.experiments.report import format_summary

@@ -25,6 +25,40 @@ def real_documents(data_dir: str, preset: ExperimentPreset, seed: int, text_colu
     return [pieces[i] for i in order]
 
 
+def document_group(doc_id: str) -> str:
+    """The group of a document for a corpus split: the play of a demo-corpus id
+    ("hamlet/003" -> "hamlet"), else the shard of a generated id ("shard.parquet:12")."""
+    if "/" in doc_id:
+        return doc_id.split("/")[0]
+    return doc_id.rsplit(":", 1)[0]
+
+
+def split_by_group(data_dir: str, preset: ExperimentPreset, seed: int, text_column="text"):
+    """Documents (as :func:`real_documents`) of two corpora: the groups (plays) of rank
+    ``i % other_every == other_every - 1`` in sorted order are the *other* corpus, the rest
+    the *main* one. Returns ``(main_docs, other_docs, other_groups)``."""
+    from tokedit.io.read import read_ok_texts
+    from tokedit.io.texts import split_documents
+
+    try:
+        ids, texts = read_ok_texts(data_dir, text_column, "id")
+    except Exception:  # no id column: documents are grouped by shard
+        ids, texts = read_ok_texts(data_dir, text_column, None)
+    groups = sorted({document_group(i) for i in ids})
+    k = preset.other_every
+    other = {g for r, g in enumerate(groups) if k > 1 and r % k == k - 1}
+    main, rest = [], []
+    for i, t in zip(ids, texts, strict=True):
+        for piece in split_documents(t, preset.doc_chars):
+            piece = piece.strip("\n")
+            if len(piece.split()) >= 8:
+                (rest if document_group(i) in other else main).append(piece)
+    rng = np.random.default_rng(seed)
+    main = [main[j] for j in rng.permutation(len(main))]
+    rest = [rest[j] for j in rng.permutation(len(rest))]
+    return main, rest, sorted(other)
+
+
 def held_out_and_train(data_dir: str, preset: ExperimentPreset, seed: int, n_train: int):
     """The held-out real documents (``preset.held_out_docs``) and the next ``n_train``,
     refused with a remedy when the corpus has fewer."""

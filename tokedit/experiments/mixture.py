@@ -1,4 +1,6 @@
-"""``tokedit experiment mixture``: ToEdit Table 1 style mixtures of human and synthetic data."""
+"""``tokedit experiment mixture``: ToEdit Table 1 style mixtures of human data and an
+independently generated synthetic corpus, evaluated on held-out documents and on a second
+corpus the arms never trained on."""
 
 from __future__ import annotations
 
@@ -10,19 +12,22 @@ from pathlib import Path
 
 import numpy as np
 
-from tokedit.experiments.data import held_out_and_train
+from tokedit.experiments.data import split_by_group
 from tokedit.experiments.metrics import corpus_metrics, unigram_tables
 from tokedit.experiments.models import (
     held_out_perplexity,
     load,
     make_init,
+    prompted,
     quiet_transformers,
-    regenerate,
     toedit,
     train_run,
 )
 from tokedit.experiments.presets import ExperimentPreset
 from tokedit.experiments.report import write_mixture_report
+
+# Generic openings for the synthetic corpus: no text of the human documents is a prompt.
+GENERIC_PROMPTS = ("The", "And", "I", "It", "In", "But", "When", "There", "We", "A", "He", "What")
 
 
 def run_mixture(
@@ -34,35 +39,51 @@ def run_mixture(
     log: Callable[[str], None] | None = None,
 ) -> dict:
     """A small-scale analogue of the ToEdit paper's non-iterative collapse (Table 1), not a
-    reproduction: the synthetic data is this run's own prior's rewrite of the training
-    documents, and perplexity is measured on held-out documents of the same corpus.
+    reproduction (docs/training.md, docs/fidelity.md).
 
-    A prior (the initial model trained on the real training documents for ``prior_steps``)
-    rewrites every training document by prefix-conditioned sampling (``synthetic``) and edits
-    it with ToEdit (``toedit``). Arms, all with the same documents count and lengths: human,
-    ``f`` synthetic for each fraction (a seeded random ``f`` share of the documents replaced by
-    their synthetic version), and toedit. Each arm trains the same initial model for ``steps``.
+    The corpus is split by group (the demo corpus: by play, :func:`data.split_by_group`):
+    the arms train on documents of the main plays, and perplexity is measured on held-out
+    documents of those plays and on documents of the other plays (a second corpus). A prior
+    (the initial model trained on the human training documents for ``prior_steps``) samples
+    an independent synthetic corpus from generic one-word prompts (``GENERIC_PROMPTS``; no
+    human document is a prompt) and ToEdit-edits the human documents. Arms, all with the same
+    number of documents of ``doc_tokens`` tokens: human; for each fraction ``f``, a seeded
+    random ``f`` share of the human documents replaced by synthetic ones; toedit. Each arm
+    trains the same initial model for ``steps``.
     """
     log = log or (lambda m: print(m, file=sys.stderr))
     quiet_transformers()
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    held_raw, train_raw = held_out_and_train(data_dir, preset, seed, preset.mixture_docs)
+    main_docs, other_docs, other_groups = split_by_group(data_dir, preset, seed)
+    need = preset.held_out_docs + preset.mixture_docs
+    if len(main_docs) < need or not other_docs:
+        from tokedit.errors import InputError
+
+        raise InputError(
+            f"{data_dir}: {len(main_docs)} documents in the training groups and "
+            f"{len(other_docs)} in the other groups; the preset needs {need} and at least one",
+            remedy="use a bigger corpus (several plays or shards) or a smaller preset",
+        )
+    held_raw, train_raw = main_docs[: preset.held_out_docs], main_docs[preset.held_out_docs : need]
     init = out / "init"
     tokenizer, n_params = make_init(init, train_raw, preset, seed)
     from tokedit.io.texts import truncate_to_tokens
 
     held = truncate_to_tokens(held_raw, tokenizer, preset.doc_tokens)
+    other = truncate_to_tokens(other_docs[: preset.held_out_docs], tokenizer, preset.doc_tokens)
     human = truncate_to_tokens(train_raw, tokenizer, preset.doc_tokens)
     log(
-        f"mixture: {len(human)} training docs, {len(held)} held out; model {n_params / 1e6:.2f}M "
-        f"parameters; training the prior ({preset.prior_steps} steps)"
+        f"mixture: {len(human)} training docs, {len(held)} held out, {len(other)} of the other "
+        f"corpus ({', '.join(other_groups)}); model {n_params / 1e6:.2f}M parameters; training "
+        f"the prior ({preset.prior_steps} steps)"
     )
     prior_dir = out / "prior"
     prior_train = train_run(init, prior_dir, human, preset, seed, steps=preset.prior_steps)
     prior, tok = load(prior_dir)
-    synthetic = regenerate(prior, tok, human, preset, seed)
+    prompts = [GENERIC_PROMPTS[i % len(GENERIC_PROMPTS)] for i in range(len(human))]
+    synthetic = prompted(prior, tok, prompts, preset.doc_tokens, preset, seed)
     edited, edit_stats = toedit(human, prior_dir, out / "toedit-work", preset, seed)
     reference = unigram_tables(tokenizer, human + held)
     rank = np.argsort(np.random.default_rng(seed + 1).permutation(len(human)))
@@ -81,7 +102,14 @@ def run_mixture(
         "prior": {
             **prior_train,
             "held_out_ppl": held_out_perplexity(prior, tok, held, preset.block_size),
+            "other_corpus_ppl": held_out_perplexity(prior, tok, other, preset.block_size),
         },
+        "synthetic_corpus": {
+            "prompts": list(GENERIC_PROMPTS),
+            "docs": len(synthetic),
+            "examples": synthetic[:3],
+        },
+        "other_corpus": {"groups": other_groups, "docs": len(other)},
         "edit": edit_stats,
         "arms": {},
     }
@@ -96,12 +124,14 @@ def run_mixture(
             "docs": len(texts),
             "train": train,
             "held_out_ppl": held_out_perplexity(model, tok, held, preset.block_size),
+            "other_corpus_ppl": held_out_perplexity(model, tok, other, preset.block_size),
             "data": corpus_metrics(tokenizer, texts, reference),
             "seconds": time.perf_counter() - t0,
         }
         result["arms"][name] = arm
         log(
-            f"  {name:>15}: held-out ppl {arm['held_out_ppl']:.2f} ({arm['train']['train_tokens']} "
+            f"  {name:>15}: held-out ppl {arm['held_out_ppl']:.2f}, other corpus "
+            f"{arm['other_corpus_ppl']:.2f} ({arm['train']['train_tokens']} "
             f"tokens, {arm['seconds']:.0f}s)"
         )
     result["seconds"] = time.perf_counter() - t_start

@@ -36,15 +36,19 @@ def train_run(
     loss: str = "ce",
     gamma: float = 0.99,
     steps: int | None = None,
+    learning_rate: float | None = None,
 ) -> dict:
-    """Train a copy of the initial model on ``texts`` (no held-out split) and save it."""
+    """Train a copy of the model in ``init_dir`` on ``texts`` (no held-out split) and save it.
+
+    The summary's ``initial_weights_sha`` is the fingerprint (``weights_sha``) of the weights
+    the trainer loaded, taken before its first step."""
     from tokedit.training.trainer import TrainConfig, train_model
 
     config = TrainConfig(
         preset=preset.model,
         block_size=preset.block_size,
         batch_size=preset.batch_size,
-        learning_rate=preset.learning_rate,
+        learning_rate=learning_rate or preset.learning_rate,
         warmup_steps=preset.warmup_steps,
         max_steps=steps or preset.steps,
         eval_every_nth_doc=0,
@@ -62,7 +66,9 @@ def train_run(
             progress=False,
             log=lambda m: None,
         )
-    out = {k: summary[k] for k in ("steps", "train_tokens", "train_loss", "seconds")}
+    keys = ("steps", "train_tokens", "train_loss", "seconds", "initial_weights_sha")
+    out = {k: summary[k] for k in keys}
+    out["started_from"] = str(init_dir)
     shares = summary.get("tce_masked_share") or []  # TCE: share of masked tokens per log step
     out["tce_masked_share_last"] = shares[-1] if shares else None
     return out
@@ -100,6 +106,97 @@ def regenerate(model, tokenizer, texts: list[str], preset: ExperimentPreset, see
         seed=seed,
     )
     return generate_continuations(model, tokenizer, texts, options)
+
+
+def beam_generate(model, tokenizer, texts: list[str], preset: ExperimentPreset) -> list[str]:
+    """ForTIFAI's beam-searched synthetic data (``training.generate.generate_beam_corpus``)."""
+    from tokedit.training.generate import BeamOptions, generate_beam_corpus
+
+    options = BeamOptions(
+        context_tokens=preset.context_tokens,
+        new_tokens=preset.new_tokens,
+        num_beams=preset.num_beams,
+        repetition_penalty=preset.repetition_penalty,
+        batch_size=max(1, preset.generate_batch_size // preset.num_beams),
+    )
+    return generate_beam_corpus(model, tokenizer, texts, options)
+
+
+def prompted(model, tokenizer, prompts: list[str], length: int, preset, seed: int) -> list[str]:
+    """Documents of ``length`` tokens sampled from ``model`` after each of ``prompts`` (a
+    synthetic corpus that owes nothing to the human documents but the model)."""
+    from tokedit.training.generate import GenerateOptions, generate_continuations
+
+    options = GenerateOptions(
+        prefix_tokens=length,
+        max_new_tokens=length,
+        temperature=preset.temperature,
+        top_p=preset.top_p,
+        batch_size=preset.generate_batch_size,
+        seed=seed,
+    )
+    return generate_continuations(
+        model, tokenizer, prompts, options, lengths=[length] * len(prompts)
+    )
+
+
+def resolve_base(
+    out_dir: Path, base_texts: list[str], preset: ExperimentPreset, seed: int, log
+) -> tuple[Path, dict]:
+    """The pretrained model generation 0 fine-tunes. ``preset.base == "scratch"``: a tokenizer
+    and a ``preset.model``-sized model pretrained on ``base_texts`` for ``base_steps``, made
+    once and kept in ``out_dir`` (reused while ``base.json`` records the same recipe); a prior
+    name (``tokedit prior fetch``), a directory, a GGUF file or a hub name otherwise."""
+    import json
+
+    if preset.base != "scratch":
+        from tokedit.scoring.priors import PRIORS, prior_dir
+
+        path = prior_dir(preset.base) if preset.base in PRIORS else Path(preset.base).expanduser()
+        if preset.base in PRIORS and not (path / "config.json").is_file():
+            from tokedit.errors import InputError
+
+            raise InputError(
+                f"the prior {preset.base!r} is not fetched ({path})",
+                remedy=f"run `tokedit prior fetch {preset.base}` first",
+            )
+        where = str(path) if path.exists() else preset.base
+        return Path(where), {"base": preset.base, "path": where, "pretrained_here": False}
+    from tokedit.experiments.data import texts_sha
+
+    recipe = {
+        "base": "scratch",
+        "model": preset.model,
+        "vocab_size": preset.vocab_size,
+        "steps": preset.base_steps,
+        "learning_rate": preset.base_learning_rate,
+        "seed": seed,
+        "texts_sha": texts_sha(base_texts),
+    }
+    record = out_dir / "base.json"
+    if record.is_file() and json.loads(record.read_text()).get("recipe") == recipe:
+        log(f"reusing the base model in {out_dir}")
+        return out_dir / "model", json.loads(record.read_text())
+    init = out_dir / "init"
+    make_init(init, base_texts, preset, seed)
+    log(f"pretraining the base model ({preset.base_steps} steps on {len(base_texts)} documents)")
+    train = train_run(
+        init,
+        out_dir / "model",
+        base_texts,
+        preset,
+        seed,
+        steps=preset.base_steps,
+        learning_rate=preset.base_learning_rate,
+    )
+    info = {
+        "recipe": recipe,
+        "train": train,
+        "path": str(out_dir / "model"),
+        "pretrained_here": True,
+    }
+    record.write_text(json.dumps(info, indent=2) + "\n")
+    return out_dir / "model", info
 
 
 def score(data_dir: Path, scores_dir: Path, model_dir: Path, preset: ExperimentPreset) -> Path:

@@ -1,6 +1,7 @@
 """Sizes of the experiments, the one table of them: ``test`` (seconds, the test suite),
-``tiny`` (the demo corpus on 2 CPU cores) and ``gpu-1b`` (documented for one GPU). Each
-names its model size in :data:`tokedit.training.prior.PRESETS`."""
+``tiny`` (the demo corpus on 2 CPU cores, a scratch-pretrained base), ``cpu-gemma`` (the real
+Gemma 3 270M prior on 2 CPU cores) and ``gpu-1b`` (documented for one GPU). Each names its
+model size in :data:`tokedit.training.prior.PRESETS` (used by a ``scratch`` base)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,39 @@ class ExperimentPreset:
 
     model: str = "tiny"  # a model size of tokedit.training.prior.PRESETS ...
     model_overrides: dict = field(default_factory=dict)  # ... with these fields replaced
+    # recursive: the pretrained model generation 0 fine-tunes (``--model``): "scratch" (a
+    # ``model``-sized model pretrained here once on ``base_docs`` documents that no arm trains
+    # on, ``base_steps`` steps at ``base_learning_rate``, cached in OUT/base), a prior name
+    # (``gemma-3-270m``), a save_pretrained directory, a GGUF file or a hub name.
+    base: str = "scratch"
+    base_docs: int = 64
+    base_steps: int = 100
+    base_learning_rate: float = 3e-3
+    # recursive: how a generation's model writes the next generation's synthetic data
+    # (``--generation``): "beam" (ForTIFAI's generate.py: 5 beams, repetition penalty 3.0,
+    # 32 new tokens after each 512-token window of the training stream) or "sample"
+    # (tokedit's prefix-conditioned ancestral sampling: prefix_tokens, temperature, top_p).
+    generation: str = "beam"
+    num_beams: int = 5
+    repetition_penalty: float = 3.0
+    context_tokens: int = 512
+    new_tokens: int = 32
+    # recursive: knowledge test items (statements taken from the real training slices)
+    kt_items: int = 64
+    # recursive: learning rate of each generation's fine-tuning (None: ``learning_rate``)
+    finetune_learning_rate: float | None = None
+    # recursive: failure lines for "time to failure" (the first generation that crosses):
+    # (metric, "above" | "below", value); a *_ratio is the metric over the arm's generation 0
+    # value (beam-searched data is far from the real unigrams from generation 0 on, so an
+    # absolute KL line would be crossed at once at every scale we run).
+    failure_lines: tuple[tuple[str, str, float], ...] = (
+        ("kl_synthetic_to_real_nats_ratio", "above", 1.5),
+        ("held_out_ppl_ratio", "above", 1.1),
+        ("kt_accuracy", "below", 0.55),
+    )
+    # mixture: every ``other_every``-th group of documents (demo corpus: play, from the ``id``
+    # "play/k"; otherwise the shard) is the second corpus, never trained on
+    other_every: int = 3
     vocab_size: int = 512
     doc_chars: int = 2000  # real documents cut into pieces of at most this many characters
     doc_tokens: int = 128  # ... then truncated to this many tokens
@@ -60,8 +94,15 @@ PRESETS: dict[str, ExperimentPreset] = {
         batch_size=4,
         block_size=48,
         warmup_steps=1,
+        base_docs=12,
+        base_steps=3,
+        num_beams=2,
+        context_tokens=16,
+        new_tokens=8,
+        kt_items=8,
     ),
-    # the demo corpus on 2 CPU cores, within ~20 minutes per experiment
+    # the demo corpus on 2 CPU cores, within ~20 minutes per experiment; recursive fine-tunes
+    # a base pretrained here once (300 steps on 256 documents no arm trains on)
     "tiny": ExperimentPreset(
         model="mini",
         vocab_size=1024,
@@ -81,12 +122,45 @@ PRESETS: dict[str, ExperimentPreset] = {
         batch_size=16,
         block_size=128,
         generate_batch_size=128,
+        base_docs=256,
+        base_steps=300,
+        finetune_learning_rate=1e-3,  # fine-tuning the base, generation after generation
+        context_tokens=64,  # ForTIFAI: 512 (the tiny model's documents are 96 tokens)
+        new_tokens=32,
+        kt_items=200,
     ),
-    # documented for a GPU, not run here: a ~1B-parameter Llama-shaped model (the
-    # Llama-3.2-1B / TinyLlama-1.1B class: hidden 2048, 16 layers, 32 heads, MLP 8192)
-    # trained from scratch; use with a corpus of a few billion tokens.
+    # the real Gemma 3 270M prior (``tokedit prior fetch gemma-3-270m``) on 2 CPU cores
+    # (~110 tokens/s forward): G = 2, 8 documents of 128 tokens per slice, CE and TCE-0.9,
+    # ForTIFAI's learning rate; sized for <= 60 minutes (docs/training.md has the estimate)
+    "cpu-gemma": ExperimentPreset(
+        base="gemma-3-270m",
+        doc_tokens=128,
+        prefix_tokens=16,
+        held_out_docs=8,
+        generations=2,
+        docs_per_slice=8,
+        gammas=(0.9,),
+        probe_pairs=16,
+        kt_items=24,
+        mixture_docs=32,
+        prior_steps=0,
+        steps=8,
+        batch_size=4,
+        block_size=128,
+        finetune_learning_rate=2e-5,  # ForTIFAI's src/run_pipeline.sh (Gemma 3 1B)
+        warmup_steps=0,
+        generate_batch_size=20,  # 4 beam windows of 5 beams per batch
+        context_tokens=64,
+        new_tokens=32,
+        score_batch_tokens=2048,
+    ),
+    # documented for a GPU, not run here. recursive: fine-tunes google/gemma-3-1b-pt (the
+    # model of ForTIFAI's run_pipeline.sh) generation after generation. mixture: a ~1B
+    # Llama-shaped model (hidden 2048, 16 layers, 32 heads, MLP 8192) trained from scratch;
+    # use with a corpus of a few billion tokens.
     "gpu-1b": ExperimentPreset(
         model="1b",
+        base="google/gemma-3-1b-pt",  # ForTIFAI's src/run_pipeline.sh MODEL_TAG (a hub name)
         vocab_size=32000,
         doc_chars=16000,
         doc_tokens=1024,
@@ -101,7 +175,8 @@ PRESETS: dict[str, ExperimentPreset] = {
         steps=20000,
         batch_size=32,
         block_size=1024,
-        learning_rate=3e-4,
+        learning_rate=3e-4,  # mixture: from scratch
+        finetune_learning_rate=2e-5,  # recursive: ForTIFAI's LEARNING_RATE for Gemma 3 1B
         warmup_steps=500,
         generate_batch_size=256,
         score_batch_tokens=262144,

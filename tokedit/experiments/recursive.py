@@ -1,5 +1,7 @@
 """``tokedit experiment recursive``: ForTIFAI-style recursive training, generation by
-generation, with CE, TCE and ToEdit arms."""
+generation, with CE, TCE and ToEdit arms: generation 0 fine-tunes a pretrained base, each
+later generation fine-tunes the previous generation's checkpoint on the data that checkpoint
+wrote (beam search as ForTIFAI's ``generate.py`` by default) plus a fresh real slice."""
 
 from __future__ import annotations
 
@@ -11,18 +13,26 @@ from pathlib import Path
 
 from tokedit.experiments.data import held_out_and_train, texts_sha, write_dataset
 from tokedit.experiments.metrics import (
+    KL_FLOOR,
     corpus_metrics,
+    kl_nats_with_floor,
+    knowledge_test,
+    kt_accuracy_of,
+    make_knowledge_test,
     make_probe,
     probability_histogram,
     probe_accuracy,
+    time_to_failure,
+    unigram_counts,
     unigram_tables,
 )
 from tokedit.experiments.models import (
+    beam_generate,
     held_out_perplexity,
     load,
-    make_init,
     quiet_transformers,
     regenerate,
+    resolve_base,
     score,
     toedit,
     train_run,
@@ -41,6 +51,33 @@ def recursive_arms(gammas, with_toedit: bool) -> list[dict]:
     return arms
 
 
+METRIC_DEFINITIONS = {
+    "held_out_ppl": "tokedit: perplexity of the generation's model on held-out real documents",
+    "probe_accuracy": "tokedit: share of held-out sentences scored above their one-word-swapped"
+    " twin (fluency on unseen text, not retention)",
+    "kt_accuracy": "ForTIFAI-style knowledge test (src/evaluate_utils.py question_answerer):"
+    " items are sentences of the real training slices after their preceding sentence; share"
+    " whose true variant has the higher mean log-prob on the answer span",
+    "kt_accuracy_seen": "the knowledge test on the items of real slices 0..g (ForTIFAI's"
+    " until_stage_g)",
+    "generated.unigram_kl": "tokedit: KL(real || produced) of token unigrams, bits, add-0.5"
+    " smoothing over the union of seen tokens (real = training slices and held-out)",
+    "generated.kl_synthetic_to_real_nats": "ForTIFAI (src/kl-divregence.ipynb kl_divergence):"
+    f" KL(produced || real training slices) of token unigrams, nats, zeros floored at {KL_FLOOR}",
+    "*_ratio": "a metric over the arm's generation-0 value (failure lines)",
+}
+
+
+def metric_series(rows: list[dict], metric: str) -> list:
+    """One metric of an arm, generation by generation (``*_ratio``: over generation 0's)."""
+    if metric.endswith("_ratio"):
+        values = metric_series(rows, metric[: -len("_ratio")])
+        return [v / values[0] for v in values]
+    if metric in ("kl_synthetic_to_real_nats", "unigram_kl"):
+        return [r["generated"][metric] for r in rows]
+    return [r[metric] for r in rows]
+
+
 def run_recursive(
     data_dir: str,
     out_dir: str,
@@ -50,14 +87,14 @@ def run_recursive(
     with_toedit: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """A small-scale analogue of ForTIFAI's recursive training (see the module docstring and
-    ``docs/training.md``; not a reproduction).
+    """ForTIFAI's recursive training at a chosen scale (``docs/training.md``).
 
-    Generation 0 trains on real slice 0. After training generation ``g``, its model rewrites
-    its whole training set (``regenerate``: prefix-conditioned sampling; ``toedit``: ToEdit
-    edits at the target edit rate); generation ``g + 1`` trains on that plus real slice
-    ``g + 1``. Metrics of generation ``g``: its model on held-out real text and the probe, and
-    the data it produced (scored by that same model).
+    Generation 0 fine-tunes the pretrained base (``preset.base``) on real slice 0; generation
+    ``g + 1`` fine-tunes generation ``g``'s checkpoint on the data generation ``g`` produced
+    from its own training set (``preset.generation``: ``beam`` as ForTIFAI, ``sample``; the
+    ``toedit`` arm edits instead) plus fresh real slice ``g + 1``. Metrics of generation ``g``:
+    its model on held-out real text, the probe and the knowledge test, and the data it
+    produced; then the generation at which each failure line is first crossed.
     """
     log = log or (lambda m: print(m, file=sys.stderr))
     quiet_transformers()
@@ -65,33 +102,52 @@ def run_recursive(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     G, N = preset.generations, preset.docs_per_slice
-    held_raw, slices_raw = held_out_and_train(data_dir, preset, seed, (G + 1) * N)
-    init = out / "init"
-    tokenizer, n_params = make_init(init, slices_raw[:N], preset, seed)
+    n_base = preset.base_docs if preset.base == "scratch" else 0
+    held_raw, rest_raw = held_out_and_train(data_dir, preset, seed, n_base + (G + 1) * N)
+    base_raw, slices_raw = rest_raw[:n_base], rest_raw[n_base:]
+    base_dir, base_info = resolve_base(out / "base", base_raw, preset, seed, log)
+    base_model, tokenizer = load(base_dir)
+    n_params = sum(p.numel() for p in base_model.parameters())
     from tokedit.io.texts import truncate_to_tokens
+    from tokedit.training.trainer import weights_sha
 
+    base_info["weights_sha"] = weights_sha(base_model)
+    del base_model
     held = truncate_to_tokens(held_raw, tokenizer, preset.doc_tokens)
     real = truncate_to_tokens(slices_raw, tokenizer, preset.doc_tokens)
     slices = [real[k * N : (k + 1) * N] for k in range(G + 1)]
     reference = unigram_tables(tokenizer, real + held)
+    real_counts = unigram_counts(tokenizer, real)
     probe = make_probe(held_raw, slices_raw, preset.probe_pairs, seed)
+    kt = make_knowledge_test(real, real, preset.kt_items, seed)
+    for item in kt:
+        item["slice"] = item["doc"] // N
     arms = recursive_arms(preset.gammas, with_toedit)
+    lr = preset.finetune_learning_rate or preset.learning_rate
     log(
         f"recursive: {G + 1} generations x {len(arms)} arms; {N} real docs per slice, "
-        f"{len(held)} held out, {len(probe)} probe pairs; model {n_params / 1e6:.2f}M parameters"
+        f"{len(held)} held out, {len(probe)} probe pairs, {len(kt)} knowledge-test items; "
+        f"base {preset.base} ({n_params / 1e6:.2f}M parameters); data by {preset.generation}"
     )
     result: dict = {
         "experiment": "recursive",
         "preset": asdict(preset),
         "seed": seed,
         "parameters": n_params,
-        "real": corpus_metrics(tokenizer, real, reference),
+        "base": base_info,
+        "real": {
+            **corpus_metrics(tokenizer, real, reference),
+            "kl_synthetic_to_real_nats": kl_nats_with_floor(real_counts, real_counts),
+        },
         "probe": {"pairs": len(probe), "examples": [list(p) for p in probe[:3]]},
+        "knowledge_test": {"items": len(kt), "examples": kt[:3]},
+        "metric_definitions": METRIC_DEFINITIONS,
         "arms": {},
     }
     for arm in arms:
         rows = []
         train_set = slices[0]
+        start = base_dir
         for g in range(G + 1):
             t0 = time.perf_counter()
             work = out / arm["name"] / f"gen{g}"
@@ -102,39 +158,67 @@ def run_recursive(
                 model_dir, train = shared, result["arms"]["ce"][0]["train"]
             else:
                 train = train_run(
-                    init, model_dir, train_set, preset, seed, arm["loss"], arm["gamma"] or 0.99
+                    start,
+                    model_dir,
+                    train_set,
+                    preset,
+                    seed,
+                    arm["loss"],
+                    arm["gamma"] or 0.99,
+                    learning_rate=lr,
                 )
             model, tok = load(model_dir)
+            test = knowledge_test(model, tok, kt)
+            seen = [s for it, s in zip(kt, test["scores"], strict=True) if it["slice"] <= g]
             row = {
                 "generation": g,
+                "model_dir": str(model_dir.relative_to(out)),
                 "train_docs": len(train_set),
                 "train_data_sha": texts_sha(train_set),
                 "train": train,
                 "held_out_ppl": held_out_perplexity(model, tok, held, preset.block_size),
                 "probe_accuracy": probe_accuracy(probe, model_dir, work, preset),
+                "kt_accuracy": test["accuracy"],
+                "kt_accuracy_seen": kt_accuracy_of(seen),
             }
             if arm["data"] == "toedit":
                 produced, row["edit"] = toedit(train_set, model_dir, work, preset, seed + g)
+            elif preset.generation == "beam":
+                produced = beam_generate(model, tok, train_set, preset)
             else:
                 produced = regenerate(model, tok, train_set, preset, seed + g)
             data = write_dataset(work / "generated", produced)
             row["generated"] = {
+                "docs": len(produced),
                 **corpus_metrics(tokenizer, produced, reference),
+                "kl_synthetic_to_real_nats": kl_nats_with_floor(
+                    unigram_counts(tokenizer, produced), real_counts
+                ),
                 "hist10": probability_histogram(
                     score(data, work / "generated-scores", model_dir, preset)
                 ),
             }
             row["seconds"] = time.perf_counter() - t0
             rows.append(row)
+            masked = train["tce_masked_share_last"]
             log(
-                f"  {arm['name']:>10} gen {g}: held-out ppl {row['held_out_ppl']:.2f}, probe "
-                f"{row['probe_accuracy']:.3f}, unigram KL {row['generated']['unigram_kl']:.4f}, "
-                f"distinct-2 {row['generated']['distinct_2']:.4f} ({row['seconds']:.0f}s)"
+                f"  {arm['name']:>10} gen {g}: held-out ppl {row['held_out_ppl']:.2f}, KT "
+                f"{row['kt_accuracy']:.3f}, probe {row['probe_accuracy']:.3f}, KL(syn||real) "
+                f"{row['generated']['kl_synthetic_to_real_nats']:.4f} nats, distinct-2 "
+                f"{row['generated']['distinct_2']:.4f}"
+                + (f", TCE masked {masked:.3f}" if masked is not None else "")
+                + f" ({row['seconds']:.0f}s)"
             )
             if g < G:
                 train_set = produced + slices[g + 1]
+                start = model_dir  # the next generation continues from this checkpoint
         result["arms"][arm["name"]] = rows
     result["arm_definitions"] = arms
+    result["failure_lines"] = [list(x) for x in preset.failure_lines]
+    result["time_to_failure"] = {
+        name: {m: time_to_failure(metric_series(rows, m), d, v) for m, d, v in preset.failure_lines}
+        for name, rows in result["arms"].items()
+    }
     result["seconds"] = time.perf_counter() - t_start
     write_recursive_report(result, out)
     return result

@@ -13,8 +13,16 @@ from tokedit.analysis.report import json_safe
 
 RECURSIVE_PLOTS = {
     "held_out_ppl": ("held-out perplexity (real text)", lambda r: r["held_out_ppl"]),
-    "probe_accuracy": ("knowledge-probe accuracy", lambda r: r["probe_accuracy"]),
-    "unigram_kl": ("unigram KL(real || generated), bits", lambda r: r["generated"]["unigram_kl"]),
+    "probe_accuracy": ("word-swap probe accuracy (tokedit)", lambda r: r["probe_accuracy"]),
+    "kt_accuracy": ("knowledge test accuracy (ForTIFAI-style)", lambda r: r["kt_accuracy"]),
+    "unigram_kl": (
+        "tokedit: unigram KL(real || generated), bits",
+        lambda r: r["generated"]["unigram_kl"],
+    ),
+    "kl_synthetic_to_real_nats": (
+        "ForTIFAI: KL(generated || real), nats",
+        lambda r: r["generated"]["kl_synthetic_to_real_nats"],
+    ),
     "distinct_2": ("distinct-2 of generated data", lambda r: r["generated"]["distinct_2"]),
 }
 
@@ -65,17 +73,21 @@ def _fmt(v) -> str:
 
 def write_recursive_report(result: dict, out: Path) -> None:
     result["plots"] = plot_recursive(result, out)
-    head = "<tr><th>arm</th><th>gen</th><th>held-out ppl</th><th>probe acc</th><th>unigram KL</th><th>distinct-2</th><th>P&gt;0.9 share</th></tr>"
+    head = "<tr><th>arm</th><th>gen</th><th>held-out ppl</th><th>probe acc</th><th>KT acc</th><th>KL(real||gen) bits</th><th>KL(gen||real) nats</th><th>distinct-2</th><th>P&gt;0.9 share</th></tr>"
     body = "".join(
         f"<tr><td>{name}</td><td>{r['generation']}</td><td>{_fmt(r['held_out_ppl'])}</td>"
-        f"<td>{_fmt(r['probe_accuracy'])}</td><td>{_fmt(r['generated']['unigram_kl'])}</td>"
+        f"<td>{_fmt(r['probe_accuracy'])}</td><td>{_fmt(r['kt_accuracy'])}</td>"
+        f"<td>{_fmt(r['generated']['unigram_kl'])}</td>"
+        f"<td>{_fmt(r['generated']['kl_synthetic_to_real_nats'])}</td>"
         f"<td>{_fmt(r['generated']['distinct_2'])}</td><td>{_fmt(r['generated']['hist10']['shares'][-1])}</td></tr>"
         for name, rows in result["arms"].items()
         for r in rows
     )
     intro = (
-        f"Recursive training, preset {result['preset']['model']} model "
-        f"({result['parameters'] / 1e6:.2f}M parameters), seed {result['seed']}. "
+        f"Recursive training: base {result['preset']['base']} "
+        f"({result['parameters'] / 1e6:.2f}M parameters), data by {result['preset']['generation']}, "
+        f"seed {result['seed']}. Time to failure (first generation past each line "
+        f"{result['failure_lines']}): {result['time_to_failure']}. "
         "Small-scale results; see docs/training.md for definitions."
     )
     (out / "recursive.json").write_text(json.dumps(json_safe(result), indent=2) + "\n")
@@ -87,8 +99,14 @@ def write_recursive_report(result: dict, out: Path) -> None:
 def plot_mixture(result: dict, out: Path) -> dict[str, str]:
     names = list(result["arms"])
     fig, (ax,) = new_figure(6, 3.5)
-    ax.bar(names, [result["arms"][n]["held_out_ppl"] for n in names], color="#4a7")
-    ax.set_ylabel("held-out perplexity (real text)")
+    x = np.arange(len(names))
+    for k, (key, label) in enumerate(
+        [("held_out_ppl", "held-out (same plays)"), ("other_corpus_ppl", "other corpus")]
+    ):
+        ax.bar(x + 0.4 * k - 0.2, [result["arms"][n][key] for n in names], 0.4, label=label)
+    ax.set_xticks(x, names)
+    ax.legend()
+    ax.set_ylabel("perplexity (real text)")
     ax.tick_params(axis="x", rotation=30)
     fig.tight_layout()
     fig.savefig(out / "mixture_ppl.png", dpi=100)
@@ -97,10 +115,10 @@ def plot_mixture(result: dict, out: Path) -> dict[str, str]:
 
 def write_mixture_report(result: dict, out: Path) -> None:
     result["plots"] = plot_mixture(result, out)
-    head = "<tr><th>arm</th><th>synthetic share</th><th>held-out ppl</th><th>train tokens</th><th>unigram KL</th><th>distinct-2</th></tr>"
+    head = "<tr><th>arm</th><th>synthetic share</th><th>held-out ppl</th><th>other-corpus ppl</th><th>train tokens</th><th>unigram KL</th><th>distinct-2</th></tr>"
     body = "".join(
         f"<tr><td>{n}</td><td>{_fmt(a['synthetic_share'])}</td><td>{_fmt(a['held_out_ppl'])}</td>"
-        f"<td>{a['train']['train_tokens']}</td><td>{_fmt(a['data']['unigram_kl'])}</td>"
+        f"<td>{_fmt(a['other_corpus_ppl'])}</td><td>{a['train']['train_tokens']}</td><td>{_fmt(a['data']['unigram_kl'])}</td>"
         f"<td>{_fmt(a['data']['distinct_2'])}</td></tr>"
         for n, a in result["arms"].items()
     )
@@ -124,26 +142,32 @@ def format_summary(result: dict) -> str:
     """A Markdown table of a recursive or mixture result (what the CLI prints)."""
     if result["experiment"] == "recursive":
         lines = [
-            "| arm | gen | held-out ppl | probe acc | unigram KL (bits) | distinct-2 | P>0.9 share |",
-            "|---|---|---|---|---|---|---|",
+            "| arm | gen | held-out ppl | probe acc | KT acc | KL(real‖gen) bits (tokedit) "
+            "| KL(gen‖real) nats (ForTIFAI) | distinct-2 | P>0.9 share | TCE masked |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for name, rows in result["arms"].items():
             for r in rows:
                 g = r["generated"]
                 lines.append(
                     f"| {name} | {r['generation']} | {_fmt(r['held_out_ppl'])} | "
-                    f"{_fmt(r['probe_accuracy'])} | {_fmt(g['unigram_kl'])} | "
-                    f"{_fmt(g['distinct_2'])} | {_fmt(g['hist10']['shares'][-1])} |"
+                    f"{_fmt(r['probe_accuracy'])} | {_fmt(r['kt_accuracy'])} | "
+                    f"{_fmt(g['unigram_kl'])} | {_fmt(g['kl_synthetic_to_real_nats'])} | "
+                    f"{_fmt(g['distinct_2'])} | {_fmt(g['hist10']['shares'][-1])} | "
+                    f"{_fmt(r['train']['tce_masked_share_last'])} |"
                 )
+        lines.append("")
+        lines.append(f"time to failure {result['failure_lines']}: {result['time_to_failure']}")
         return "\n".join(lines)
     lines = [
-        "| arm | synthetic share | held-out ppl | train tokens | unigram KL (bits) | distinct-2 |",
-        "|---|---|---|---|---|---|",
+        "| arm | synthetic share | held-out ppl | other-corpus ppl | train tokens "
+        "| unigram KL (bits) | distinct-2 |",
+        "|---|---|---|---|---|---|---|",
     ]
     for name, a in result["arms"].items():
         lines.append(
             f"| {name} | {_fmt(a['synthetic_share'])} | {_fmt(a['held_out_ppl'])} | "
-            f"{a['train']['train_tokens']} | {_fmt(a['data']['unigram_kl'])} | "
+            f"{_fmt(a['other_corpus_ppl'])} | {a['train']['train_tokens']} | {_fmt(a['data']['unigram_kl'])} | "
             f"{_fmt(a['data']['distinct_2'])} |"
         )
     return "\n".join(lines)

@@ -28,18 +28,28 @@ class GenerateOptions:
 
 @torch.inference_mode()
 def generate_continuations(
-    model, tokenizer, texts: list[str], options: GenerateOptions | None = None, progress=None
+    model,
+    tokenizer,
+    texts: list[str],
+    options: GenerateOptions | None = None,
+    progress=None,
+    lengths: list[int] | None = None,
 ) -> list[str]:
-    """Return, for each text, its prefix followed by the model's continuation (as text)."""
+    """Return, for each text, its prefix followed by the model's continuation (as text).
+
+    A text is continued up to its own token length, or to ``lengths[i]`` tokens when given
+    (so a short prompt can be continued into a whole document); ``max_new_tokens`` caps both.
+    """
     options = options or GenerateOptions()
     device = next(model.parameters()).device
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    own = [len(ids) for ids in encoded] if lengths is None else list(lengths)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     pad = pad_token_id(tokenizer)
     outputs: list[str] = [""] * len(texts)
     # Similar lengths together: fewer wasted steps on finished rows.
     order = np.argsort(
-        [-min(len(ids), options.prefix_tokens + options.max_new_tokens) for ids in encoded],
+        [-min(n, options.prefix_tokens + options.max_new_tokens) for n in own],
         kind="stable",
     )
     torch.manual_seed(options.seed)
@@ -50,8 +60,8 @@ def generate_continuations(
         budgets = [
             max(
                 0,
-                min(len(encoded[i]), options.prefix_tokens + options.max_new_tokens)
-                - options.prefix_tokens,
+                min(own[i], options.prefix_tokens + options.max_new_tokens)
+                - min(len(encoded[i]), options.prefix_tokens),
             )
             for i in idx
         ]
@@ -85,3 +95,61 @@ def generate_continuations(
         if progress is not None:
             progress(len(idx))
     return outputs
+
+
+@dataclass(frozen=True)
+class BeamOptions:
+    """ForTIFAI's generation (``src/generate.py``, ``generate_dataset``): the training text is
+    one token stream cut into blocks of ``new_tokens``; window ``i`` is the
+    ``context_tokens // new_tokens`` blocks starting at block ``i`` (stride one block), and the
+    model writes exactly ``new_tokens`` tokens after it by beam search."""
+
+    context_tokens: int = 512
+    new_tokens: int = 32
+    num_beams: int = 5
+    repetition_penalty: float = 3.0
+    batch_size: int = 16
+
+
+def beam_windows(ids: list[int], context_tokens: int, new_tokens: int) -> list[list[int]]:
+    """The contexts of :class:`BeamOptions`: ``ids`` cut into ``new_tokens`` blocks (the
+    remainder dropped), windows of ``context_tokens // new_tokens`` blocks at stride one block
+    (ForTIFAI's ``DatasetForGeneration``: ``len(blocks) - blocks_before`` windows)."""
+    n_blocks = len(ids) // new_tokens
+    per = max(1, context_tokens // new_tokens)
+    span = per * new_tokens
+    return [ids[i * new_tokens : i * new_tokens + span] for i in range(max(0, n_blocks - per))]
+
+
+@torch.inference_mode()
+def generate_beam_corpus(
+    model, tokenizer, texts: list[str], options: BeamOptions | None = None
+) -> list[str]:
+    """ForTIFAI-style synthetic data: ``texts`` joined with EOS into one stream, every window of
+    :func:`beam_windows` continued by ``new_tokens`` tokens (``num_beams`` beams,
+    ``repetition_penalty``, ``min_new_tokens = max_new_tokens``); one text per window, the
+    continuation only (the context is not repeated), as ForTIFAI writes its stage file."""
+    options = options or BeamOptions()
+    device = next(model.parameters()).device
+    eos = tokenizer.eos_token_id
+    stream: list[int] = []
+    for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
+        stream += ids + ([eos] if eos is not None else [])
+    windows = beam_windows(stream, options.context_tokens, options.new_tokens)
+    pad = pad_token_id(tokenizer)
+    model.eval()
+    out: list[str] = []
+    for a in range(0, len(windows), options.batch_size):
+        batch = torch.tensor(windows[a : a + options.batch_size], dtype=torch.long, device=device)
+        generated = model.generate(
+            input_ids=batch,
+            attention_mask=torch.ones_like(batch),
+            do_sample=False,
+            num_beams=options.num_beams,
+            repetition_penalty=options.repetition_penalty,
+            max_new_tokens=options.new_tokens,
+            min_new_tokens=options.new_tokens,
+            pad_token_id=pad,
+        )[:, batch.shape[1] :].cpu()
+        out += [tokenizer.decode(row.tolist(), skip_special_tokens=True) for row in generated]
+    return out

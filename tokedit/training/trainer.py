@@ -133,6 +133,18 @@ def evaluate_perplexity(model, ids: np.ndarray, labels: np.ndarray, batch_size: 
     return math.exp(total / count) if count else float("nan")
 
 
+def weights_sha(model) -> str:
+    """sha256 (16 hex digits) of a model's weights: for each entry of ``state_dict()`` in name
+    order, the name and the tensor's float32 bytes. Records which weights a run started from."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def make_loss_func(config: TrainConfig) -> Callable | None:
     """``None`` means the model's own cross entropy; TCE plugs in through this one place."""
     if config.loss == "ce":
@@ -218,6 +230,7 @@ def train_model(
         else (np.zeros((0, config.block_size), np.int64),) * 2
     )
     n_params = sum(p.numel() for p in model.parameters())
+    initial_sha = weights_sha(model)  # the weights this run starts from, before any step
     log(
         f"model: {n_params / 1e6:.2f}M parameters; {train_ids.size} training tokens in {len(train_ids)} blocks of {config.block_size}; {held_ids.size} held out"
     )
@@ -277,6 +290,7 @@ def train_model(
         "config": asdict(config),
         "from_scratch": from_scratch,
         "base_model": model_path,
+        "initial_weights_sha": initial_sha,
         "data": str(data_dir) if data_dir is not None else None,
     }
     out = Path(out_dir)
