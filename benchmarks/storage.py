@@ -62,8 +62,8 @@ def scale_fixture(corpus: Path, scores: Path, k: int, out: Path) -> tuple[Path, 
 
     from tokedit.io.manifest import read_manifest
     from tokedit.io.shards import discover_shards
+    from tokedit.io.storage import file_sha256
     from tokedit.io.write import write_json
-    from tokedit.scoring.run import file_sha256
 
     if k == 1:
         return corpus, scores

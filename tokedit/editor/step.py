@@ -30,8 +30,7 @@ from tokedit.io.edited_dir import (
 )
 from tokedit.io.read import iter_batches, to_documents
 from tokedit.io.shards import Shard
-from tokedit.io.storage import as_path
-from tokedit.io.write import file_sha256
+from tokedit.io.storage import as_path, file_sha256
 from tokedit.scoring.run import load_backend
 from tokedit.scoring.scorer import ScoreOptions, bos_prepended
 

@@ -22,8 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import OutputError
-from tokedit.io.storage import RemotePath, as_path, is_remote, publish, spool_dir
-from tokedit.io.storage import file_sha256 as remote_sha256
+from tokedit.io.storage import RemotePath, as_path, publish, spool_dir
 
 TMP_SUFFIX = ".tmp"
 # Temp names carry the writer's pid and a tag of its host: processes on several machines
@@ -273,17 +272,6 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, local or on an object store."""
-    if is_remote(path):
-        return remote_sha256(path)
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def upload_tree(local_dir: Path, dest: RemotePath) -> None:

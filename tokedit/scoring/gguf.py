@@ -25,7 +25,7 @@ import shutil
 from pathlib import Path
 
 from tokedit.errors import InputError
-from tokedit.io.write import file_sha256 as sha256_of_file
+from tokedit.io.storage import file_sha256 as sha256_of_file
 
 PRIOR_INFO = "tokedit-prior.json"
 PROBE_TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate."

@@ -13,8 +13,8 @@ from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
 from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
-from tokedit.io.storage import as_path
-from tokedit.io.write import ParquetShardWriter, file_sha256
+from tokedit.io.storage import as_path, file_sha256
+from tokedit.io.write import ParquetShardWriter
 from tokedit.scoring.scorer import ScoreOptions, Scorer
 
 
