@@ -1,13 +1,14 @@
 """Helpers shared by the test modules (not a test module): one home for each.
 
 Corpus writers, CLI runners (in this process, :func:`invoke`; in another, :func:`run_cli`),
-the arguments of ``tokedit score`` / ``tokedit edit`` runs, output comparisons and the
-byte-exact check of edited text.
+the arguments of ``tokedit score`` / ``tokedit edit`` runs, output comparisons, the
+byte-exact check of edited text and the fingerprint of a saved checkpoint.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import os
 import socket
@@ -170,3 +171,17 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def independent_weights_sha(model_dir) -> str:
+    """The fingerprint of a saved checkpoint, computed here from the loaded model (the same
+    recipe as ``weights_sha``, written out again: names in order, float32 bytes)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
+    h = hashlib.sha256()
+    for name in sorted(model.state_dict()):
+        h.update(name.encode())
+        h.update(model.state_dict()[name].to(torch.float32).numpy().tobytes())
+    return h.hexdigest()[:16]

@@ -8,14 +8,16 @@ and never tuned outcomes. Each test's docstring names the broken implementation 
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import math
+import statistics
 
 import matplotlib.image
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from scale_helpers import independent_weights_sha
 
 from tokedit.cli import main
 from tokedit.experiments.data import real_documents
@@ -185,20 +187,6 @@ def test_presets():
     assert MODEL_SIZES[get_preset("gpu-1b").model]["hidden_size"] == 2048
     with pytest.raises(InputError):
         get_preset("nope")
-
-
-def independent_weights_sha(model_dir) -> str:
-    """The fingerprint of a saved checkpoint, computed here from the loaded model (the same
-    recipe as ``weights_sha``, written out again: names in order, float32 bytes)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir))
-    h = hashlib.sha256()
-    for name in sorted(model.state_dict()):
-        h.update(name.encode())
-        h.update(model.state_dict()[name].to(torch.float32).numpy().tobytes())
-    return h.hexdigest()[:16]
 
 
 def test_each_generation_continues_the_previous_checkpoint(recursive):
@@ -378,3 +366,104 @@ def pq_ids(corpus_dir) -> list[str]:
     from tokedit.io.read import read_ok_texts
 
     return read_ok_texts(str(corpus_dir), "text", "id")[0]
+
+
+def write_seed_runs(tmp_path, result: dict, name: str, shifts: dict[int, float], get) -> list:
+    """Copies of one run's result as runs of other seeds, written in a scrambled seed order:
+    each copy moves the metric ``get`` returns a container of by ``shift`` for the CE (or
+    first) arm and by twice that for every other arm, so paired differences depend on the
+    seed."""
+    runs = []
+    for seed, shift in shifts.items():
+        other = copy.deepcopy(result)
+        other["seed"] = seed
+        for k, arm in enumerate(other["arms"].values()):
+            for holder, key in get(arm):
+                holder[key] += shift * (1 if k == 0 else 2)
+        run = tmp_path / f"seed{seed}"
+        run.mkdir()
+        (run / name).write_text(json.dumps(other))
+        runs.append(str(run))
+    return runs
+
+
+SHIFTS = {2: 3.0, 0: 0.0, 1: 1.0}  # seed: shift, in the order the runs are passed
+
+
+def test_summary_over_seeds_matches_an_independent_computation(recursive, tmp_path):
+    """`experiment summary` over three seeds: per arm and generation, the values in seed order,
+    their mean and sample standard deviation, and each arm minus CE *of the same seed*, equal
+    numpy / statistics on the same numbers. Catches: a population standard deviation, runs
+    left in the order given, an arm paired with another seed's CE, generations mixed up."""
+    _, r = recursive
+    runs = write_seed_runs(
+        tmp_path, r, "recursive.json", SHIFTS, lambda rows: [(row, "held_out_ppl") for row in rows]
+    )
+    result = CliRunner().invoke(
+        main, ["experiment", "summary", *runs, "--out", str(tmp_path / "s.json")]
+    )
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    assert s["seeds"] == [0, 1, 2] and s["runs"] == sorted(runs)
+    for k, (arm, rows) in enumerate(r["arms"].items()):
+        scale = 1 if k == 0 else 2
+        for g, row in enumerate(rows):
+            expect = [row["held_out_ppl"] + scale * d for d in (0.0, 1.0, 3.0)]
+            got = s["arms"][arm][g]["held_out_ppl"]
+            assert got["values"] == pytest.approx(expect)
+            assert got["mean"] == pytest.approx(np.mean(expect))
+            assert got["std"] == pytest.approx(statistics.stdev(expect))
+            if arm != "ce":
+                base = row["held_out_ppl"] - r["arms"]["ce"][g]["held_out_ppl"]
+                paired = s["paired_vs_ce"][arm][g]["held_out_ppl"]["values"]
+                assert paired == pytest.approx([base + d for d in (0.0, 1.0, 3.0)])
+    assert set(s["paired_vs_ce"]) == set(r["arms"]) - {"ce"}
+    for arm, metrics in r["time_to_failure"].items():
+        for metric, g in metrics.items():
+            assert s["time_to_failure"][arm][metric] == [g, g, g]
+    assert (
+        f"| ce | 0 | {np.mean([r['arms']['ce'][0]['held_out_ppl'] + d for d in (0, 1, 3)]):.4g} ± "
+        in result.output
+    )
+
+
+def test_summary_of_mixture_seeds(mixture, tmp_path):
+    """The mixture branch: per arm, the other-corpus perplexity over seeds in seed order.
+    Catches: a summary that reads only recursive results or the wrong metric."""
+    _, r = mixture
+    runs = write_seed_runs(
+        tmp_path, r, "mixture.json", SHIFTS, lambda arm: [(arm, "other_corpus_ppl")]
+    )
+    result = CliRunner().invoke(
+        main, ["experiment", "summary", *runs, "--out", str(tmp_path / "s.json")]
+    )
+    assert result.exit_code == 0, result.output
+    s = json.loads((tmp_path / "s.json").read_text())
+    for k, (arm, a) in enumerate(r["arms"].items()):
+        expect = [a["other_corpus_ppl"] + (1 if k == 0 else 2) * d for d in (0.0, 1.0, 3.0)]
+        assert s["arms"][arm]["other_corpus_ppl"]["values"] == pytest.approx(expect)
+        assert s["arms"][arm]["held_out_ppl"]["std"] == pytest.approx(0.0)
+
+
+def test_summary_refuses_runs_that_are_not_one_experiment(recursive, mixture, tmp_path):
+    """Spread is only meaningful over seeds of one setting: other settings, another
+    experiment, a seed twice or a directory without a result exit 2 and name the runs.
+    Catches: a summary that silently averages different presets or double-counts a seed."""
+    _, r = recursive
+    cases = {
+        "steps": {**r, "seed": 1, "preset": {**r["preset"], "steps": 99}},
+        "recursive run": {**mixture[1], "seed": 1},
+        "seed 0 appears more than once": {**r},
+    }
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "recursive.json").write_text(json.dumps(r))
+    for needle, other in cases.items():
+        b = tmp_path / needle.replace(" ", "-")
+        b.mkdir()
+        name = "recursive.json" if other["experiment"] == "recursive" else "mixture.json"
+        (b / name).write_text(json.dumps(other))
+        result = CliRunner().invoke(main, ["experiment", "summary", str(tmp_path / "a"), str(b)])
+        assert result.exit_code == 2, (needle, result.output)
+        assert needle in result.output and str(b) in result.output, result.output
+    result = CliRunner().invoke(main, ["experiment", "summary", str(tmp_path)])
+    assert result.exit_code == 2 and f"{tmp_path}: no recursive.json" in result.output

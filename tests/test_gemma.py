@@ -305,3 +305,55 @@ def test_the_readme_quickstart_edits_tokens_on_the_first_scoring_pass(
     totals = read_manifest(tmp_path / "edited")["totals"]["p"]["0.99"]
     assert totals["above"] > 0 and totals["changed"] > 0, totals
     assert (tmp_path / "report" / "report.html").is_file()
+
+
+def test_recursive_fine_tunes_gemma_and_continues_its_checkpoints(tmp_path, gemma, corpus_dir):
+    """Issue 14 with the real prior, at the smallest size that runs every step: the
+    ``cpu-gemma`` preset's base (Gemma 3 270M), two generations of one optimizer step, beam
+    search with Gemma's tokenizer. Generation 0 of each arm starts from Gemma's own weights,
+    generation 1 from generation 0's saved checkpoint, and TCE at gamma 0.5 masks tokens of
+    the confident real prior while CE masks none. Catches: a real-prior base that is silently
+    replaced by a scratch model, checkpoints a real model does not continue from (tied or
+    half-precision weights saved differently), a TCE that never reaches Gemma's training."""
+    import json
+
+    from scale_helpers import independent_weights_sha
+
+    from tokedit.experiments.presets import get_preset
+    from tokedit.experiments.recursive import run_recursive
+
+    preset = get_preset(
+        "cpu-gemma",
+        generations=1,
+        docs_per_slice=2,
+        doc_tokens=48,
+        held_out_docs=2,
+        probe_pairs=2,
+        kt_items=2,
+        steps=1,
+        batch_size=2,
+        block_size=48,
+        num_beams=2,
+        context_tokens=16,
+        new_tokens=4,
+        gammas=(0.5,),
+    )
+    r = run_recursive(
+        str(corpus_dir), str(tmp_path), preset, seed=0, with_toedit=False, log=lambda m: None
+    )
+    assert r["parameters"] > 2.5e8  # Gemma 3 270M, not a scratch model
+    assert r["base"]["pretrained_here"] is False and r["base"]["path"] == str(gemma)
+    base = independent_weights_sha(gemma)
+    assert r["base"]["weights_sha"] == base
+    assert set(r["arms"]) == {"ce", "tce-0.5"}
+    for name, rows in r["arms"].items():
+        assert rows[0]["train"]["initial_weights_sha"] == base, name
+        gen0 = independent_weights_sha(tmp_path / rows[0]["model_dir"])
+        assert gen0 != base, name  # one step at lr 2e-5 moved Gemma's weights
+        assert rows[1]["train"]["initial_weights_sha"] == gen0, name
+        for row in rows:
+            record = json.loads((tmp_path / row["model_dir"] / "tokedit_train.json").read_text())
+            masked = record["tce_masked_share"]
+            assert (min(masked) > 0) if name == "tce-0.5" else masked == [], (name, masked)
+            generated = row["generated"]
+            assert generated["docs"] > 0 and np.isfinite(generated["kl_synthetic_to_real_nats"])

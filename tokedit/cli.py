@@ -1028,6 +1028,26 @@ def mixture(data_dir, out_dir, preset, steps, seed, quiet):
 
 
 @experiment.command()
+@click.argument("run_dirs", nargs=-1, required=True, metavar="RUN...")
+@click.option(
+    "--out", "-o", "out_file", default=None, help="Also write the summary as JSON to this file."
+)
+@friendly_errors
+def summary(run_dirs, out_file):
+    """Mean ± standard deviation over seeds: RUN... are the --out directories of one experiment (recursive or mixture) run with different --seed and otherwise the same options. Prints the per-arm table, for recursive also each arm minus CE seed by seed and each seed's time to failure."""
+    from pathlib import Path
+
+    from tokedit.analysis.report import json_safe
+    from tokedit.experiments.seeds import format_seed_summary, read_result, summarize
+
+    result = summarize([read_result(d) for d in run_dirs], list(run_dirs))
+    click.echo(format_seed_summary(result))
+    if out_file:
+        Path(out_file).write_text(json.dumps(json_safe(result), indent=2) + "\n")
+        click.echo(f"wrote {out_file}")
+
+
+@experiment.command()
 @click.option("--out", "-o", "out_dir", required=True, help="Result directory.")
 @click.option("--generations", type=int, default=50, show_default=True)
 @click.option("--n", type=int, default=100, show_default=True, help="Samples per generation.")
