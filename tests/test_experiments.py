@@ -71,7 +71,7 @@ def test_recursive_outputs_every_key_finite(recursive):
             shares = gen["hist10"]["shares"]
             assert len(shares) == 10 and all(finite(s) for s in shares)
             assert sum(shares) == pytest.approx(1.0)
-            assert row["train"]["steps"] == preset.steps
+            assert row["train"]["steps"] == preset.finetune_steps
             masked = row["train"]["tce_masked_share_last"]
             if name.startswith("tce"):
                 assert finite(masked) and 0 <= masked <= 1
@@ -198,8 +198,12 @@ def test_each_generation_continues_the_previous_checkpoint(recursive):
     out, r = recursive
     base = independent_weights_sha(out / "base" / "model")
     assert r["base"]["weights_sha"] == base
+    preset = get_preset("test")
+    assert r["base"]["train"]["steps"] == preset.base_steps
     for name, rows in r["arms"].items():
         assert rows[0]["train"]["initial_weights_sha"] == base, name
+        # each generation fine-tunes for the preset's fine-tuning steps, not the general ones
+        assert {row["train"]["steps"] for row in rows} == {preset.finetune_steps} != {preset.steps}
         for g in range(1, len(rows)):
             before = independent_weights_sha(out / rows[g - 1]["model_dir"])
             assert rows[g]["train"]["initial_weights_sha"] == before, (name, g)
@@ -467,3 +471,29 @@ def test_summary_refuses_runs_that_are_not_one_experiment(recursive, mixture, tm
         assert needle in result.output and str(b) in result.output, result.output
     result = CliRunner().invoke(main, ["experiment", "summary", str(tmp_path)])
     assert result.exit_code == 2 and f"{tmp_path}: no recursive.json" in result.output
+
+
+def test_mixture_samples_and_edits_with_a_pretrained_prior(corpus_dir, tiny_prior, tmp_path):
+    """`mixture --model DIR`: the given pretrained model is the prior. No prior is trained in
+    OUT, the synthetic corpus is what that model samples from the generic prompts (sampled
+    again here with the same seed) and ToEdit scored with it. Catches: --model ignored by
+    mixture (a prior trained here instead), a synthetic corpus from another model, ToEdit
+    scoring with the arms' initial model."""
+    from tokedit.experiments.mixture import GENERIC_PROMPTS
+    from tokedit.experiments.models import load, prompted
+    from tokedit.io.manifest import read_manifest
+
+    args = ["experiment", "mixture", str(corpus_dir), "--out", str(tmp_path), "--preset", "test"]
+    result = CliRunner().invoke(main, [*args, "--model", str(tiny_prior), "-q"])
+    assert result.exit_code == 0, result.output
+    r = json.loads((tmp_path / "mixture.json").read_text())
+    assert r["prior"]["path"] == str(tiny_prior) and r["prior"]["pretrained_here"] is False
+    assert not (tmp_path / "prior").exists()
+    preset = get_preset("test")
+    n = r["synthetic_corpus"]["docs"]
+    prompts = [GENERIC_PROMPTS[i % len(GENERIC_PROMPTS)] for i in range(n)]
+    model, tok = load(tiny_prior)
+    again = prompted(model, tok, prompts, preset.doc_tokens, preset, seed=0)
+    assert r["synthetic_corpus"]["examples"] == again[:3]
+    scores = read_manifest(tmp_path / "toedit-work" / "to-edit-scores")
+    assert scores["options"]["model"] == str(tiny_prior)

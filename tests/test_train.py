@@ -27,6 +27,30 @@ def test_pack_blocks_keeps_every_token_and_masks_padding():
     assert labels.tolist() == [[1, 2, 3, 9], [4, 5, 9, IGNORE_INDEX]]
 
 
+def test_pack_blocks_leads_every_block_with_the_bos_and_never_targets_it():
+    """With a BOS every block starts with it, unlabelled, and the rest still holds every token
+    of the stream in order. Catches: a BOS only on the first block, a BOS learned as a
+    target, a token dropped to make room for it."""
+    ids, labels = pack_blocks(
+        [np.array([1, 2, 3]), np.array([4, 5])], block_size=4, eos_id=9, pad_id=0, bos_id=7
+    )
+    assert ids.tolist() == [[7, 1, 2, 3], [7, 9, 4, 5], [7, 9, 0, 0]]
+    assert labels.tolist() == [
+        [IGNORE_INDEX, 1, 2, 3],
+        [IGNORE_INDEX, 9, 4, 5],
+        [IGNORE_INDEX, 9, IGNORE_INDEX, IGNORE_INDEX],
+    ]
+
+
+def test_the_tokenizers_trained_here_get_no_block_bos(tiny_prior):
+    """A byte-level tokenizer trained here does not prepend its <bos>, so its blocks have none
+    (scratch training is unchanged by the BOS rule for real priors)."""
+    from tokedit.training.trainer import block_bos_id
+
+    tok = AutoTokenizer.from_pretrained(tiny_prior)
+    assert tok.bos_token_id is not None and block_bos_id(tok) is None
+
+
 def test_held_out_split_is_deterministic_and_disjoint():
     texts = [f"t{i}" for i in range(10)]
     train, held = split_held_out(texts, 5)

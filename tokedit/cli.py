@@ -960,6 +960,18 @@ def _experiment_options(fn):
     return fn
 
 
+base_model_option = click.option(
+    "--model",
+    "base",
+    default=None,
+    help="Override: the pretrained model: recursive's generation 0 fine-tunes it, mixture "
+    "samples its synthetic corpus from it and scores with it for ToEdit. 'scratch': recursive "
+    "pretrains a small model here once on documents no arm trains on (cached in OUT/base), "
+    "mixture trains its prior on the human documents. Otherwise a prior name ('gemma-3-270m', "
+    "see `tokedit prior fetch`), a save_pretrained directory, a GGUF file or a hub name.",
+)
+
+
 @experiment.command()
 @_experiment_options
 @click.option("--generations", type=int, default=None, help="Override: G (generations 0..G).")
@@ -967,15 +979,7 @@ def _experiment_options(fn):
     "--gamma", "gammas", default=None, help="Override: comma-separated TCE gammas, one arm each."
 )
 @click.option("--no-toedit", is_flag=True, help="Leave out the ToEdit arm.")
-@click.option(
-    "--model",
-    "base",
-    default=None,
-    help="Override: the pretrained model generation 0 fine-tunes: 'scratch' (a small model "
-    "pretrained here once on documents no arm trains on, cached in OUT/base), a prior name "
-    "('gemma-3-270m', see `tokedit prior fetch`), a save_pretrained directory, a GGUF file or "
-    "a hub name.",
-)
+@base_model_option
 @click.option(
     "--generation",
     type=click.Choice(["beam", "sample"]),
@@ -998,6 +1002,7 @@ def recursive(
     p = get_preset(
         preset,
         steps=steps,
+        finetune_steps=steps,  # --steps sizes the fine-tuning runs, whatever the preset says
         generations=generations,
         gammas=tuple(float(g) for g in gammas.split(",")) if gammas else None,
         base=base,
@@ -1012,9 +1017,10 @@ def recursive(
 
 @experiment.command()
 @_experiment_options
+@base_model_option
 @friendly_errors
-def mixture(data_dir, out_dir, preset, steps, seed, quiet):
-    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): the synthetic corpus is sampled from generic prompts, independent of the human documents; perplexity on held-out documents and on other plays never trained on."""
+def mixture(data_dir, out_dir, preset, steps, seed, quiet, base):
+    """Human vs 25-100 % synthetic mixtures vs ToEdit-edited data, a small-scale analogue of ToEdit's Table 1 (not a reproduction): the prior (a pretrained model such as Gemma 3 270M with --preset cpu-gemma or --model, else a small model trained here) samples the synthetic corpus from generic prompts, independent of the human documents, and scores for ToEdit; the arms train from scratch; perplexity on held-out documents and on other plays never trained on."""
     from tokedit.experiments.mixture import run_mixture
     from tokedit.experiments.presets import get_preset
     from tokedit.experiments.report import format_summary
@@ -1022,7 +1028,8 @@ def mixture(data_dir, out_dir, preset, steps, seed, quiet):
 
     require_local(out_dir, "--out")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    result = run_mixture(data_dir, out_dir, get_preset(preset, steps=steps), seed=seed, log=log)
+    p = get_preset(preset, steps=steps, base=base)
+    result = run_mixture(data_dir, out_dir, p, seed=seed, log=log)
     click.echo(format_summary(result))
     click.echo(f"wrote {out_dir}/mixture.json and mixture.html ({result['seconds']:.0f}s)")
 

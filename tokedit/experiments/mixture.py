@@ -20,6 +20,7 @@ from tokedit.experiments.models import (
     make_init,
     prompted,
     quiet_transformers,
+    resolve_base,
     toedit,
     train_run,
 )
@@ -44,9 +45,10 @@ def run_mixture(
     The corpus is split by group (the demo corpus: by play, :func:`data.split_by_group`):
     the arms train on documents of the main plays, and perplexity is measured on held-out
     documents of those plays and on documents of the other plays (a second corpus). A prior
-    (the initial model trained on the human training documents for ``prior_steps``) samples
-    an independent synthetic corpus from generic one-word prompts (``GENERIC_PROMPTS``; no
-    human document is a prompt) and ToEdit-edits the human documents. Arms, all with the same
+    (``preset.base``: a pretrained model such as Gemma 3 270M; ``scratch``: the initial model
+    trained on the human training documents for ``prior_steps``) samples an independent
+    synthetic corpus from generic one-word prompts (``GENERIC_PROMPTS``; no human document is
+    a prompt) and ToEdit-edits the human documents. Arms, all with the same
     number of documents of ``doc_tokens`` tokens: human; for each fraction ``f``, a seeded
     random ``f`` share of the human documents replaced by synthetic ones; toedit. Each arm
     trains the same initial model for ``steps``.
@@ -76,11 +78,21 @@ def run_mixture(
     human = truncate_to_tokens(train_raw, tokenizer, preset.doc_tokens)
     log(
         f"mixture: {len(human)} training docs, {len(held)} held out, {len(other)} of the other "
-        f"corpus ({', '.join(other_groups)}); model {n_params / 1e6:.2f}M parameters; training "
-        f"the prior ({preset.prior_steps} steps)"
+        f"corpus ({', '.join(other_groups)}); model {n_params / 1e6:.2f}M parameters; prior: "
+        + (
+            f"trained here ({preset.prior_steps} steps)"
+            if preset.base == "scratch"
+            else f"{preset.base} (pretrained)"
+        )
     )
-    prior_dir = out / "prior"
-    prior_train = train_run(init, prior_dir, human, preset, seed, steps=preset.prior_steps)
+    if preset.base == "scratch":
+        prior_dir = out / "prior"
+        prior_info = {
+            "base": "scratch",
+            **train_run(init, prior_dir, human, preset, seed, steps=preset.prior_steps),
+        }
+    else:  # a pretrained generator, as ToEdit's synthetic corpus comes from a strong LLM
+        prior_dir, prior_info = resolve_base(out / "prior", [], preset, seed, log)
     prior, tok = load(prior_dir)
     prompts = [GENERIC_PROMPTS[i % len(GENERIC_PROMPTS)] for i in range(len(human))]
     synthetic = prompted(prior, tok, prompts, preset.doc_tokens, preset, seed)
@@ -100,7 +112,7 @@ def run_mixture(
         "seed": seed,
         "parameters": n_params,
         "prior": {
-            **prior_train,
+            **prior_info,
             "held_out_ppl": held_out_perplexity(prior, tok, held, preset.block_size),
             "other_corpus_ppl": held_out_perplexity(prior, tok, other, preset.block_size),
         },

@@ -37,6 +37,8 @@ def train_run(
     gamma: float = 0.99,
     steps: int | None = None,
     learning_rate: float | None = None,
+    batch_size: int | None = None,
+    warmup_steps: int | None = None,
 ) -> dict:
     """Train a copy of the model in ``init_dir`` on ``texts`` (no held-out split) and save it.
 
@@ -47,9 +49,9 @@ def train_run(
     config = TrainConfig(
         preset=preset.model,
         block_size=preset.block_size,
-        batch_size=preset.batch_size,
+        batch_size=batch_size or preset.batch_size,
         learning_rate=learning_rate or preset.learning_rate,
-        warmup_steps=preset.warmup_steps,
+        warmup_steps=preset.warmup_steps if warmup_steps is None else warmup_steps,
         max_steps=steps or preset.steps,
         eval_every_nth_doc=0,
         seed=seed,

@@ -14,10 +14,12 @@ class ExperimentPreset:
 
     model: str = "tiny"  # a model size of tokedit.training.prior.PRESETS ...
     model_overrides: dict = field(default_factory=dict)  # ... with these fields replaced
-    # recursive: the pretrained model generation 0 fine-tunes (``--model``): "scratch" (a
-    # ``model``-sized model pretrained here once on ``base_docs`` documents that no arm trains
-    # on, ``base_steps`` steps at ``base_learning_rate``, cached in OUT/base), a prior name
-    # (``gemma-3-270m``), a save_pretrained directory, a GGUF file or a hub name.
+    # The pretrained model (``--model``): recursive's generation 0 fine-tunes it; mixture uses
+    # it as its prior (the generator of the synthetic corpus and ToEdit's scorer). "scratch":
+    # recursive pretrains a ``model``-sized model here once on ``base_docs`` documents no arm
+    # trains on (``base_steps`` steps at ``base_learning_rate``, cached in OUT/base) and
+    # mixture trains its prior on the human documents for ``prior_steps``. Otherwise a prior
+    # name (``gemma-3-270m``), a save_pretrained directory, a GGUF file or a hub name.
     base: str = "scratch"
     base_docs: int = 64
     base_steps: int = 100
@@ -33,8 +35,13 @@ class ExperimentPreset:
     new_tokens: int = 32
     # recursive: knowledge test items (statements taken from the real training slices)
     kt_items: int = 64
-    # recursive: learning rate of each generation's fine-tuning (None: ``learning_rate``)
+    # recursive: each generation's fine-tuning of the pretrained base (None: the general
+    # ``learning_rate`` / ``steps`` / ``batch_size`` / ``warmup_steps``, which size mixture's
+    # training runs from scratch)
     finetune_learning_rate: float | None = None
+    finetune_steps: int | None = None
+    finetune_batch_size: int | None = None
+    finetune_warmup_steps: int | None = None
     # recursive: failure lines for "time to failure" (the first generation that crosses):
     # (metric, "above" | "below", value); a *_ratio is the metric over the arm's generation 0
     # value (beam-searched data is far from the real unigrams from generation 0 on, so an
@@ -94,6 +101,7 @@ PRESETS: dict[str, ExperimentPreset] = {
         batch_size=4,
         block_size=48,
         warmup_steps=1,
+        finetune_steps=2,
         base_docs=12,
         base_steps=3,
         num_beams=2,
@@ -130,10 +138,15 @@ PRESETS: dict[str, ExperimentPreset] = {
         kt_items=200,
     ),
     # the real Gemma 3 270M prior (``tokedit prior fetch gemma-3-270m``) on 2 CPU cores
-    # (~110 tokens/s forward): G = 2, 8 documents of 128 tokens per slice, CE and TCE-0.9,
-    # ForTIFAI's learning rate; sized for <= 60 minutes (docs/training.md has the estimate)
+    # (~110 tokens/s forward). recursive: G = 2, 8 documents of 128 tokens per slice, CE and
+    # TCE-0.9, 8 fine-tuning steps of 4 x 128 tokens at ForTIFAI's learning rate; sized for
+    # <= 60 minutes (docs/training.md has the measurement). mixture: Gemma samples the
+    # synthetic corpus and scores for ToEdit; the arms train tiny's mini model from scratch
+    # on 128 documents (~10 minutes).
     "cpu-gemma": ExperimentPreset(
         base="gemma-3-270m",
+        model="mini",
+        vocab_size=1024,
         doc_tokens=128,
         prefix_tokens=16,
         held_out_docs=8,
@@ -142,13 +155,16 @@ PRESETS: dict[str, ExperimentPreset] = {
         gammas=(0.9,),
         probe_pairs=16,
         kt_items=24,
-        mixture_docs=32,
+        mixture_docs=128,
         prior_steps=0,
-        steps=8,
-        batch_size=4,
+        steps=100,
+        batch_size=16,
         block_size=128,
         finetune_learning_rate=2e-5,  # ForTIFAI's src/run_pipeline.sh (Gemma 3 1B)
-        warmup_steps=0,
+        finetune_steps=8,
+        finetune_batch_size=4,
+        finetune_warmup_steps=0,
+        warmup_steps=10,
         generate_batch_size=20,  # 4 beam windows of 5 beams per batch
         context_tokens=64,
         new_tokens=32,

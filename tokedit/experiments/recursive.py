@@ -123,7 +123,6 @@ def run_recursive(
     for item in kt:
         item["slice"] = item["doc"] // N
     arms = recursive_arms(preset.gammas, with_toedit)
-    lr = preset.finetune_learning_rate or preset.learning_rate
     log(
         f"recursive: {G + 1} generations x {len(arms)} arms; {N} real docs per slice, "
         f"{len(held)} held out, {len(probe)} probe pairs, {len(kt)} knowledge-test items; "
@@ -165,7 +164,10 @@ def run_recursive(
                     seed,
                     arm["loss"],
                     arm["gamma"] or 0.99,
-                    learning_rate=lr,
+                    steps=preset.finetune_steps,
+                    learning_rate=preset.finetune_learning_rate,
+                    batch_size=preset.finetune_batch_size,
+                    warmup_steps=preset.finetune_warmup_steps,
                 )
             model, tok = load(model_dir)
             test = knowledge_test(model, tok, kt)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from tokedit.training.trainer import pad_token_id
+from tokedit.training.trainer import block_bos_id, pad_token_id
 
 
 @dataclass(frozen=True)
@@ -128,14 +128,18 @@ def generate_beam_corpus(
     """ForTIFAI-style synthetic data: ``texts`` joined with EOS into one stream, every window of
     :func:`beam_windows` continued by ``new_tokens`` tokens (``num_beams`` beams,
     ``repetition_penalty``, ``min_new_tokens = max_new_tokens``); one text per window, the
-    continuation only (the context is not repeated), as ForTIFAI writes its stage file."""
+    continuation only (the context is not repeated), as ForTIFAI writes its stage file. Each
+    window is led by the tokenizer's BOS where it uses one (``trainer.block_bos_id``), as the
+    training blocks are: Gemma continues a context without BOS at position 0 poorly."""
     options = options or BeamOptions()
     device = next(model.parameters()).device
     eos = tokenizer.eos_token_id
     stream: list[int] = []
     for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]:
         stream += ids + ([eos] if eos is not None else [])
-    windows = beam_windows(stream, options.context_tokens, options.new_tokens)
+    bos = block_bos_id(tokenizer)
+    lead = [] if bos is None else [bos]
+    windows = [lead + w for w in beam_windows(stream, options.context_tokens, options.new_tokens)]
     pad = pad_token_id(tokenizer)
     model.eval()
     out: list[str] = []

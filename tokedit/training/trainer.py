@@ -65,21 +65,35 @@ def split_held_out(texts: list[str], every_nth: int) -> tuple[list[str], list[st
 
 
 def pack_blocks(
-    docs: Iterable[np.ndarray], block_size: int, eos_id: int, pad_id: int
+    docs: Iterable[np.ndarray],
+    block_size: int,
+    eos_id: int,
+    pad_id: int,
+    bos_id: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Join documents with EOS after each and cut into ``[n, block_size]`` blocks.
 
-    Returns ``(input_ids, labels)``; the last partial block is padded, its padding labelled
+    With ``bos_id``, every block starts with it and holds ``block_size - 1`` tokens of the
+    stream after it; the BOS is labelled ``IGNORE_INDEX`` (context, never a target). Returns
+    ``(input_ids, labels)``; the last partial block is padded, its padding labelled
     ``IGNORE_INDEX`` so no token is dropped and no padding is learned.
     """
     parts = [np.append(np.asarray(d, dtype=np.int64), eos_id) for d in docs]
     stream = np.concatenate(parts) if parts else np.zeros(0, np.int64)
-    n_blocks = max(1, math.ceil(len(stream) / block_size))
-    ids = np.full(n_blocks * block_size, pad_id, dtype=np.int64)
-    labels = np.full(n_blocks * block_size, IGNORE_INDEX, dtype=np.int64)
-    ids[: len(stream)] = stream
-    labels[: len(stream)] = stream
-    return ids.reshape(n_blocks, block_size), labels.reshape(n_blocks, block_size)
+    lead = 0 if bos_id is None else 1
+    span = block_size - lead
+    if span < 1:
+        raise ValueError(f"block_size {block_size} leaves no room after the BOS")
+    n_blocks = max(1, math.ceil(len(stream) / span))
+    body = np.full(n_blocks * span, pad_id, dtype=np.int64)
+    body_labels = np.full(n_blocks * span, IGNORE_INDEX, dtype=np.int64)
+    body[: len(stream)] = stream
+    body_labels[: len(stream)] = stream
+    ids, labels = body.reshape(n_blocks, span), body_labels.reshape(n_blocks, span)
+    if lead:
+        ids = np.concatenate([np.full((n_blocks, 1), bos_id, np.int64), ids], axis=1)
+        labels = np.concatenate([np.full((n_blocks, 1), IGNORE_INDEX, np.int64), labels], axis=1)
+    return ids, labels
 
 
 def tokenize_texts(tokenizer, texts: list[str]) -> list[np.ndarray]:
@@ -92,13 +106,26 @@ def pad_token_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def block_bos_id(tokenizer) -> int | None:
+    """The BOS every training or evaluation block starts with: the tokenizer's, where encoding
+    with its own special tokens prepends it (Gemma, Llama; ``scoring.scorer.bos_prepended``,
+    the scorer's ``--bos auto``), else None (GPT-2 style, Qwen, the tokenizers trained here).
+    A model pretrained with a BOS at position 0 is far off its distribution without one: Gemma
+    3 270M's perplexity on held-out Shakespeare blocks is 398 without and 78 with it."""
+    from tokedit.scoring.scorer import bos_prepended
+
+    return tokenizer.bos_token_id if bos_prepended(tokenizer, "auto") else None
+
+
 def pack_texts(tokenizer, texts: list[str], block_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """``texts`` tokenized and packed into blocks (:func:`pack_blocks`), EOS after each."""
+    """``texts`` tokenized and packed into blocks (:func:`pack_blocks`), EOS after each, each
+    block led by the tokenizer's BOS where it uses one (:func:`block_bos_id`)."""
     return pack_blocks(
         tokenize_texts(tokenizer, texts),
         block_size,
         tokenizer.eos_token_id,
         pad_token_id(tokenizer),
+        block_bos_id(tokenizer),
     )
 
 
@@ -276,6 +303,7 @@ def train_model(
         "parameters": n_params,
         "vocab_size": len(tokenizer),
         "train_tokens": int(train_ids.size),
+        "block_bos_id": block_bos_id(tokenizer),  # every block starts with it (None: no BOS)
         "held_out_tokens": int((held_labels != IGNORE_INDEX).sum()),
         "steps": int(result.global_step),
         "tokens_seen": int(
