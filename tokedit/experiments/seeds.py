@@ -171,9 +171,10 @@ def _get(key: str):
 def _cell(s: dict) -> str:
     if s["mean"] is None:
         return ""
+    mean = 0.0 if abs(s["mean"]) < 1e-12 else s["mean"]  # a mean of +x and -x: print 0
     if s["std"] is None:
-        return f"{s['mean']:.4g}"
-    return f"{s['mean']:.4g} ± {s['std']:.2g}"
+        return f"{mean:.4g}"
+    return f"{mean:.4g} ± {s['std']:.2g}"
 
 
 def _seeds_phrase(generations: list, seeds: list[int]) -> str:
