@@ -19,10 +19,13 @@ install: $(BIN)/.installed
 demo: install
 	$(BIN)/tokedit demo --out $(DEMO_OUT)
 
-## test: the whole test suite (what CI runs)
+## test: the whole test suite (what CI runs). The tests run in one worker process of
+## pytest-xdist (-n 1): a test that kills its process (Ray ends a driver that touches it
+## after ray.shutdown()) is reported as a failed test, with the Ray driver's log, and the
+## suite goes on in a new worker, so the summary line is always printed.
 test: install
 	$(BIN)/ruff check tokedit tests benchmarks
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 1 --durations=10
 
 lint: install
 	$(BIN)/ruff check tokedit tests benchmarks

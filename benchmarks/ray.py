@@ -4,7 +4,7 @@ Prints, on the same ~4M-parameter Llama-style model (preset "small", random weig
 does not depend on training) and the same Shakespeare documents split into shards:
   1. tokens/s of `--engine local` (one process, the shards one after the other);
   2. tokens/s of `--engine ray` on a local Ray instance (default pool: as many torch threads
-     per actor as the local engine, one CPU left to Ray Data; optionally other pool sizes),
+     per actor as the local engine, one CPU left to the driver; optionally other pool sizes),
      the Ray start-up time reported apart;
   3. the ratio ray / local (goal on a 2-CPU machine: >= 0.8), the engines alternating
      `--repeats` times and the best run of each compared, and whether each Ray run wrote

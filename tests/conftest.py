@@ -7,9 +7,11 @@ same machine skip the ~10 s of training.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,22 @@ import pytest
 import tokedit.training.prior
 import tokedit.training.trainer
 from tokedit.demo import cache_dir, read_plays, write_demo_corpus
+
+
+@pytest.hookimpl(optionalhook=True)  # a pytest-xdist hook: without xdist it is not called
+def pytest_handlecrashitem(crashitem, report, sched):
+    """A test process that dies (pytest-xdist reports it as a failed test and starts a new
+    one) shows the end of the Ray driver logs written in the last minutes: a driver killed
+    by Ray says why there, and nowhere else (its stderr dies with it)."""
+    recent = [
+        p
+        for p in glob.glob("/tmp/ray/session_*/logs/python-core-driver-*.log")
+        if time.time() - os.path.getmtime(p) < 300
+    ]
+    for path in sorted(recent, key=os.path.getmtime)[-2:]:
+        tail = Path(path).read_text(errors="replace").splitlines()[-30:]
+        report.sections.append((f"Ray driver log {path} (last 30 lines)", "\n".join(tail)))
+
 
 # A small slice of the corpus keeps fixtures to seconds: 6 plays, ~700 kB of text.
 FIXTURE_PLAYS = ["hamlet", "macbeth", "tempest", "sonnets", "julius_caesar", "twelfth_night"]

@@ -200,7 +200,7 @@ def ray_cluster(tmp_path_factory):
     authentication with a token made for this test; drivers run as separate processes, as
     Ray keeps one token per process).
     """
-    pytest.importorskip("ray.data", reason="Ray Data is an optional extra")
+    pytest.importorskip("ray", reason="Ray is an optional extra")
     port = free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}  # fmt: skip

@@ -500,7 +500,7 @@ def test_hf_urls_through_a_local_stand_in_filesystem(reference, data, tmp_path, 
 @pytest.fixture(scope="module")
 def ray_one_cpu():
     """A local Ray instance with fewer CPUs than this machine has (1 of 2)."""
-    pytest.importorskip("ray.data", reason="Ray Data is an optional extra")
+    pytest.importorskip("ray", reason="Ray is an optional extra")
     import ray
 
     ray.init(

@@ -151,7 +151,7 @@ run_options = options(
         type=click.Choice(["local", "ray"]),
         default="local",
         show_default=True,
-        help="local: shards one after the other in this process; ray: a pool of Ray Data actors (same output bytes).",
+        help="local: shards one after the other in this process; ray: a pool of Ray actors, one shard at a time each (same output bytes).",
     ),
     click.option(
         "--ray-address",
@@ -162,7 +162,7 @@ run_options = options(
         "--ray-actors",
         type=int,
         default=None,
-        help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to Ray Data).",
+        help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to the driver).",
     ),
     quiet_option,
     storage_option,

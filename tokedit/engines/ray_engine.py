@@ -1,23 +1,31 @@
-"""``--engine ray``: run the per-shard step of a command in a pool of Ray Data actors.
+"""``--engine ray``: run the per-shard step of a command in a pool of Ray actors.
 
-The dataset is the list of shards still to do (``ray.data.from_items``, one item per shard);
-``map_batches`` sends them one at a time (``batch_size=1``) to a fixed pool of actors, each
-of which loads the model once and calls the SAME per-shard callable as ``--engine local``
-(for ``score``: :class:`tokedit.scoring.run.ShardScorer`). That callable reads the shard,
-writes its output with tokedit's own writers and paths (temp file, fsync, rename; on an object
-store, upload to a temporary key and copy: the actor reads and writes the store itself, the
-driver never moves shard bytes) and returns the shard's manifest entry. Ray Data never writes a file: the driver iterates over the
-results as they arrive and records each entry in the manifest, so the output layout, the
-manifest, resume after a crash and the refusal of other options are those of the local
-engine, and the output bytes are identical.
+The shards still to do are handed, one at a time, to a fixed pool of Ray actors (plain Ray
+core actors: ``ray.remote`` classes, ``ray.wait`` on their results). Each actor loads the
+model once and calls the SAME per-shard callable as ``--engine local`` (for ``score``:
+:class:`tokedit.scoring.run.ShardScorer`). That callable reads the shard, writes its output
+with tokedit's own writers and paths (temp file, fsync, rename; on an object store, upload
+to a temporary key and copy: the actor reads and writes the store itself, the driver never
+moves shard bytes) and returns the shard's manifest entry. The driver records each entry in
+the manifest as it arrives, so the output layout, the manifest, resume after a crash and
+the refusal of other options are those of the local engine, and the output bytes are
+identical.
 
-Resources (see the Ray Data pitfall in DESIGN.md and :func:`default_resources`): where the
-cluster has GPUs, one actor per GPU (1 GPU and 1 CPU each). On CPUs, one CPU of the cluster
-is always left free for Ray Data's own tasks (a pool that claims every CPU starves them and
-the run hangs), and each actor gets as many CPUs, and torch threads, as the local engine
-would use, because torch's CPU results can differ in the last bit between thread counts.
-The local instance started without ``--ray-address`` advertises one CPU more than the
-machine has cores: that is the CPU kept free, and one actor gets all the cores.
+The driver starts no thread of its own: it submits calls and waits on their results in the
+calling thread, and on every way out (the last result, a shard's error, Ctrl-C, an error in
+the caller's callback) it kills the pool. So when :func:`run_shards_ray` returns, nothing it
+started is still running in the caller's process, and the caller may ``ray.shutdown()`` at
+once. (Ray Data's streaming iterator is not used for this reason: after an early exit it
+leaves a block-prefetcher thread running in the driver, and that thread ends the whole
+process if it touches Ray after ``ray.shutdown()``; ``tests/test_ray_engine.py`` checks the
+driver's threads after a failed run.)
+
+Resources (:func:`default_resources`): where the cluster has GPUs, one actor per GPU (1 GPU
+and 1 CPU each). On CPUs, one CPU of the cluster is left to the driver (it reads results and
+writes the manifest), and each actor gets as many CPUs, and torch threads, as the local
+engine would use, because torch's CPU results can differ in the last bit between thread
+counts. The local instance started without ``--ray-address`` advertises one CPU more than
+the machine has cores: that is the CPU kept free, and one actor gets all the cores.
 """
 
 from __future__ import annotations
@@ -41,13 +49,12 @@ INSTALL_HINT = "pip install 'tokedit[ray]'   (installs ray[data])"
 
 
 def import_ray():
-    """Import Ray and Ray Data, or explain how to install them."""
+    """Import Ray, or explain how to install it."""
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as e:
         raise InputError(
-            f"--engine ray needs Ray Data, which cannot be imported here ({e})",
+            f"--engine ray needs Ray, which cannot be imported here ({e})",
             remedy=INSTALL_HINT + ", or use --engine local",
         ) from e
     return ray
@@ -64,8 +71,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     if ray.is_initialized():
         yield ray
         return
-    # Ray's C++ core logs an error line to stderr whenever Ray Data starts an actor pool
-    # (https://github.com/ray-project/ray/issues/53727); it is noise for tokedit's users.
+    # Ray's C++ core logs lines to stderr that are noise for tokedit's users (actor deaths
+    # after ray.kill, for example).
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     kwargs: dict[str, Any] = {
         "include_dashboard": False,
@@ -78,7 +85,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
             ray.init(address=address, **kwargs)
         else:
             # "local": a new instance, never a cluster some `ray start` left on this machine.
-            # One logical CPU more than the cores: kept free for Ray Data's own tasks (see
+            # One logical CPU more than the cores: kept free for the driver (see
             # default_resources), while the actors use every core.
             num_cpus = num_cpus or (os.cpu_count() or 1) + 1
             ray.init(address="local", num_cpus=num_cpus, **kwargs)
@@ -122,7 +129,7 @@ def default_resources(
     local engine (this process); ``max_node_cpus`` the CPUs of the largest node.
 
     With GPUs: one actor per GPU (1 GPU, 1 CPU each; torch threads left alone). CPU only:
-    one CPU of the cluster always stays free for Ray Data's own tasks; an actor asks for as
+    one CPU of the cluster always stays free for the driver; an actor asks for as
     many CPUs as the local engine has threads (so that it computes exactly as a local run:
     on CPU, torch results can differ in the last bit between thread counts), at most what
     the largest node can give, and runs torch with that many threads. An explicit
@@ -147,46 +154,49 @@ def default_resources(
     return num_actors or max(1, spare // per), {"num_cpus": per}, per
 
 
+# An actor that dies (its process killed, out of memory) is restarted and its call retried this
+# often before the run fails with the shard named; the manifest keeps what was done.
+ACTOR_RETRIES = 3
+# How long the pool may take to go after the run ends (ray.kill is asynchronous).
+STOP_TIMEOUT_S = 1.0
+
+
 class _ShardActorBase:
-    """A Ray Data actor: runs ``fn`` (the per-shard callable) on one shard per call."""
+    """A Ray actor: runs ``fn`` (the per-shard callable) on one shard per call.
+
+    Every call takes one shard's (root, rel, fmt) and returns (rel, entry, error, info),
+    with a :class:`TokeditError` sent back as data (the driver re-raises it as is).
+    """
 
     fn: Callable[[Shard], dict]
-    threads: int | None = None  # torch intra-op threads (CPU pools), set once per actor
-    _threads_set = False
-    # The driver's storage options (--storage-options) for s3:// ... outputs and inputs: the
+    threads: int | None = None  # torch intra-op threads (CPU pools)
+    # The driver's storage options (--storage-options) for s3:// ... inputs and outputs: the
     # actors read their shards from and write them to the store themselves.
     storage_env: str | None = None
 
-    def __call__(self, batch: dict) -> dict:
-        if self.threads and not self._threads_set:
+    def __init__(self) -> None:
+        if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-            self._threads_set = True
         if self.storage_env and os.environ.get(ENV_OPTIONS) != self.storage_env:
             set_storage_options(self.storage_env)
-        out: dict[str, list] = {"rel": [], "entry": [], "error": [], "info": []}
-        for root, rel, fmt in zip(batch["root"], batch["rel"], batch["fmt"], strict=True):
-            shard = Shard(as_path(str(root)), str(rel), str(fmt))
-            entry, error, info = {}, "", {}
-            try:
-                entry = self.fn(shard)
-                info_of = getattr(self.fn, "info", None)
-                info = info_of() if callable(info_of) else {}
-            except TokeditError as e:  # sent back as data: the driver re-raises it as is
-                error = json.dumps(
-                    {"type": type(e).__name__, "message": e.message, "remedy": e.remedy}
-                )
-            out["rel"].append(shard.rel)
-            out["entry"].append(json.dumps(entry))
-            out["error"].append(error)
-            out["info"].append(json.dumps(info))
-        return out
+
+    def run(self, root: str, rel: str, fmt: str) -> tuple[str, dict, str, dict]:
+        shard = Shard(as_path(root), rel, fmt)
+        try:
+            entry = self.fn(shard)
+            info_of = getattr(self.fn, "info", None)
+            return rel, entry, "", (info_of() if callable(info_of) else {})
+        except TokeditError as e:
+            error = {"type": type(e).__name__, "message": e.message, "remedy": e.remedy}
+            return rel, {}, json.dumps(error), {}
 
 
 def _actor_class(fn: Callable[[Shard], dict], threads: int | None) -> type:
-    # The callable travels inside the (pickled) class rather than as a constructor argument,
-    # so Ray keeps no constructor arguments in the object store for actor restarts.
+    # The callable travels inside the (pickled) class rather than as a constructor argument:
+    # Ray keeps the constructor arguments of a restartable actor in the object store and
+    # warns about it (https://github.com/ray-project/ray/issues/53727).
     attrs = {"fn": fn, "threads": threads, "storage_env": os.environ.get(ENV_OPTIONS)}
     return type("ShardActor", (_ShardActorBase,), attrs)
 
@@ -224,9 +234,10 @@ def run_shards_ray(
     lazily. Each entry is recorded in ``manifest`` by this (driver) process as soon as its
     shard's result arrives; ``on_entry(rel, entry)`` is then called (progress), and
     ``on_info(info)`` once with ``process_shard.info()`` of the first actor that answered.
-    A :class:`TokeditError` raised in an actor is raised here with the same message.
-    ``threads``: torch threads of a CPU actor (default: this process's, see
-    :func:`default_resources`).
+    A :class:`TokeditError` raised in an actor is raised here with the same message, once
+    the shards already running have finished: they and those finished before stay recorded. ``threads``: torch threads of a CPU actor
+    (default: this process's, see :func:`default_resources`). Nothing started here outlives
+    the call (see the module docstring).
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if num_actors is not None and num_actors < 1:
@@ -237,11 +248,6 @@ def run_shards_ray(
     done = 0
     if todo:
         with ray_session(address) as ray:
-            ctx = ray.data.DataContext.get_current()
-            ctx.enable_progress_bars = False  # tokedit's own bar counts tokens
-            ctx.print_on_execution_start = False
-            ctx.enable_auto_log_stats = False
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
             nodes = [n for n in ray.nodes() if n.get("Alive")]
             size, resources, actor_threads = default_resources(
                 ray.cluster_resources(),
@@ -249,36 +255,111 @@ def run_shards_ray(
                 threads=threads or _local_threads(),
                 max_node_cpus=max((n["Resources"].get("CPU", 0) for n in nodes), default=None),
             )
-            items = [{"root": str(s.root.resolve()), "rel": s.rel, "fmt": s.fmt} for s in todo]
-            ds = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-                _actor_class(process_shard, actor_threads),
-                batch_size=1,
-                compute=ray.data.ActorPoolStrategy(size=min(size, len(items))),
-                **resources,
+            done = _run_pool(
+                ray,
+                todo,
+                process_shard,
+                manifest,
+                size=min(size, len(todo)),
+                resources=resources,
+                threads=actor_threads,
+                on_entry=on_entry,
+                on_info=on_info,
+                log=log,
             )
-            info_pending = on_info is not None
-            rows = iter(ds.iter_rows())
-            try:
-                for row in rows:
-                    if row["error"]:
-                        _reraise(row["error"])
-                    entry = json.loads(row["entry"])
-                    manifest.mark_complete(row["rel"], entry)
-                    done += 1
-                    if info_pending:
-                        on_info(json.loads(row["info"]))
-                        info_pending = False
-                    if on_entry is not None:
-                        on_entry(row["rel"], entry)
-            finally:
-                # An error leaves Ray Data's streaming executor running in a thread; if it is
-                # still running at ray.shutdown(), it touches the shut-down core worker and Ray
-                # exits the whole process. Closing the iterator stops the executor first.
-                close = getattr(rows, "close", None)
-                if close is not None:
-                    close()
     if skipped:
         log(
             f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
         )
     return {"processed": done, "skipped": skipped}
+
+
+def _run_pool(
+    ray: Any,
+    shards: list[Shard],
+    fn: Callable[[Shard], dict],
+    manifest: Manifest,
+    *,
+    size: int,
+    resources: dict,
+    threads: int | None,
+    on_entry: Callable[[str, dict], None] | None,
+    on_info: Callable[[dict], None] | None,
+    log: Callable[[str], None],
+) -> int:
+    """Run ``fn`` on every shard with ``size`` actors busy; record each entry as it arrives.
+
+    A shard's :class:`TokeditError` stops new submissions; the calls already running finish
+    and are recorded (their work is kept), then the first error is raised. Any other way
+    out (Ctrl-C, an error in a callback or in Ray) kills the calls still running. On every
+    way out the pool is killed and its deaths waited for before this returns, and temp
+    files of killed calls are removed. Returns the number of shards recorded.
+    """
+    actor_cls = ray.remote(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)(
+        _actor_class(fn, threads)
+    )
+    queue = list(reversed(shards))
+    running: dict[Any, tuple[Any, Shard]] = {}
+    actors: list = []
+    error = ""
+    done = 0
+
+    def submit(actor: Any) -> None:
+        shard = queue.pop()
+        root = str(shard.root.resolve())
+        running[actor.run.remote(root, shard.rel, shard.fmt)] = (actor, shard)
+
+    try:
+        actors = [actor_cls.remote() for _ in range(size)]
+        for actor in actors[: len(queue)]:
+            submit(actor)
+        while running:
+            [ref], _ = ray.wait(list(running), num_returns=1)
+            actor, shard = running.pop(ref)
+            try:
+                rel, entry, shard_error, info = ray.get(ref)
+            except ray.exceptions.RayError as e:
+                raise OutputError(
+                    f"{shard.path}: the Ray actor processing this shard failed "
+                    f"({type(e).__name__}: {_first_line(e)})",
+                    remedy="rerun the same command to resume (finished shards are kept); "
+                    "if it fails again on this shard, run it with --engine local to see the "
+                    "error, or give the actors more memory",
+                ) from e
+            if shard_error:
+                error = error or shard_error
+            else:
+                manifest.mark_complete(rel, entry)
+                done += 1
+                if on_info is not None and done == 1:
+                    on_info(info)
+                if on_entry is not None:
+                    on_entry(rel, entry)
+            if queue and not error:
+                submit(actor)
+    finally:
+        _stop_pool(ray, actors, log)
+        if running:  # killed mid-shard: their temp files are stale now
+            remove_stale_temp_files(manifest.out_dir)
+    if error:
+        _reraise(error)
+    return done
+
+
+def _stop_pool(ray: Any, actors: list, log: Callable[[str], None]) -> None:
+    """Kill the actors (and the calls they run) and wait until Ray reports them dead."""
+    for actor in actors:
+        ray.kill(actor, no_restart=True)
+    # A call on a killed actor fails once Ray knows the actor is dead.
+    pings = [actor.__ray_ready__.options(max_task_retries=0).remote() for actor in actors]
+    dead, alive = ray.wait(pings, num_returns=len(pings), timeout=STOP_TIMEOUT_S)
+    if alive:
+        log(
+            f"warning: {len(alive)} Ray actor(s) of this run did not stop within "
+            f"{STOP_TIMEOUT_S:g} s of being killed; Ray ends them when the cluster notices"
+        )
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else ""
