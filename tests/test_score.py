@@ -224,20 +224,28 @@ def test_kill_9_then_rerun_gives_identical_bytes(tmp_path, corpus_dir, tiny_prio
     whole = tmp_path / "whole"
     assert run_cli(*score_args(corpus_dir, whole, tiny_prior)).returncode == 0
     crashed = tmp_path / "crashed"
+    log = tmp_path / "crashed.log"
     proc = subprocess.Popen(
         cli_command(*score_args(corpus_dir, crashed, tiny_prior)),
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log.open("wb"),
     )
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill once the first shard is recorded, mid-way through the next
+    # Kill once the first shard is recorded, mid-way through the next. The wait is bounded
+    # by the run itself (it exits, or 10 minutes on a machine that is very loaded), not by
+    # a guess of how long start-up takes.
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
         if (read_manifest(crashed) or {}).get("shards"):
             break
         time.sleep(0.02)
+    ended_by_itself = proc.poll()
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    assert ended_by_itself is None, (
+        f"the run ended before the kill (exit {ended_by_itself}): {log.read_text()[-2000:]}"
+    )
     partial = read_manifest(crashed)["shards"]
-    assert 1 <= len(partial) < 4
+    assert 1 <= len(partial) < 4, f"recorded before the kill: {sorted(partial)}"
     rerun = run_cli(*score_args(corpus_dir, crashed, tiny_prior))
     assert rerun.returncode == 0, rerun.stderr
     assert f"{len(partial)} shard(s) already done" in rerun.stdout
