@@ -18,6 +18,7 @@ from tokedit.errors import InputError
 from tokedit.io.edited_dir import (
     ShardOutput,
     as_output_rows,
+    colliding_provenance_columns,
     empty_batch,
     jsonl_table_schema,
     output_format_of,
@@ -204,6 +205,13 @@ class ShardEditor(ShardStep):
             raise InputError(
                 f"{batch.shard.path}: already has a column {target!r}",
                 remedy="choose another --output-column, or leave it out to edit the text in place",
+            )
+        colliding = colliding_provenance_columns(batch.column_names()) if options.provenance else []
+        if colliding:
+            raise InputError(
+                f"{batch.shard.path}: has column(s) {', '.join(map(repr, colliding))}, which the "
+                "edit writes as provenance: the input's values would be lost",
+                remedy="rename the column(s) in the input, or pass --no-provenance",
             )
         for s in docs.statuses:
             stats.add({"statuses": {s: 1}})

@@ -83,6 +83,17 @@ def check_output_format(output_format: str) -> None:
         )
 
 
+def colliding_provenance_columns(column_names: list[str]) -> list[str]:
+    """The input's columns that the editor's provenance would overwrite, where the input is
+    not tokedit's own edited output (which holds every column of
+    :data:`PROVENANCE_COLUMNS_ALWAYS`: re-editing it replaces them). A user's column that
+    happens to share a name would otherwise be lost."""
+    present = [c for c in PROVENANCE_COLUMNS if c in column_names]
+    if all(c in column_names for c in PROVENANCE_COLUMNS_ALWAYS):
+        return []
+    return present
+
+
 def replace_column(table: pa.Table, name: str, values: list, type_: pa.DataType) -> pa.Table:
     try:
         arr = pa.array(values, type=type_)
