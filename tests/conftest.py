@@ -16,8 +16,7 @@ from pathlib import Path
 
 import pytest
 
-import tokedit.training.prior
-import tokedit.training.trainer
+import tokedit
 from tokedit.demo import cache_dir, read_plays, write_demo_corpus
 
 
@@ -54,10 +53,13 @@ def corpus_dir(tmp_path_factory, plays) -> Path:
     return out
 
 
-def _code_key(config) -> str:
+def code_key(config, package: Path = Path(tokedit.__file__).parent) -> str:
+    """The cache key of a fixture prior: its configuration and every source file of the
+    package (tokenizer training, readers, the trainer and the model code all shape it; a
+    change anywhere retrains, ~10 s, rather than leave a stale prior in the cache)."""
     h = hashlib.sha256(repr(config).encode())
-    for module in (tokedit.training.prior, tokedit.training.trainer):
-        h.update(Path(module.__file__).read_bytes())
+    for path in sorted(package.rglob("*.py")):
+        h.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
     return h.hexdigest()[:12]
 
 
@@ -69,7 +71,7 @@ def tiny_prior(tmp_path_factory, corpus_dir) -> Path:
     config = TrainConfig(
         preset="tiny", block_size=128, batch_size=16, max_steps=300, learning_rate=3e-3, seed=0
     )
-    cached = cache_dir() / "fixtures" / f"tiny-prior-{_code_key(config)}"
+    cached = cache_dir() / "fixtures" / f"tiny-prior-{code_key(config)}"
     if not (cached / "config.json").is_file():
         tmp = cached.with_name(f"{cached.name}.partial-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
