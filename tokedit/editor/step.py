@@ -32,6 +32,7 @@ from tokedit.io.edited_dir import (
 from tokedit.io.read import iter_batches, to_documents
 from tokedit.io.shards import Shard
 from tokedit.io.storage import as_path, file_sha256
+from tokedit.io.write import inside
 from tokedit.scoring.run import load_backend
 from tokedit.scoring.scorer import ScoreOptions, bos_prepended
 
@@ -161,7 +162,7 @@ class ShardEditor(ShardStep):
             if shard.fmt.startswith("jsonl") and not out_fmt.startswith("jsonl")
             else None
         )
-        outs = {p: ShardOutput(out_root / self._rel(shard, p), out_fmt) for p in self.ps}
+        outs = {p: ShardOutput(inside(out_root, self._rel(shard, p)), out_fmt) for p in self.ps}
         stats = self.empty_stats()
         rows = 0
         try:

@@ -49,7 +49,7 @@ from urllib.parse import quote, unquote
 from tokedit import __version__
 from tokedit.errors import OutputError
 from tokedit.io.storage import RemotePath, as_path
-from tokedit.io.write import write_json
+from tokedit.io.write import inside, write_json
 
 META_DIR = ".tokedit"
 MANIFEST_NAME = "manifest.json"
@@ -284,24 +284,28 @@ class Manifest:
         if isinstance(self.out_dir, RemotePath):
             for entry in existing.get("shards", {}).values():
                 for rel in entry.get("outputs", []):
-                    (self.out_dir / rel).unlink(missing_ok=True)
+                    inside(self.out_dir, rel, named_by=str(self.path)).unlink(missing_ok=True)
             for rel in (self.out_dir / META_DIR / ENTRIES_DIR).find():
                 (self.out_dir / META_DIR / ENTRIES_DIR / rel).unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
             legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
             return
         out = self.out_dir.resolve()
-        for entry in existing.get("shards", {}).values():
-            for rel in entry.get("outputs", []):
-                path = self.out_dir / rel
-                path.unlink(missing_ok=True)
-                for parent in path.resolve().parents:
-                    if parent == out or out not in parent.parents:
-                        break
-                    try:
-                        parent.rmdir()  # only when empty
-                    except OSError:
-                        break
+        # every path first: a manifest naming one outside --out deletes nothing
+        paths = [
+            inside(self.out_dir, rel, named_by=str(self.path))
+            for entry in existing.get("shards", {}).values()
+            for rel in entry.get("outputs", [])
+        ]
+        for path in paths:
+            path.unlink(missing_ok=True)
+            for parent in path.resolve().parents:
+                if parent == out or out not in parent.parents:
+                    break
+                try:
+                    parent.rmdir()  # only when empty
+                except OSError:
+                    break
         self.path.unlink(missing_ok=True)
         legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
 
@@ -309,7 +313,8 @@ class Manifest:
         """True when the shard has an entry and all its output files exist."""
         entry = self.data["shards"].get(shard_rel)
         return entry is not None and all(
-            (self.out_dir / rel).is_file() for rel in entry.get("outputs", [])
+            inside(self.out_dir, rel, named_by=str(self.path)).is_file()
+            for rel in entry.get("outputs", [])
         )
 
     def mark_complete(self, shard_rel: str, entry: dict[str, Any]) -> None:

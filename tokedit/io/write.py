@@ -31,6 +31,30 @@ TMP_SUFFIX = ".tmp"
 HOST_TAG = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
 
 
+def inside(out_dir: str | os.PathLike, rel: str, *, named_by: str = "tokedit") -> Path:
+    """``out_dir / rel`` for a path tokedit writes, reads back or deletes, refused where it
+    would leave ``out_dir``: an absolute path, a ``..`` part, or (on a local disk) a symbolic
+    link that resolves elsewhere. ``named_by`` says where ``rel`` came from (a manifest)."""
+    root = as_path(out_dir)
+    parts = str(rel).replace("\\", "/").split("/")
+    if not rel or str(rel).startswith("/") or ".." in parts or ":" in parts[0]:
+        raise OutputError(
+            f"{named_by} names the path {rel!r}, which is not inside {root}",
+            remedy="tokedit writes only inside --out: if this manifest was edited or copied "
+            "from elsewhere, delete it (or choose another --out)",
+        )
+    path = root / str(rel)
+    if not isinstance(root, RemotePath):
+        real_root = Path(root).resolve()
+        real = Path(path).resolve()
+        if real != real_root and real_root not in real.parents:
+            raise OutputError(
+                f"{path} resolves to {real}, outside {real_root} (a symbolic link in the output)",
+                remedy="remove the link, or choose an --out without links that leave it",
+            )
+    return path
+
+
 def temp_name_for(name: str) -> str:
     """The hidden temporary name of an output called ``name``: ``.NAME.PID-HOST.tmp``."""
     return f".{name}.{os.getpid()}-{HOST_TAG}{TMP_SUFFIX}"

@@ -14,7 +14,7 @@ from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
 from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import as_path, file_sha256
-from tokedit.io.write import ParquetShardWriter
+from tokedit.io.write import ParquetShardWriter, inside
 from tokedit.scoring.scorer import ScoreOptions, Scorer
 
 
@@ -208,7 +208,7 @@ class ShardScorer(ShardStep):
         scorer = self.load()._scorer
         shard_stats = self.empty_stats()
         out_rel = scores_rel(shard)
-        dest = as_path(self.out_dir) / out_rel
+        dest = inside(self.out_dir, out_rel)
         writer = ParquetShardWriter(dest, SCORES_SCHEMA)
         try:
             for docs in iter_documents(shard, self.text_column, self.id_column, self.batch_rows):
