@@ -319,3 +319,32 @@ def test_metaspace_edits_keep_word_boundaries(metaspace):
                 assert edited[at : at + len(new)] == new and new.startswith(" ")
             shift += len(new) - (e["char_end"] - e["char_start"])
         assert "  " not in edited and not edited.startswith(" ")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.sampled_from(list("ab c\n\r.,éü東京🎉Ж\x00\ufeff") + ["e\u0301", "the", "  "]),
+            max_size=30,
+        ).map("".join),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0.05, 0.99),
+    st.integers(0, 10_000),
+)
+def test_nothing_above_p_leaves_every_text_as_it_was(bytelevel, texts, p, seed):
+    """Every position just under p (P = 0.9999 p): no edit, whatever the text, the
+    candidates or the seed; the output is the input, byte for byte."""
+    texts = [t for t in texts if t] or ["x"]
+    cand = np.random.default_rng(seed).choice(len(bytelevel), size=8, replace=False)
+    lp = math.log(p * 0.9999)
+    sb = synthetic_batch(bytelevel, texts, cand.astype(np.int32), seed=seed, logprob=lp)
+    rule = EditRule(exclude_original=True)
+    draws = draw_batch(sb, doc_keys(seed, sb.ids), p, rule, banned_mask(bytelevel))
+    out = apply_draws(sb, texts, draws, p, Renderer(bytelevel))
+    assert out.counts["above"] == out.counts["changed"] == 0
+    for i, text in enumerate(texts):
+        assert (out.texts[i] if out.texts[i] is not None else text) == text
+        assert out.edits_lists()[i] == [] and out.n_above[i] == 0
