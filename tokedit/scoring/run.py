@@ -140,11 +140,20 @@ def score_dataset(
 
 
 def directory_totals(manifest: Manifest, step: ShardScorer) -> dict:
-    """The scores directory's counts: every complete shard's, summed, and the padding share."""
+    """The scores directory's counts: every complete shard's, summed, the padding share and
+    the compute overhead (positions computed per position scored, split into the context
+    windows recompute and padding)."""
     out = step.directory_stats(manifest.shards.values()).to_dict()
     out["shards"] = len(manifest.shards)
     computed = out["computed_positions"]
     out["padding_share"] = out["padding_positions"] / computed if computed else 0.0
+    if "context_positions" in out:  # shards written before it was counted lack it
+        scored = computed - out["padding_positions"] - out["context_positions"]
+        out["compute_overhead"] = {
+            "computed_per_scored": computed / scored if scored else 0.0,
+            "context_per_scored": out["context_positions"] / scored if scored else 0.0,
+            "padding_per_scored": out["padding_positions"] / scored if scored else 0.0,
+        }
     return out
 
 
@@ -169,7 +178,14 @@ class ShardScorer(ShardStep):
     revision: str | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
 
-    STATS_KEYS = ("documents", "tokens", "computed_positions", "padding_positions", "statuses")
+    STATS_KEYS = (
+        "documents",
+        "tokens",
+        "computed_positions",
+        "padding_positions",
+        "context_positions",
+        "statuses",
+    )
 
     def __post_init__(self) -> None:
         self._scorer: Scorer | None = None
@@ -202,6 +218,8 @@ class ShardScorer(ShardStep):
             "device": str(getattr(engine, "device", self.device)),
             "torch_dtype": str(getattr(engine, "dtype", self.dtype)),
             "model_revision": getattr(engine, "revision", None),
+            # positions per LM-head chunk, sized to the device (hf backend)
+            "logit_chunk_positions": getattr(engine, "logit_chunk", None),
         }
 
     def __call__(self, shard: Shard) -> dict:

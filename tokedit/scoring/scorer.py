@@ -139,7 +139,7 @@ class Scorer:
         for w in windows:  # windows are in document, then position order
             per_doc[w.doc].append(results[(w.doc, w.start)])
 
-        computed, padding = padding_stats(batches)
+        computed, padding, context = padding_stats(batches)
         statuses: dict[str, int] = {}
         for s in docs.statuses:
             statuses[s] = statuses.get(s, 0) + 1
@@ -150,6 +150,7 @@ class Scorer:
                 "tokens": int(sum(len(t.token_ids) for t in tokens)),
                 "computed_positions": int(computed),
                 "padding_positions": int(padding),
+                "context_positions": int(context),
                 "statuses": statuses,
             }
         )

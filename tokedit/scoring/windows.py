@@ -70,11 +70,17 @@ def plan_batches(windows: list[Window], batch_tokens: int) -> list[list[Window]]
     return batches
 
 
-def padding_stats(batches: list[list[Window]]) -> tuple[int, int]:
-    """(computed positions, of which padding) over ``batches``."""
+def padding_stats(batches: list[list[Window]]) -> tuple[int, int, int]:
+    """(computed positions, of which padding, of which context) over ``batches``.
+
+    Context positions are fed to the model but not scored: a document's first position and
+    the ``overlap`` positions every window after the first recomputes. Computed positions
+    = scored + context + padding.
+    """
     computed = sum(len(b) * max(w.length for w in b) for b in batches)
     real = sum(w.length for b in batches for w in b)
-    return computed, computed - real
+    scored = sum(w.end - w.score_from for b in batches for w in b)
+    return computed, computed - real, real - scored
 
 
 def partition_starts(offset_pairs: np.ndarray) -> np.ndarray:
