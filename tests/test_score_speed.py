@@ -13,16 +13,20 @@ import collections
 import sys
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
+from test_model_zoo import FAMILIES, _build, _configs
 from torch.overrides import TorchFunctionMode
 
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import STATUS_OK
+from tokedit.io.storage import file_sha256
 from tokedit.scoring import hf
 from tokedit.scoring.hf import HFBackend, load_tokenizer
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions
-from tokedit.scoring.windows import plan_windows
+from tokedit.scoring.windows import batch_layout, padding_stats, plan_batches, plan_windows
 
 HOST_READS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__"}
 
@@ -119,3 +123,94 @@ def test_manifest_records_the_chunk_size(tmp_path, corpus_dir, tiny_prior):
     assert overhead["computed_per_scored"] == pytest.approx(
         1 + overhead["context_per_scored"] + overhead["padding_per_scored"], abs=1e-12
     )
+
+
+# Families whose mask ignores the position ids (they fall back to padded rows).
+PADDED_FAMILIES = {"opt", "falcon"}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_packed_rows_equal_padded_rows(family):
+    """Windows of several documents packed into one row score as they do one per padded
+    row (float32, 1e-4 nats), for every family of the model zoo: sliding-window (Gemma 3's
+    16-token window inside 48-token windows) and soft-capped ones included."""
+    model = _build(_configs(330)[family])
+    rng = np.random.default_rng(0)
+    seqs = [rng.integers(3, 330, n).astype(np.int32) for n in (130, 30, 45, 7, 90, 12, 60, 2)]
+    windows = [w for j, s in enumerate(seqs) for w in plan_windows(len(s), 48, 8, doc=j)]
+    got = {}
+    for pack in (False, True):
+        backend = HFBackend.from_model(model, device="cpu", pack=pack)
+        assert backend.packs == (pack and family not in PADDED_FAMILIES)
+        batches = plan_batches(windows, 200, pack=backend.packs)
+        for batch in batches:
+            scores = backend.score_batch(seqs, batch, top_k=4, min_p=0.0)
+            for w, r in zip(batch, scores, strict=True):
+                got[pack, w.doc, w.start] = r
+        if pack:
+            _, padding, _ = padding_stats(batches, pack=backend.packs)
+            if backend.packs:  # fewer rows than windows, less padding than unpacked
+                assert sum(batch_layout(b, pack=True).n_rows for b in batches) < len(windows)
+                assert padding < padding_stats(plan_batches(windows, 200), pack=False)[1]
+    for w in windows:
+        a, b = got[False, w.doc, w.start], got[True, w.doc, w.start]
+        np.testing.assert_allclose(a.logprob, b.logprob, atol=1e-4, rtol=0)
+        np.testing.assert_allclose(a.topk_logprobs, b.topk_logprobs, atol=1e-4, rtol=0)
+        np.testing.assert_array_equal(a.topk_ids, b.topk_ids)
+
+
+def test_bytes_do_not_depend_on_prefetch(tmp_path, plays, tiny_prior):
+    """Reading, tokenizing, assembling and writing overlapped with the model (prefetch 1
+    and 3, several batches of rows per shard) write the bytes of the sequential run."""
+    text = plays["tempest"]
+    rows = [{"text": text[i * 97 : i * 97 + 60 + 7 * (i % 13)]} for i in range(120)]
+    (tmp_path / "data").mkdir()
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "data" / "a.parquet")
+    digests = {}
+    for prefetch in (0, 1, 3):
+        out = tmp_path / f"p{prefetch}"
+        score_dataset(
+            str(tmp_path / "data"),
+            str(out),
+            model=str(tiny_prior),
+            options=ScoreOptions(max_len=128, overlap=16, batch_tokens=2048),
+            device="cpu",
+            dtype="float32",
+            batch_rows=16,  # many batches of documents per shard
+            prefetch=prefetch,
+            progress=False,
+        )
+        digests[prefetch] = {p.name: file_sha256(p) for p in sorted(out.glob("*.parquet"))}
+        totals = read_manifest(out)["totals"]
+        assert totals["documents"] > 3 * 16
+    assert digests[0] and digests[1] == digests[0] and digests[3] == digests[0]
+
+
+def test_a_failing_batch_stops_the_pipeline(tiny_prior, plays):
+    """An error in the model stage ends the overlapped run with that error (no hang), and one
+    in the reading stage surfaces too."""
+    from tokedit.io.read import Documents
+    from tokedit.scoring.scorer import Scorer, scored_tables
+
+    backend = HFBackend(str(tiny_prior), device="cpu", dtype="float32")
+    scorer = Scorer(backend, load_tokenizer(str(tiny_prior)), ScoreOptions(128, 16))
+    texts = [plays["hamlet"][i * 500 : (i + 1) * 500] for i in range(8)]
+
+    def docs(fail_at=None):
+        for i, t in enumerate(texts):
+            if i == fail_at:
+                raise ValueError("unreadable row")
+            yield Documents(None, [str(i)], [t], [STATUS_OK])
+
+    calls = []
+
+    def on_tokens(n):
+        calls.append(n)
+        if len(calls) == 3:
+            raise RuntimeError("device lost")
+
+    with pytest.raises(RuntimeError, match="device lost"):
+        list(scored_tables(scorer, docs(), prefetch=2, on_tokens=on_tokens))
+    with pytest.raises(ValueError, match="unreadable row"):
+        list(scored_tables(scorer, docs(fail_at=5), prefetch=2))
+    assert len(list(scored_tables(scorer, docs(), prefetch=2))) == len(texts)

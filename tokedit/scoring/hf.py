@@ -18,7 +18,7 @@ import torch
 
 from tokedit.errors import InputError
 from tokedit.scoring.gguf import resolve_model
-from tokedit.scoring.windows import Window
+from tokedit.scoring.windows import Window, batch_layout
 
 # LM-head chunks: how many positions' logits exist at once (see chunk_positions).
 # CPU: a byte budget of float32 logits. 64 MiB (64 positions of Gemma's 262k vocabulary)
@@ -138,32 +138,39 @@ class HFBackend:
         dtype: str = "auto",
         revision: str | None = None,
         logit_chunk: int | None = None,
+        pack: bool = True,
     ):
         device_ = resolve_device(device)
         dtype_ = resolve_dtype(dtype, device_)
         # The family's default attention (SDPA where the family supports it): forcing SDPA
         # makes some families (Gemma 2) refuse to load.
         loaded = load_causal_lm(model, revision, dtype=dtype_)
-        self._setup(loaded, device_, model, logit_chunk)
+        self._setup(loaded, device_, model, logit_chunk, pack)
         self.revision = getattr(self.model.config, "_commit_hash", None) or revision
 
     @classmethod
-    def from_model(cls, model, *, device: str = "auto", logit_chunk: int | None = None):
+    def from_model(
+        cls, model, *, device: str = "auto", logit_chunk: int | None = None, pack: bool = True
+    ):
         """A backend around an already built ``model`` (benchmarks of random-initialised
         models): its dtype stays as it is."""
         self = cls.__new__(cls)
-        self._setup(model, resolve_device(device), type(model).__name__, logit_chunk)
+        self._setup(model, resolve_device(device), type(model).__name__, logit_chunk, pack)
         self.revision = None
         return self
 
-    def _setup(self, model, device: torch.device, name: str, logit_chunk: int | None) -> None:
+    def _setup(self, model, device, name: str, logit_chunk: int | None, pack: bool) -> None:
         self.device = device
+        # Several windows per row (windows.plan_batches(pack=True)) instead of padding.
+        self.packs = pack
         self.model = model
         self.model.to(self.device).eval()
         self.dtype = next(self.model.parameters()).dtype
         self.decoder = self.model.get_decoder()
         self.head = LogitHead(self.model)
         check_head(self.model, self.head, name)
+        if pack and not packs_exactly(self.decoder, self.device):
+            self.packs = False  # the family ignores position ids in its mask: pad instead
         # Sized once, after the weights are on the device: recorded in the manifest.
         self.logit_chunk = logit_chunk or chunk_positions(self.head.vocab_size, self.device)
         self._pinned: torch.Tensor | None = None
@@ -184,29 +191,44 @@ class HFBackend:
         ``on_rows(doc, position, target, logprob_rows)``: see :func:`score_positions`; here
         ``doc`` is the window's document index and ``position`` the index in its ``seq``.
         """
+        layout = batch_layout(windows, pack=self.packs)
         lengths = np.fromiter((w.length for w in windows), np.int64, len(windows))
-        longest = int(lengths.max())
-        ids = np.zeros((len(windows), longest), dtype=np.int64)
-        for row, w in enumerate(windows):
-            ids[row, : w.length] = seqs[w.doc][w.start : w.end]
-        padded = bool((lengths < longest).any())
-        ids_t = self._on_device(ids)
-        mask = None
-        if padded:
-            mask_np = np.arange(longest)[None, :] < lengths[:, None]
+        width = layout.width
+        ids = np.zeros((layout.n_rows, width), dtype=np.int64)
+        for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
+            ids[r, c : c + w.length] = seqs[w.doc][w.start : w.end]
+        mask = positions = None
+        if self.packs:
+            # Position ids restart at every window (and at each row's unused tail, whose
+            # tokens attend only to each other): transformers then masks attention to
+            # blocks, one per window, also in sliding-window layers.
+            pos_np = np.tile(np.arange(width), (layout.n_rows, 1))
+            for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
+                pos_np[r, c : c + w.length] -= c
+            tail = np.zeros(layout.n_rows, dtype=np.int64)
+            np.maximum.at(tail, layout.row, layout.col + lengths)
+            for r, t in enumerate(tail.tolist()):
+                pos_np[r, t:] -= t
+            positions = self._on_device(pos_np)
+        elif bool((lengths < width).any()):
+            mask_np = np.arange(width)[None, :] < lengths[:, None]
             mask = self._on_device(mask_np.astype(np.int64))
-        hidden = self.decoder(input_ids=ids_t, attention_mask=mask).last_hidden_state
+        extra = {} if positions is None else {"position_ids": positions}
+        # No KV cache: nothing is generated (and transformers detects packing only without).
+        hidden = self.decoder(
+            input_ids=self._on_device(ids), attention_mask=mask, use_cache=False, **extra
+        ).last_hidden_state
 
         # Position q of a window is predicted from the hidden state at q-1: index arrays of
         # the scored positions, built without a loop over positions.
         first = np.fromiter((w.score_from - w.start for w in windows), np.int64, len(windows))
         sizes = lengths - first
-        rows = np.repeat(np.arange(len(windows)), sizes)
         offsets = np.zeros(len(windows) + 1, dtype=np.int64)
         np.cumsum(sizes, out=offsets[1:])
         q = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes) + np.repeat(first, sizes)
-        flat = ids[rows, q]  # the targets
-        index = self._on_device(rows * longest + q - 1)
+        at = np.repeat(layout.row * width + layout.col, sizes) + q  # flat input index
+        flat = ids.reshape(-1)[at]  # the targets
+        index = self._on_device(at - 1)
         targets_t = self._on_device(flat)
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
         located = None
@@ -359,6 +381,26 @@ class LogitHead(torch.nn.Module):
 
 
 PROBE_IDS = 12
+
+
+@torch.inference_mode()
+def packs_exactly(decoder, device) -> bool:
+    """Whether ``decoder`` keeps windows packed into one row apart (position ids restarting,
+    no KV cache): the hidden states of two packed probe windows equal those of each alone.
+    Families that build their mask without the position ids (OPT, Falcon) fail it."""
+    a = (torch.arange(PROBE_IDS, dtype=torch.long) * 7 + 3)[None].to(device)
+    b = (torch.arange(PROBE_IDS // 2, dtype=torch.long) * 11 + 5)[None].to(device)
+    positions = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None]
+    packed = decoder(
+        input_ids=torch.cat([a, b], 1), position_ids=positions.to(device), use_cache=False
+    ).last_hidden_state.float()
+    alone = torch.cat(
+        [decoder(input_ids=x, use_cache=False).last_hidden_state.float() for x in (a, b)], 1
+    )
+    scale = float(alone.abs().max()) or 1.0
+    # A family that attends across the windows is off by about the states' own scale.
+    tolerance = 1e-4 if next(decoder.parameters()).dtype == torch.float32 else 2e-2
+    return float((packed - alone).abs().max()) <= tolerance * max(1.0, scale)
 
 
 @torch.inference_mode()
