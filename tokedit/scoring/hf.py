@@ -18,12 +18,21 @@ import torch
 
 from tokedit.errors import InputError
 from tokedit.scoring.gguf import resolve_model
-from tokedit.scoring.windows import Window
+from tokedit.scoring.windows import Window, batch_layout
 
-# Bytes of float32 logits computed at once: positions per chunk = this / (4 * vocab).
-# 2,048 positions of a 262k vocabulary would be 2.1 GB before the log-softmax's temporaries;
-# 64 MiB (64 positions of Gemma's 262k) keeps the peak near model size + 1 GB.
-LOGIT_CHUNK_BYTES = 64 << 20
+# LM-head chunks: how many positions' logits exist at once (see chunk_positions).
+# CPU: a byte budget of float32 logits. 64 MiB (64 positions of Gemma's 262k vocabulary)
+# keeps the peak near model size + 1 GB; larger chunks measure no faster on CPU.
+CPU_LOGIT_CHUNK_BYTES = 64 << 20
+# CUDA: the share of the device's free memory (measured after the model is loaded) that one
+# chunk's logits and their temporaries may take; the rest is headroom for the next batch's
+# activations and the allocator. Per position a chunk holds the head's output in the model
+# dtype, the float32 logits, the exp temporary of logsumexp and top-k's scratch: budgeted
+# as three float32 rows of the vocabulary.
+CUDA_FREE_SHARE = 0.25
+CUDA_BYTES_PER_LOGIT = 12
+# Beyond a few thousand positions a chunk's matmul is as efficient as it gets.
+MAX_CHUNK_POSITIONS = 8192
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,18 +131,49 @@ class HFBackend:
     name = "hf"
 
     def __init__(
-        self, model: str, *, device: str = "auto", dtype: str = "auto", revision: str | None = None
+        self,
+        model: str,
+        *,
+        device: str = "auto",
+        dtype: str = "auto",
+        revision: str | None = None,
+        logit_chunk: int | None = None,
+        pack: bool = True,
     ):
-        self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        device_ = resolve_device(device)
+        dtype_ = resolve_dtype(dtype, device_)
         # The family's default attention (SDPA where the family supports it): forcing SDPA
         # makes some families (Gemma 2) refuse to load.
-        self.model = load_causal_lm(model, revision, dtype=self.dtype)
+        loaded = load_causal_lm(model, revision, dtype=dtype_)
+        self._setup(loaded, device_, model, logit_chunk, pack)
+        self.revision = getattr(self.model.config, "_commit_hash", None) or revision
+
+    @classmethod
+    def from_model(
+        cls, model, *, device: str = "auto", logit_chunk: int | None = None, pack: bool = True
+    ):
+        """A backend around an already built ``model`` (benchmarks of random-initialised
+        models): its dtype stays as it is."""
+        self = cls.__new__(cls)
+        self._setup(model, resolve_device(device), type(model).__name__, logit_chunk, pack)
+        self.revision = None
+        return self
+
+    def _setup(self, model, device, name: str, logit_chunk: int | None, pack: bool) -> None:
+        self.device = device
+        # Several windows per row (windows.plan_batches(pack=True)) instead of padding.
+        self.packs = pack
+        self.model = model
         self.model.to(self.device).eval()
+        self.dtype = next(self.model.parameters()).dtype
         self.decoder = self.model.get_decoder()
         self.head = LogitHead(self.model)
-        check_head(self.model, self.head, model)
-        self.revision = getattr(self.model.config, "_commit_hash", None) or revision
+        check_head(self.model, self.head, name)
+        if pack and not packs_exactly(self.decoder, self.device):
+            self.packs = False  # the family ignores position ids in its mask: pad instead
+        # Sized once, after the weights are on the device: recorded in the manifest.
+        self.logit_chunk = logit_chunk or chunk_positions(self.head.vocab_size, self.device)
+        self._pinned: torch.Tensor | None = None
 
     @torch.inference_mode()
     def score_batch(
@@ -151,34 +191,51 @@ class HFBackend:
         ``on_rows(doc, position, target, logprob_rows)``: see :func:`score_positions`; here
         ``doc`` is the window's document index and ``position`` the index in its ``seq``.
         """
-        longest = max(w.length for w in windows)
-        ids = torch.zeros((len(windows), longest), dtype=torch.long)
-        mask = torch.zeros((len(windows), longest), dtype=torch.long)
-        for row, w in enumerate(windows):
-            ids[row, : w.length] = torch.from_numpy(seqs[w.doc][w.start : w.end].astype(np.int64))
-            mask[row, : w.length] = 1
-        padded = bool((mask == 0).any())
+        layout = batch_layout(windows, pack=self.packs)
+        lengths = np.fromiter((w.length for w in windows), np.int64, len(windows))
+        width = layout.width
+        ids = np.zeros((layout.n_rows, width), dtype=np.int64)
+        for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
+            ids[r, c : c + w.length] = seqs[w.doc][w.start : w.end]
+        mask = positions = None
+        if self.packs:
+            # Position ids restart at every window (and at each row's unused tail, whose
+            # tokens attend only to each other): transformers then masks attention to
+            # blocks, one per window, also in sliding-window layers.
+            pos_np = np.tile(np.arange(width), (layout.n_rows, 1))
+            for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
+                pos_np[r, c : c + w.length] -= c
+            tail = np.zeros(layout.n_rows, dtype=np.int64)
+            np.maximum.at(tail, layout.row, layout.col + lengths)
+            for r, t in enumerate(tail.tolist()):
+                pos_np[r, t:] -= t
+            positions = self._on_device(pos_np)
+        elif bool((lengths < width).any()):
+            mask_np = np.arange(width)[None, :] < lengths[:, None]
+            mask = self._on_device(mask_np.astype(np.int64))
+        extra = {} if positions is None else {"position_ids": positions}
+        # No KV cache: nothing is generated (and transformers detects packing only without).
         hidden = self.decoder(
-            input_ids=ids.to(self.device), attention_mask=mask.to(self.device) if padded else None
+            input_ids=self._on_device(ids), attention_mask=mask, use_cache=False, **extra
         ).last_hidden_state
 
-        # Position q of a window is predicted from the hidden state at q-1.
-        rows, cols, targets, sizes = [], [], [], []
-        for row, w in enumerate(windows):
-            q = np.arange(w.score_from - w.start, w.length)
-            rows.append(np.full(len(q), row))
-            cols.append(q - 1)
-            targets.append(seqs[w.doc][w.start + q])
-            sizes.append(len(q))
-        rows_t = torch.from_numpy(np.concatenate(rows)).to(self.device)
-        cols_t = torch.from_numpy(np.concatenate(cols)).to(self.device)
-        targets_t = torch.from_numpy(np.concatenate(targets).astype(np.int64)).to(self.device)
-        h = hidden[rows_t, cols_t]
+        # Position q of a window is predicted from the hidden state at q-1: index arrays of
+        # the scored positions, built without a loop over positions.
+        first = np.fromiter((w.score_from - w.start for w in windows), np.int64, len(windows))
+        sizes = lengths - first
+        offsets = np.zeros(len(windows) + 1, dtype=np.int64)
+        np.cumsum(sizes, out=offsets[1:])
+        q = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes) + np.repeat(first, sizes)
+        at = np.repeat(layout.row * width + layout.col, sizes) + q  # flat input index
+        flat = ids.reshape(-1)[at]  # the targets
+        index = self._on_device(at - 1)
+        targets_t = self._on_device(flat)
+        h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
         located = None
         if on_rows is not None:
-            flat = np.concatenate(targets)
-            doc = np.concatenate([np.full(n, w.doc) for w, n in zip(windows, sizes, strict=True)])
-            pos = np.concatenate([np.arange(w.score_from, w.end) for w in windows])
+            doc = np.repeat(np.fromiter((w.doc for w in windows), np.int64, len(windows)), sizes)
+            starts = np.fromiter((w.start for w in windows), np.int64, len(windows))
+            pos = q + np.repeat(starts, sizes)
 
             def located(idx, lp_rows):
                 on_rows(doc[idx], pos[idx], flat[idx], lp_rows)
@@ -189,21 +246,32 @@ class HFBackend:
             self.head,
             top_k=top_k,
             min_p=min_p,
+            chunk=self.logit_chunk,
             rows_above=rows_above,
             on_rows=located,
+            to_host=self._to_host,
         )
-        out, at = [], 0
-        for n in sizes:
-            out.append(
-                WindowScores(
-                    logprob[at : at + n],
-                    topk_ids[at : at + n],
-                    topk_lp[at : at + n],
-                    has_topk[at : at + n],
-                )
-            )
-            at += n
-        return out
+        return [
+            WindowScores(logprob[a:b], topk_ids[a:b], topk_lp[a:b], has_topk[a:b])
+            for a, b in zip(offsets[:-1], offsets[1:], strict=True)
+        ]
+
+    def _on_device(self, a: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(a)
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    def _to_host(self, t: torch.Tensor) -> np.ndarray:
+        """The batch's one device-to-host copy: through a reused pinned buffer on CUDA
+        (non-blocking, then one wait), a view on CPU."""
+        if t.device.type == "cpu":
+            return t.numpy()
+        n = t.numel()
+        if self._pinned is None or self._pinned.numel() < n:
+            self._pinned = torch.empty(max(n, 1 << 20), dtype=t.dtype, pin_memory=True)
+        host = self._pinned[:n].view(t.shape)
+        host.copy_(t, non_blocking=True)
+        torch.cuda.current_stream(t.device).synchronize()
+        return host.numpy().copy()  # the pinned buffer serves the next batch
 
 
 def score_positions(
@@ -216,50 +284,74 @@ def score_positions(
     chunk: int | None = None,
     rows_above: float | None = None,
     on_rows=None,
+    to_host=None,
 ):
     """Log-prob of each target and top-k candidates, computed ``chunk`` positions at a time.
 
     Returns numpy arrays: logprob [n] float32, topk ids [n, k] int32, topk log-probs [n, k]
     float32, and has_topk [n] bool (``P(target) >= min_p``; rows where it is False are zeros).
 
+    Every result stays on the model's device, in one int32 buffer (floats by their bits),
+    until the last chunk is done; then ``to_host`` copies it once (default ``.cpu()``).
+    Nothing in the chunk loop waits for the device.
+
     ``on_rows(indices, logprob_rows)``, if given, is called once per chunk with the positions
     where ``P(target) > rows_above`` and their full float32 log-prob rows ``[m, vocab]`` (a
     tensor on the model's device). It lets the one-pass editor sample from the full
-    distribution without a ``[n, vocab]`` array ever being kept.
+    distribution without a ``[n, vocab]`` array ever being kept; finding those positions
+    reads them on the host once per chunk.
     """
     n = hidden.shape[0]
-    chunk = chunk or chunk_positions(head.vocab_size)
+    chunk = chunk or chunk_positions(head.vocab_size, hidden.device)
     log_min_p = math.log(min_p) if min_p > 0 else -math.inf
-    logprob = np.empty(n, dtype=np.float32)
-    topk_ids = np.zeros((n, top_k), dtype=np.int32)
-    topk_lp = np.zeros((n, top_k), dtype=np.float32)
-    has_topk = np.zeros(n, dtype=bool)
+    # Columns: logprob, has_topk, top-k log-probs, top-k ids.
+    out = torch.zeros((n, 2 + 2 * top_k), dtype=torch.int32, device=hidden.device)
     for a in range(0, n, chunk):
-        logits = head(hidden[a : a + chunk]).float()
+        b = min(a + chunk, n)
+        logits = head(hidden[a:b]).float()
         lse = torch.logsumexp(logits, dim=-1)
-        lp = logits.gather(1, targets[a : a + chunk, None]).squeeze(1) - lse
-        logprob[a : a + chunk] = lp.cpu().numpy()
+        lp = logits.gather(1, targets[a:b, None]).squeeze(1) - lse
+        out[a:b, 0] = lp.view(torch.int32)
         if on_rows is not None:
             sel = (lp > math.log(rows_above)).nonzero().squeeze(1)
             if len(sel):
                 on_rows(sel.cpu().numpy() + a, logits[sel] - lse[sel, None])
         if top_k > 0:
+            # Top-k of every row, kept where P(target) >= min_p: a row's top-k does not
+            # depend on the other rows, and no data-dependent selection waits for the device.
             keep = lp >= log_min_p
-            if keep.any():
-                sel = keep.nonzero().squeeze(1)
-                # Every row kept (the default --candidates-min-p 0): no copy of the chunk.
-                rows = logits if len(sel) == len(logits) else logits[sel]
-                values, idx = torch.topk(rows, top_k, dim=-1)
-                sel_np = sel.cpu().numpy() + a
-                topk_ids[sel_np] = idx.to(torch.int32).cpu().numpy()
-                topk_lp[sel_np] = (values - lse[sel, None]).cpu().numpy()
-                has_topk[sel_np] = True
-    return logprob, topk_ids, topk_lp, has_topk
+            values, idx = torch.topk(logits, top_k, dim=-1)
+            out[a:b, 1] = keep.to(torch.int32)
+            out[a:b, 2 : 2 + top_k] = (values - lse[:, None]).view(torch.int32)
+            out[a:b, 2 + top_k :] = idx.to(torch.int32)
+    host = to_host(out) if to_host is not None else out.cpu().numpy()
+    logprob = host[:, 0].view(np.float32)
+    has_topk = host[:, 1].astype(bool)
+    topk_lp = np.where(has_topk[:, None], host[:, 2 : 2 + top_k].view(np.float32), 0)
+    topk_ids = np.where(has_topk[:, None], host[:, 2 + top_k :], 0)
+    return (
+        np.ascontiguousarray(logprob),
+        topk_ids.astype(np.int32),
+        topk_lp.astype(np.float32),
+        has_topk,
+    )
 
 
-def chunk_positions(vocab_size: int, budget_bytes: int = LOGIT_CHUNK_BYTES) -> int:
-    """Positions whose float32 logits fit in ``budget_bytes`` (at least 1)."""
-    return max(1, budget_bytes // (4 * vocab_size))
+def chunk_positions(vocab_size: int, device: torch.device | str = "cpu") -> int:
+    """Positions of one LM-head chunk: on CUDA from the device's free memory
+    (``CUDA_FREE_SHARE`` of it, ``CUDA_BYTES_PER_LOGIT`` per logit), elsewhere from
+    ``CPU_LOGIT_CHUNK_BYTES`` of float32 logits; between 1 and ``MAX_CHUNK_POSITIONS``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        return positions_for_free_memory(free, vocab_size)
+    return max(1, min(MAX_CHUNK_POSITIONS, CPU_LOGIT_CHUNK_BYTES // (4 * vocab_size)))
+
+
+def positions_for_free_memory(free_bytes: int, vocab_size: int) -> int:
+    """Positions of a CUDA LM-head chunk when the device reports ``free_bytes`` free."""
+    positions = int(free_bytes * CUDA_FREE_SHARE) // (CUDA_BYTES_PER_LOGIT * vocab_size)
+    return max(1, min(MAX_CHUNK_POSITIONS, positions))
 
 
 class LogitHead(torch.nn.Module):
@@ -289,6 +381,26 @@ class LogitHead(torch.nn.Module):
 
 
 PROBE_IDS = 12
+
+
+@torch.inference_mode()
+def packs_exactly(decoder, device) -> bool:
+    """Whether ``decoder`` keeps windows packed into one row apart (position ids restarting,
+    no KV cache): the hidden states of two packed probe windows equal those of each alone.
+    Families that build their mask without the position ids (OPT, Falcon) fail it."""
+    a = (torch.arange(PROBE_IDS, dtype=torch.long) * 7 + 3)[None].to(device)
+    b = (torch.arange(PROBE_IDS // 2, dtype=torch.long) * 11 + 5)[None].to(device)
+    positions = torch.cat([torch.arange(a.shape[1]), torch.arange(b.shape[1])])[None]
+    packed = decoder(
+        input_ids=torch.cat([a, b], 1), position_ids=positions.to(device), use_cache=False
+    ).last_hidden_state.float()
+    alone = torch.cat(
+        [decoder(input_ids=x, use_cache=False).last_hidden_state.float() for x in (a, b)], 1
+    )
+    scale = float(alone.abs().max()) or 1.0
+    # A family that attends across the windows is off by about the states' own scale.
+    tolerance = 1e-4 if next(decoder.parameters()).dtype == torch.float32 else 2e-2
+    return float((packed - alone).abs().max()) <= tolerance * max(1.0, scale)
 
 
 @torch.inference_mode()

@@ -15,7 +15,9 @@ from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import as_path, file_sha256
 from tokedit.io.write import ParquetShardWriter, inside
-from tokedit.scoring.scorer import ScoreOptions, Scorer
+from tokedit.scoring.scorer import ScoreOptions, Scorer, scored_tables
+
+DEFAULT_PREFETCH = 2
 
 
 def check_unique_outputs(shards: list[Shard], rel_of) -> None:
@@ -50,6 +52,7 @@ def score_dataset(
     engine: str = "local",
     ray_address: str | None = None,
     ray_actors: int | None = None,
+    prefetch: int = DEFAULT_PREFETCH,
 ) -> dict:
     """Score ``input_dir`` into ``out_dir``; returns totals of this run and of the directory.
 
@@ -109,6 +112,7 @@ def score_dataset(
         dtype=dtype,
         revision=revision,
         batch_rows=batch_rows,
+        prefetch=prefetch,
     )
     bar = token_bar("score", progress)
     started = time.perf_counter()
@@ -140,11 +144,20 @@ def score_dataset(
 
 
 def directory_totals(manifest: Manifest, step: ShardScorer) -> dict:
-    """The scores directory's counts: every complete shard's, summed, and the padding share."""
+    """The scores directory's counts: every complete shard's, summed, the padding share and
+    the compute overhead (positions computed per position scored, split into the context
+    windows recompute and padding)."""
     out = step.directory_stats(manifest.shards.values()).to_dict()
     out["shards"] = len(manifest.shards)
     computed = out["computed_positions"]
     out["padding_share"] = out["padding_positions"] / computed if computed else 0.0
+    if "context_positions" in out:  # shards written before it was counted lack it
+        scored = computed - out["padding_positions"] - out["context_positions"]
+        out["compute_overhead"] = {
+            "computed_per_scored": computed / scored if scored else 0.0,
+            "context_per_scored": out["context_positions"] / scored if scored else 0.0,
+            "padding_per_scored": out["padding_positions"] / scored if scored else 0.0,
+        }
     return out
 
 
@@ -168,8 +181,18 @@ class ShardScorer(ShardStep):
     dtype: str = "auto"
     revision: str | None = None
     batch_rows: int = DEFAULT_BATCH_ROWS
+    # Batches of documents read and tokenized ahead of the model, and assembled and written
+    # behind it, in two threads (0: all in turn in this thread); the bytes do not depend on it.
+    prefetch: int = DEFAULT_PREFETCH
 
-    STATS_KEYS = ("documents", "tokens", "computed_positions", "padding_positions", "statuses")
+    STATS_KEYS = (
+        "documents",
+        "tokens",
+        "computed_positions",
+        "padding_positions",
+        "context_positions",
+        "statuses",
+    )
 
     def __post_init__(self) -> None:
         self._scorer: Scorer | None = None
@@ -202,6 +225,10 @@ class ShardScorer(ShardStep):
             "device": str(getattr(engine, "device", self.device)),
             "torch_dtype": str(getattr(engine, "dtype", self.dtype)),
             "model_revision": getattr(engine, "revision", None),
+            # positions per LM-head chunk, sized to the device (hf backend)
+            "logit_chunk_positions": getattr(engine, "logit_chunk", None),
+            # windows of several documents share rows (hf backend, families that allow it)
+            "packed_rows": getattr(engine, "packs", False),
         }
 
     def __call__(self, shard: Shard) -> dict:
@@ -211,9 +238,10 @@ class ShardScorer(ShardStep):
         dest = inside(self.out_dir, out_rel)
         writer = ParquetShardWriter(dest, SCORES_SCHEMA)
         try:
-            for docs in iter_documents(shard, self.text_column, self.id_column, self.batch_rows):
-                table, stats = scorer.score(docs, on_tokens=self.on_tokens)
-                writer.write(table)
+            reads = iter_documents(shard, self.text_column, self.id_column, self.batch_rows)
+            for _table, stats in scored_tables(
+                scorer, reads, prefetch=self.prefetch, on_tokens=self.on_tokens, sink=writer.write
+            ):
                 shard_stats.add(stats)
             writer.close()
         except BaseException:

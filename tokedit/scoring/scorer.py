@@ -5,7 +5,12 @@ The scorer never writes files; :mod:`tokedit.scoring.run` streams its tables to 
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+import collections
+import queue
+import threading
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -14,7 +19,13 @@ from tokedit.engines.step import Stats
 from tokedit.errors import InputError
 from tokedit.io.read import STATUS_OK, Documents
 from tokedit.io.scores_dir import FINGERPRINT_COLUMN, SCORES_SCHEMA, text_fingerprint
-from tokedit.scoring.windows import padding_stats, partition_starts, plan_batches, plan_windows
+from tokedit.scoring.windows import (
+    Window,
+    padding_stats,
+    partition_starts,
+    plan_batches,
+    plan_windows,
+)
 
 DEFAULT_MAX_LEN = 1024
 
@@ -113,6 +124,12 @@ class Scorer:
             )
 
     def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, Stats]:
+        """Tokenize, window, batch, score and assemble ``docs`` (the three stages below, in
+        turn; :func:`scored_tables` runs them overlapped)."""
+        return self.assemble(self.run(self.prepare(docs), on_tokens))
+
+    def prepare(self, docs: Documents) -> Planned:
+        """The CPU stage before the model: tokenization, windows and batches."""
         opts = self.options
         ok = [i for i, s in enumerate(docs.statuses) if s == STATUS_OK]
         tokens = tokenize_documents(self.tokenizer, [docs.texts[i] for i in ok], self.add_bos)
@@ -121,39 +138,129 @@ class Scorer:
             for j, t in enumerate(tokens)
             for w in plan_windows(len(t.seq), opts.max_len, opts.overlap, doc=j)
         ]
-        batches = plan_batches(windows, opts.batch_tokens)
-        seqs = [t.seq for t in tokens]
-        results: dict[tuple[int, int], object] = {}
-        for batch in batches:
-            for w, r in zip(
-                batch,
-                self.backend.score_batch(
-                    seqs, batch, top_k=opts.top_k, min_p=opts.candidates_min_p
-                ),
-                strict=True,
-            ):
+        pack = getattr(self.backend, "packs", False)  # several windows per row
+        batches = plan_batches(windows, opts.batch_tokens, pack=pack)
+        return Planned(docs, ok, tokens, windows, batches, pack)
+
+    def run(self, planned: Planned, on_tokens=None) -> Planned:
+        """The model stage: every batch through the backend (results kept on ``planned``)."""
+        opts = self.options
+        seqs = [t.seq for t in planned.tokens]
+        results = planned.results
+        for batch in planned.batches:
+            scores = self.backend.score_batch(
+                seqs, batch, top_k=opts.top_k, min_p=opts.candidates_min_p
+            )
+            for w, r in zip(batch, scores, strict=True):
                 results[(w.doc, w.start)] = r
             if on_tokens is not None:
                 on_tokens(sum(w.end - w.score_from for w in batch))
-        per_doc: list[list] = [[] for _ in tokens]
-        for w in windows:  # windows are in document, then position order
-            per_doc[w.doc].append(results[(w.doc, w.start)])
+        return planned
 
-        computed, padding = padding_stats(batches)
+    def assemble(self, planned: Planned) -> tuple[pa.Table, Stats]:
+        """The CPU stage after the model: the scores table and the counts."""
+        docs, tokens = planned.docs, planned.tokens
+        per_doc: list[list] = [[] for _ in tokens]
+        for w in planned.windows:  # windows are in document, then position order
+            per_doc[w.doc].append(planned.results[(w.doc, w.start)])
+        computed, padding, context = padding_stats(planned.batches, pack=planned.pack)
         statuses: dict[str, int] = {}
         for s in docs.statuses:
             statuses[s] = statuses.get(s, 0) + 1
-        table = build_scores_table(docs, ok, tokens, per_doc, opts.top_k)
+        table = build_scores_table(docs, planned.ok, tokens, per_doc, self.options.top_k)
         stats = Stats(
             {
                 "documents": len(docs),
                 "tokens": int(sum(len(t.token_ids) for t in tokens)),
                 "computed_positions": int(computed),
                 "padding_positions": int(padding),
+                "context_positions": int(context),
                 "statuses": statuses,
             }
         )
         return table, stats
+
+
+@dataclass
+class Planned:
+    """One batch of documents between the scorer's stages."""
+
+    docs: Documents
+    ok: list[int]  # rows with text to score
+    tokens: list[DocTokens]
+    windows: list[Window]
+    batches: list[list[Window]]
+    pack: bool
+    results: dict = field(default_factory=dict)  # (doc, window start) -> WindowScores
+
+
+def scored_tables(
+    scorer: Scorer,
+    batches: Iterable[Documents],
+    *,
+    prefetch: int,
+    on_tokens=None,
+    sink: Callable[[pa.Table], object] | None = None,
+) -> Iterator[tuple[pa.Table, Stats]]:
+    """``scorer.score`` of every batch of ``batches``, in order, each table also passed to
+    ``sink`` (a writer) in order, with the CPU overlapping the model: with ``prefetch > 0``
+    reading and :meth:`Scorer.prepare` of the next batches run in one thread, and
+    :meth:`Scorer.assemble` and ``sink`` of the last ones in another, each at most
+    ``prefetch`` batches ahead or behind (bounded queues). The tables do not depend on it."""
+
+    def finish(planned: Planned) -> tuple[pa.Table, Stats]:
+        table, stats = scorer.assemble(planned)
+        if sink is not None:
+            sink(table)
+        return table, stats
+
+    if prefetch <= 0:
+        for docs in batches:
+            yield finish(scorer.run(scorer.prepare(docs), on_tokens))
+        return
+    planned: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+
+    def produce() -> None:
+        try:
+            for docs in batches:
+                item = scorer.prepare(docs)
+                while not stop.is_set():
+                    try:
+                        planned.put(item, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        finally:
+            planned.put(_DONE)  # the consumer drains the queue until this thread ends
+
+    # One thread reads and prepares; one assembles and writes, in submission order.
+    with (
+        ThreadPoolExecutor(1, thread_name_prefix="tokedit-prepare") as reader,
+        ThreadPoolExecutor(1, thread_name_prefix="tokedit-write") as writer,
+    ):
+        producer = reader.submit(produce)
+        pending: collections.deque = collections.deque()
+        try:
+            while (item := planned.get()) is not _DONE:
+                pending.append(writer.submit(finish, scorer.run(item, on_tokens)))
+                while len(pending) > prefetch or (pending and pending[0].done()):
+                    yield pending.popleft().result()
+            producer.result()  # a reading or tokenization error surfaces here
+            while pending:
+                yield pending.popleft().result()
+        finally:
+            stop.set()
+            while not producer.done():  # let a producer blocked on a full queue end
+                try:
+                    planned.get(timeout=0.1)
+                except queue.Empty:
+                    pass
+
+
+_DONE = object()
 
 
 def build_scores_table(
