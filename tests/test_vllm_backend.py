@@ -29,7 +29,11 @@ from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend, load_tokenizer
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
-from tokedit.scoring.vllm_backend import VLLMBackend, window_scores_from_prompt_logprobs
+from tokedit.scoring.vllm_backend import (
+    VLLMBackend,
+    window_scores,
+    window_scores_from_prompt_logprobs,
+)
 from tokedit.scoring.windows import plan_windows
 
 # ---------------------------------------------------------------- vLLM's output structures
@@ -68,6 +72,7 @@ class SamplingParams:  # the vllm.SamplingParams fields tokedit sets
     prompt_logprobs: int | None = None
     detokenize: bool = True
     temperature: float = 1.0
+    flat_logprobs: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -314,14 +319,16 @@ def test_conversion_refuses_malformed_answers(plp, ids, message):
 # ---------------------------------------------------------------- loading
 
 
-def test_missing_vllm_or_gpu_is_a_clear_cli_error(tmp_path, tiny_prior, plays):
+def test_missing_vllm_is_a_clear_cli_error(tmp_path, tiny_prior, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as where it is absent
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.jsonl").write_text('{"text": "To be"}\n')
     r = invoke("score", str(data), "--model", str(tiny_prior), "--out", str(tmp_path / "o"),
                "--backend", "vllm", "-q")  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert ("pip install 'tokedit[vllm]'" in r.stderr) or ("needs a CUDA GPU" in r.stderr)
+    assert "--backend vllm needs vLLM, which cannot be imported here" in r.stderr
+    assert "pip install 'tokedit[vllm]'" in r.stderr
 
 
 @pytest.fixture
@@ -360,6 +367,7 @@ def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypat
         "prompt_logprobs": 8,
         "detokenize": False,
         "temperature": 0.0,
+        "flat_logprobs": True,
     }
 
 
@@ -378,3 +386,95 @@ def test_vllm_without_gpu_says_so(fake_vllm_module, monkeypatch, tiny_prior):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="needs a CUDA GPU"):
         VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, overlap=8))
+
+
+# ---------------------------------------------------------------- vLLM's flat answer
+
+
+@dataclass
+class FlatLogprobs:  # vllm.logprobs.FlatLogprobs: the lists, without the per-position views
+    start_indices: list[int] = field(default_factory=list)
+    end_indices: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
+
+    def append(self, ids, lps, ranks):
+        self.start_indices.append(len(self.logprobs))
+        self.token_ids += ids
+        self.logprobs += lps
+        self.ranks += ranks
+        self.end_indices.append(len(self.logprobs))
+
+    def __len__(self):
+        return len(self.start_indices)
+
+    def __getitem__(self, j):  # vLLM builds a dict of Logprob objects here: never needed
+        raise AssertionError("the flat converter read a position as a dict")
+
+    __iter__ = __getitem__
+
+
+def vllm_flat_logprobs(rows: np.ndarray, prompt_ids: list[int], k: int) -> FlatLogprobs:
+    """What vLLM returns with ``flat_logprobs=True``: per position [actual] + top-k, unmerged
+    (``append_logprobs_for_next_position`` -> ``FlatLogprobs.append_fast``)."""
+    flat = FlatLogprobs()
+    flat.append([], [], [])  # position 0: no context
+    for j in range(1, len(prompt_ids)):
+        row, actual = rows[j - 1], int(prompt_ids[j])
+        top = np.argsort(-row, kind="stable")[:k]
+        flat.append(
+            [actual, *map(int, top)],
+            [float(row[actual]), *map(float, row[top])],
+            [int((row >= row[actual]).sum()), *range(1, k + 1)],
+        )
+    return flat
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(2, 40),
+    n=st.integers(2, 30),
+    k=st.integers(0, 6),
+    min_p=st.floats(1e-4, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_flat_conversion_equals_dict_conversion(vocab, n, k, min_p, seed):
+    """The numpy reading of vLLM's flat lists gives the arrays of the dict reading, whatever
+    the actual token's rank (inside or outside the top k: the extra entry never is a candidate)."""
+    k = min(k, vocab)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (n, vocab)).astype(np.float32)
+    rows = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
+    ids = rng.integers(0, vocab, n + 1).tolist()
+    score_from = int(rng.integers(1, n + 1))
+    want = window_scores_from_prompt_logprobs(
+        vllm_prompt_logprobs(rows, ids, k), ids, score_from, top_k=k, min_p=min_p
+    )
+    got = window_scores(vllm_flat_logprobs(rows, ids, k), ids, score_from, top_k=k, min_p=min_p)
+    for name in ("logprob", "topk_ids", "topk_logprobs", "has_topk"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda f: f.end_indices.__setitem__(2, f.end_indices[2] - 1),
+            "2 entries at prompt position 2, expected 3",
+        ),
+        (
+            lambda f: f.token_ids.__setitem__(f.start_indices[1], 99),
+            "no log-prob for prompt position 1",
+        ),
+        (lambda f: f.start_indices.pop(), "2 prompt positions for a prompt of 3 tokens"),
+    ],
+)
+def test_flat_conversion_refuses_malformed_answers(edit, message):
+    rows = np.log(np.full((2, 5), 0.2, np.float32))
+    flat = vllm_flat_logprobs(rows, [1, 2, 3], 2)
+    edit(flat)
+    with pytest.raises(ValueError, match=message):
+        window_scores(flat, [1, 2, 3], 1, top_k=2, min_p=0.0)
