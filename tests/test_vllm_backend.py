@@ -30,6 +30,7 @@ from tokedit.scoring.hf import HFBackend, load_tokenizer
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
 from tokedit.scoring.vllm_backend import (
+    CPU_KV_CACHE_BYTES,
     VLLMBackend,
     window_scores,
     window_scores_from_prompt_logprobs,
@@ -85,16 +86,19 @@ def vllm_prompt_logprobs(
     the ranks [rank of actual] + 1..k (rank = number of tokens at least as likely), and
     the dict is built in that order, so a top-k entry overwrites the actual token's.
     """
+    ids = np.asarray(prompt_ids[1:], np.int64)
+    rows = rows[: len(ids)]
+    actual_lp = rows[np.arange(len(ids)), ids]
+    ranks = (rows >= actual_lp[:, None]).sum(1)
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
     out: list[dict[int, Logprob] | None] = [None]
-    for j in range(1, len(prompt_ids)):
-        row = rows[j - 1]
-        actual = int(prompt_ids[j])
-        rank = int((row >= row[actual]).sum())
-        top = np.argsort(-row, kind="stable")[:k]
-        ids = [actual, *map(int, top)]
-        ranks = [rank, *range(1, k + 1)]
+    for row, actual, rank, t in zip(rows, ids.tolist(), ranks.tolist(), top, strict=True):
+        entries = [actual, *t.tolist()]
         out.append(
-            {tid: Logprob(float(row[tid]), r, None) for tid, r in zip(ids, ranks, strict=True)}
+            {
+                tid: Logprob(float(row[tid]), r, None)
+                for tid, r in zip(entries, [rank, *range(1, k + 1)], strict=True)
+            }
         )
     return out
 
@@ -110,20 +114,24 @@ class FakeLLM:
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append((prompts, params))
         assert params.max_tokens == 1 and params.detokenize is False
-        outs = []
+        # one forward per prompt length (windows mostly share one): a causal LM's rows do not
+        # depend on the other sequences of the batch
+        by_len: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
-            ids = list(p["prompt_token_ids"])
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
-            rows = torch.log_softmax(logits, dim=-1).numpy()
-            outs.append(
-                RequestOutput(
+            by_len.setdefault(len(p["prompt_token_ids"]), []).append(i)
+        outs = [None] * len(prompts)
+        for group in by_len.values():
+            batch = torch.tensor([list(prompts[i]["prompt_token_ids"]) for i in group])
+            logits = self.model(input_ids=batch).logits.float()
+            for i, rows in zip(group, torch.log_softmax(logits, dim=-1).numpy(), strict=True):
+                ids = list(prompts[i]["prompt_token_ids"])
+                outs[i] = RequestOutput(
                     str(i),
                     None,
                     ids,
                     vllm_prompt_logprobs(rows[:-1], ids, params.prompt_logprobs),
                     [CompletionOutput(0, "", [int(rows[-1].argmax())])],
                 )
-            )
         return outs
 
 
@@ -218,7 +226,7 @@ def test_one_pass_edit_with_vllm_backend(tmp_path, tiny_prior, hf, plays, monkey
 
     data = tmp_path / "data"
     data.mkdir()
-    rows = [{"text": plays[name][:3000]} for name in ("macbeth", "hamlet", "tempest")]
+    rows = [{"text": plays[name][:1500]} for name in ("macbeth", "hamlet", "tempest")]
     pq.write_table(pa.Table.from_pylist([*rows, {"text": ""}, {"text": None}]), data / "a.parquet")
     monkeypatch.setattr(
         VLLMBackend, "load", classmethod(lambda cls, *a, **k: fake_backend(hf.model))
@@ -369,6 +377,28 @@ def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypat
         "temperature": 0.0,
         "flat_logprobs": True,
     }
+
+
+def test_vllm_cpu_build_gets_a_fixed_kv_cache(fake_vllm_module, monkeypatch, tiny_prior):
+    """vLLM's CPU build would otherwise reserve a share of the RAM (its default 0.92)."""
+    monkeypatch.setattr("tokedit.scoring.vllm_backend.is_cpu_build", lambda: True)
+    backend = VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=8))
+    llm = fake_vllm_module.created["llm"]
+    assert llm["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES and llm["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in llm
+    assert llm["dtype"] == "float32" and backend.device == "cpu"
+
+
+def test_vllm_refuses_a_top_k_above_the_vocabulary(fake_vllm_module, monkeypatch, tiny_prior):
+    from tokedit.scoring.hf import model_vocab_size
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    vocab = model_vocab_size(str(tiny_prior))
+    VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=vocab))
+    assert fake_vllm_module.created["llm"]["max_logprobs"] == vocab + 1
+    with pytest.raises(InputError, match=f"--top-k {vocab + 1}: .* {vocab} tokens") as e:
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=vocab + 1))
+    assert e.value.remedy == f"pass --top-k {vocab} or less"
 
 
 def test_vllm_refuses_windows_without_room_for_the_generated_token(
