@@ -1,7 +1,8 @@
 """``--backend vllm`` with a real vLLM engine (vLLM's CPU build), against ``--backend hf``.
 
-Two engines, each started once for the module (start-up is the cost: ~80 s for the tiny
-model, ~110 s for Gemma on two CPU cores), one at a time:
+Two engines, each started once (start-up is most of the cost: ~40 s for the tiny model,
+~75 s for Gemma on two busy CPU cores), one at a time: the tiny one serves its class and
+stops before Gemma starts; Gemma serves every Gemma test of the module.
 
 * a tiny random Llama (the test tokenizer, vocabulary 512), started with tokedit's engine
   arguments except that chunked prefill and prefix caching are ON, with fewer tokens per
@@ -13,9 +14,9 @@ model, ~110 s for Gemma on two CPU cores), one at a time:
   starts it: scores equal to ``hf``, one-pass ``edit --model --backend vllm`` equal to
   ``edit --scores``, and the authors' own loop run on vLLM's own ``RequestOutput``.
 
-``tokedit score`` loads its backend itself; here ``VLLMBackend.load`` is pointed at the
-engine already running (after checking the options it would start one with), so that one
-engine serves every test of a module.
+``tokedit score`` and ``tokedit edit --model`` load their backend themselves; here
+``VLLMBackend.load`` is pointed at the engine already running (after checking the options it
+would start one with), and the scores of a preset are computed once and shared.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from tokedit.scoring.vllm_backend import (  # noqa: E402
     engine_args,
     sampling_params,
 )
+from tokedit.scoring.windows import Window  # noqa: E402
 
 pytestmark = pytest.mark.vllm
 
@@ -153,94 +155,93 @@ def tiny_random(tmp_path_factory, tiny_prior) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_engine(tiny_random):
-    opts = ScoreOptions(max_len=TINY_MAX_LEN, top_k=TINY_TOP_K, batch_tokens=1024)
-    args = engine_args(str(tiny_random), options=opts, dtype="float32", on_cpu=True)
-    # vLLM 0.32's defaults for what tokedit turns off, made to bite: chunks of 24 tokens
-    # (a 65-token window takes three steps), prefix caching with 32-token blocks (the
-    # smallest the CPU kernels take)
-    args.update(
-        enable_chunked_prefill=True, enable_prefix_caching=True, max_num_batched_tokens=24,
-        block_size=32, gpu_memory_utilization=0.2,
-    )  # fmt: skip
-    llm = vllm.LLM(**args)
-    backend = VLLMBackend(llm, lambda k: sampling_params(vllm, k), dtype="float32", device="cpu")
-    yield backend
-    backend.close()
-    del llm, backend
-    gc.collect()
-
-
-@pytest.fixture(scope="module")
 def tiny_texts(plays) -> list[str]:
     # two documents longer than a window (several windows each), one shorter, one of one token
     return [plays["hamlet"][:1500], plays["tempest"][3000:3700], "To be, or not", "x"]
 
 
-@pytest.mark.parametrize("bos", ["always", "never"])
-def test_tiny_scores_equal_hf_in_windows_with_chunked_prefill_and_prefix_caching(
-    tmp_path, monkeypatch, tiny_random, tiny_engine, tiny_texts, bos
-):
-    config = tiny_engine.llm.llm_engine.vllm_config
-    assert config.scheduler_config.enable_chunked_prefill
-    assert config.scheduler_config.max_num_batched_tokens < TINY_MAX_LEN + 1  # prompts chunked
-    assert config.cache_config.enable_prefix_caching
-    serve(monkeypatch, tiny_engine, tiny_random, TINY_MAX_LEN, TINY_TOP_K + 1)
-    data = write_dataset(tmp_path / "data", tiny_texts)
-    opts = ScoreOptions(
-        max_len=TINY_MAX_LEN, overlap=16, top_k=TINY_TOP_K, candidates_min_p=0.05, bos=bos
-    )
-    t = score_both(tmp_path, data, tiny_random, opts)
-    assert max(t["hf"]["n_tokens"]) > 3 * TINY_MAX_LEN  # several windows
-    first = [lp[0] for lp in t["vllm"]["logprob"] if lp]
-    assert all(v is None for v in first) == (bos == "never")
-    measured = compare_scores(t["vllm"], t["hf"], ps=(0.05, 0.3, 0.6, 0.9))
-    stored = [len(c) for row in t["vllm"]["topk_ids"] for c in row]
-    assert set(stored) == {0, TINY_TOP_K}  # --candidates-min-p: some positions without
-    print(f"tiny model, bos={bos}: {measured}")
+class TestTinyRandomModel:
+    """One engine for the class, stopped before Gemma's starts (one engine at a time)."""
 
+    @pytest.fixture(scope="class")
+    def tiny_engine(self, tiny_random):
+        opts = ScoreOptions(max_len=TINY_MAX_LEN, top_k=TINY_TOP_K, batch_tokens=1024)
+        args = engine_args(str(tiny_random), options=opts, dtype="float32", on_cpu=True)
+        # vLLM 0.32's defaults for what tokedit turns off, made to bite: chunks of 24 tokens
+        # (a 65-token window takes three steps), prefix caching with 32-token blocks (the
+        # smallest the CPU kernels take)
+        args.update(
+            enable_chunked_prefill=True, enable_prefix_caching=True, max_num_batched_tokens=24,
+            block_size=32, kv_cache_memory_bytes=64 << 20,
+        )  # fmt: skip
+        llm = vllm.LLM(**args)
+        backend = VLLMBackend(
+            llm, lambda k: sampling_params(vllm, k), dtype="float32", device="cpu"
+        )
+        yield backend
+        backend.close()
+        del llm, backend
+        gc.collect()
 
-def test_tiny_prefix_cache_is_not_read_for_prompt_logprobs(tiny_engine, tiny_random):
-    """With prefix caching on, the same window scored again (its blocks now cached) gives the
-    same numbers: vLLM 0.32 marks every prompt-logprob request skip_reading_prefix_cache."""
-    params = tiny_engine._make_params(8)
-    assert params.skip_reading_prefix_cache is True
-    tok = load_tokenizer(str(tiny_random))
-    seq = np.array(
-        [0, *tok("Now is the winter of our discontent made glorious summer")["input_ids"]]
-    )
-    seq = np.resize(seq, TINY_MAX_LEN)  # repeated text: every block is a cache hit the 2nd time
-    from tokedit.scoring.windows import Window
+    @pytest.mark.parametrize("bos", ["always", "never"])
+    def test_scores_equal_hf_in_windows_with_chunked_prefill_and_prefix_caching(
+        self, tmp_path, monkeypatch, tiny_random, tiny_engine, tiny_texts, bos
+    ):
+        config = tiny_engine.llm.llm_engine.vllm_config
+        assert config.scheduler_config.enable_chunked_prefill
+        assert config.scheduler_config.max_num_batched_tokens < TINY_MAX_LEN + 1  # chunked
+        assert config.cache_config.enable_prefix_caching
+        serve(monkeypatch, tiny_engine, tiny_random, TINY_MAX_LEN, TINY_TOP_K + 1)
+        data = write_dataset(tmp_path / "data", tiny_texts)
+        opts = ScoreOptions(
+            max_len=TINY_MAX_LEN, overlap=16, top_k=TINY_TOP_K, candidates_min_p=0.05, bos=bos
+        )
+        t = score_both(tmp_path, data, tiny_random, opts)
+        assert max(t["hf"]["n_tokens"]) > 3 * TINY_MAX_LEN  # several windows
+        first = [lp[0] for lp in t["vllm"]["logprob"] if lp]
+        assert all(v is None for v in first) == (bos == "never")
+        measured = compare_scores(t["vllm"], t["hf"], ps=(0.05, 0.3, 0.6, 0.9))
+        stored = [len(c) for row in t["vllm"]["topk_ids"] for c in row]
+        assert set(stored) == {0, TINY_TOP_K}  # --candidates-min-p: some positions without
+        print(f"tiny model, bos={bos}: {measured}")
 
-    w = [Window(0, 0, len(seq), 1)]
-    first = tiny_engine.score_batch([seq], w, top_k=8, min_p=0.0)[0]
-    again = tiny_engine.score_batch([seq], w, top_k=8, min_p=0.0)[0]
-    assert len(again.logprob) == len(seq) - 1
-    np.testing.assert_array_equal(first.logprob, again.logprob)
-    np.testing.assert_array_equal(first.topk_ids, again.topk_ids)
+    def test_prefix_cache_is_not_read_for_prompt_logprobs(self, tiny_engine, tiny_random):
+        """With prefix caching on, the same window scored again (its blocks now cached) gives
+        the same numbers: vLLM 0.32 marks every prompt-logprob request
+        skip_reading_prefix_cache."""
+        params = tiny_engine._make_params(8)
+        assert params.skip_reading_prefix_cache is True
+        tok = load_tokenizer(str(tiny_random))
+        seq = np.array(
+            [0, *tok("Now is the winter of our discontent made glorious summer")["input_ids"]]
+        )
+        seq = np.resize(seq, TINY_MAX_LEN)  # repeated text: every block a cache hit the 2nd time
+        w = [Window(0, 0, len(seq), 1)]
+        first = tiny_engine.score_batch([seq], w, top_k=8, min_p=0.0)[0]
+        again = tiny_engine.score_batch([seq], w, top_k=8, min_p=0.0)[0]
+        assert len(again.logprob) == len(seq) - 1
+        np.testing.assert_array_equal(first.logprob, again.logprob)
+        np.testing.assert_array_equal(first.topk_ids, again.topk_ids)
 
+    def test_flat_logprobs_are_read_without_per_position_dicts(
+        self, tiny_engine, tiny_random, monkeypatch
+    ):
+        """vLLM answers flat lists (FlatLogprobs); tokedit reads them with numpy and never asks
+        for a position's dict (which vLLM would build, one Logprob object per entry)."""
+        from vllm.logprobs import FlatLogprobs
 
-def test_tiny_flat_logprobs_are_read_without_per_position_dicts(
-    tiny_engine, tiny_random, monkeypatch
-):
-    """vLLM answers flat lists (FlatLogprobs); tokedit reads them with numpy and never asks
-    for a position's dict (which vLLM would build, one Logprob object per entry)."""
-    from vllm.logprobs import FlatLogprobs
+        def refuse(self, index):
+            raise AssertionError("a per-position dict of Logprob objects was built")
 
-    def refuse(self, index):
-        raise AssertionError("a per-position dict of Logprob objects was built")
-
-    monkeypatch.setattr(FlatLogprobs, "__getitem__", refuse)
-    monkeypatch.setattr(FlatLogprobs, "__iter__", lambda self: refuse(self, 0))
-    seq = np.arange(3, 3 + TINY_MAX_LEN)
-    from tokedit.scoring.windows import Window
-
-    out = tiny_engine.llm.generate(
-        [{"prompt_token_ids": seq.tolist()}], tiny_engine._make_params(4), use_tqdm=False
-    )
-    assert isinstance(out[0].prompt_logprobs, FlatLogprobs)
-    ws = tiny_engine.score_batch([seq], [Window(0, 0, len(seq), 1)], top_k=4, min_p=0.0)[0]
-    assert ws.topk_ids.shape == (len(seq) - 1, 4) and ws.has_topk.all()
+        monkeypatch.setattr(FlatLogprobs, "__getitem__", refuse)
+        monkeypatch.setattr(FlatLogprobs, "__iter__", lambda self: refuse(self, 0))
+        seq = np.arange(3, 3 + TINY_MAX_LEN)
+        out = tiny_engine.llm.generate(
+            [{"prompt_token_ids": seq.tolist()}], tiny_engine._make_params(4), use_tqdm=False
+        )
+        assert isinstance(out[0].prompt_logprobs, FlatLogprobs)
+        ws = tiny_engine.score_batch([seq], [Window(0, 0, len(seq), 1)], top_k=4, min_p=0.0)[0]
+        assert ws.topk_ids.shape == (len(seq) - 1, 4) and ws.has_topk.all()
 
 
 # ---------------------------------------------------------------- Gemma 3 270M
@@ -282,14 +283,44 @@ def gemma_texts(plays) -> list[str]:
     passage the prior knows well (many tokens above P = 0.99)."""
     text = plays["hamlet"]
     at = text.index("To be, or not to be")
-    return [text[i : i + 330] for i in range(at, at + 5 * 330, 330)]
+    return [text[i : i + 300] for i in range(at, at + 4 * 300, 300)]
+
+
+@pytest.fixture(scope="module")
+def gemma_data(tmp_path_factory, gemma_texts) -> Path:
+    return write_dataset(tmp_path_factory.mktemp("gemma-data"), gemma_texts)
+
+
+@pytest.fixture(scope="module")
+def gemma_scores(tmp_path_factory, gemma, gemma_engine, gemma_data):
+    """``tokedit score --backend vllm`` of gemma_data for a preset's top-k and p (once each)."""
+    made: dict[str, Path] = {}
+
+    def scores(preset: str) -> Path:
+        if preset not in made:
+            p, rule, _ = resolve_preset(preset)
+            out = tmp_path_factory.mktemp(f"scores-{preset}")
+            with pytest.MonkeyPatch.context() as mp:
+                serve(mp, gemma_engine, gemma, GEMMA_MAX_LEN, GEMMA_TOP_K + 1)
+                score_dataset(
+                    str(gemma_data), str(out), model=str(gemma), backend="vllm",
+                    progress=False, id_column="id",
+                    options=ScoreOptions(**GEMMA_WINDOW, top_k=rule.top_k, candidates_min_p=p),
+                )  # fmt: skip
+            made[preset] = out
+        return made[preset]
+
+    return scores
+
+
+GEMMA_WINDOW = dict(max_len=GEMMA_MAX_LEN, overlap=16)
 
 
 def test_gemma_scores_equal_hf(tmp_path, monkeypatch, gemma, gemma_engine, plays):
     serve(monkeypatch, gemma_engine, gemma, GEMMA_MAX_LEN, GEMMA_TOP_K + 1)
     # one document of three windows and one of one window
     data = write_dataset(tmp_path / "data", [plays["hamlet"][5000:5900], plays["tempest"][:300]])
-    opts = ScoreOptions(max_len=GEMMA_MAX_LEN, overlap=16, top_k=8, candidates_min_p=0.0)
+    opts = ScoreOptions(**GEMMA_WINDOW, top_k=8, candidates_min_p=0.0)
     t = score_both(tmp_path, data, gemma, opts)
     assert t["hf"]["n_tokens"][0] >= 2 * GEMMA_MAX_LEN  # three windows
     measured = compare_scores(t["vllm"], t["hf"])
@@ -297,24 +328,18 @@ def test_gemma_scores_equal_hf(tmp_path, monkeypatch, gemma, gemma_engine, plays
 
 
 def test_gemma_one_pass_edit_equals_edit_from_vllm_scores(
-    tmp_path, monkeypatch, gemma, gemma_engine, gemma_texts
+    tmp_path, monkeypatch, gemma, gemma_engine, gemma_data, gemma_scores
 ):
     serve(monkeypatch, gemma_engine, gemma, GEMMA_MAX_LEN, GEMMA_TOP_K + 1)
-    data = write_dataset(tmp_path / "data", gemma_texts)
     p, rule, _ = resolve_preset("up-revise")
-    window = dict(max_len=GEMMA_MAX_LEN, overlap=16)
     summary = edit_dataset(
-        str(data), str(tmp_path / "one-pass"), model=str(gemma), progress=False,
+        str(gemma_data), str(tmp_path / "one-pass"), model=str(gemma), progress=False,
         options=EditOptions(ps=(p,), rule=rule), id_column="id",
-        model_options=ModelOptions(**window, backend="vllm"),
+        model_options=ModelOptions(**GEMMA_WINDOW, backend="vllm"),
     )  # fmt: skip
     assert summary["totals"]["p"]["0.99"]["above"] >= 5
-    score_dataset(
-        str(data), str(tmp_path / "scores"), model=str(gemma), backend="vllm", progress=False,
-        options=ScoreOptions(**window, top_k=rule.top_k, candidates_min_p=p), id_column="id",
-    )  # fmt: skip
     edit_dataset(
-        str(data), str(tmp_path / "two-pass"), scores_dir=str(tmp_path / "scores"),
+        str(gemma_data), str(tmp_path / "two-pass"), scores_dir=str(gemma_scores("up-revise")),
         options=EditOptions(ps=(p,), rule=rule), progress=False, id_column="id",
     )  # fmt: skip
     one = (tmp_path / "one-pass" / "a.parquet").read_bytes()  # one --p: no p= folders
@@ -332,25 +357,35 @@ def test_gemma_one_pass_edit_equals_edit_from_vllm_scores(
 # README's low_drop_up_revise command) on tokenizer(texts)["input_ids"].
 
 
-def authors_decisions(output, beta: float, drop: bool, rng: np.random.RandomState):
-    """Per position of one RequestOutput: ("keep" | "redraw" | "drop", token id)."""
+def authors_plan(output, beta: float, drop: bool) -> list[tuple[str, int, tuple | None]]:
+    """Per position of one RequestOutput: ("keep" | "redraw" | "drop", token id, and for a
+    redraw the dict's keys and their weights), which needs no random number."""
     out = []
     for j, entry in enumerate(output.prompt_logprobs):
         actual = output.prompt_token_ids[j]
         if entry is None:
-            out.append(("keep", actual))
+            out.append(("keep", actual, None))
             continue
         logprobs = {tid: lp.logprob for tid, lp in entry.items()}
         prob = np.exp(logprobs[actual])
         if prob > 0.99:
             scores = np.array(list(logprobs.values())) / beta
             weights = np.exp(scores - scores.max())
-            out.append(("redraw", rng.choice(list(logprobs), 1, p=weights / weights.sum())[0]))
+            out.append(("redraw", actual, (list(logprobs), weights / weights.sum())))
         elif drop and prob < 0.001:
-            out.append(("drop", actual))
+            out.append(("drop", actual, None))
         else:
-            out.append(("keep", actual))
+            out.append(("keep", actual, None))
     return out
+
+
+def authors_draws(plan, rng: np.random.RandomState) -> list[int]:
+    """The new token of each redrawn position, in order: np.random.choice as in their loop."""
+    return [rng.choice(keys, 1, p=w)[0] for what, _, (keys, w) in _redraws(plan)]
+
+
+def _redraws(plan):
+    return [d for d in plan if d[0] == "redraw"]
 
 
 @pytest.mark.parametrize(
@@ -358,7 +393,7 @@ def authors_decisions(output, beta: float, drop: bool, rng: np.random.RandomStat
     [("up-revise", 8, 1.5, False), ("low-drop-up-revise", 64, 1.0, True)],
 )
 def test_authors_loop_on_vllm_outputs_decides_as_tokedit_presets(
-    tmp_path, monkeypatch, gemma, gemma_engine, gemma_texts, preset, k, beta, drop
+    gemma, gemma_engine, gemma_texts, gemma_scores, preset, k, beta, drop
 ):
     tok = load_tokenizer(str(gemma))
     # the authors' request, on their tokenization (with Gemma's BOS), to the running engine
@@ -370,16 +405,9 @@ def test_authors_loop_on_vllm_outputs_decides_as_tokedit_presets(
         use_tqdm=False,
     )
     # tokedit: scores from vLLM, then the preset
-    serve(monkeypatch, gemma_engine, gemma, GEMMA_MAX_LEN, GEMMA_TOP_K + 1)
     p, rule, _ = resolve_preset(preset)
     assert (rule.top_k, rule.temperature, rule.drop_below > 0) == (k, beta, drop)
-    data = write_dataset(tmp_path / "data", gemma_texts)
-    score_dataset(
-        str(data), str(tmp_path / "scores"), model=str(gemma), backend="vllm", progress=False,
-        options=ScoreOptions(max_len=GEMMA_MAX_LEN, overlap=16, top_k=k, candidates_min_p=p),
-        id_column="id",
-    )  # fmt: skip
-    table = pq.read_table(tmp_path / "scores" / "a.parquet")
+    table = pq.read_table(gemma_scores(preset) / "a.parquet")
     sb = ScoreBatch.from_table(table)
     banned = banned_mask(tok)
 
@@ -395,28 +423,28 @@ def test_authors_loop_on_vllm_outputs_decides_as_tokedit_presets(
         for q, new_id in zip(edited.edits["pos"][a:b], edited.edits["new_id"][a:b], strict=True):
             if new_id == -1:
                 deleted.add(int(sb.row_offsets[r]) + int(q))
-    theirs = [authors_decisions(o, beta, drop, np.random.RandomState(0)) for o in outputs]
+    plans = [authors_plan(o, beta, drop) for o in outputs]
     redraw = {
         int(sb.row_offsets[d]) + j - 1  # their position j (after BOS) is our token j - 1
-        for d, dec in enumerate(theirs) for j, (what, _) in enumerate(dec) if what == "redraw"
+        for d, plan in enumerate(plans) for j, (what, _, _) in enumerate(plan) if what == "redraw"
     }  # fmt: skip
     dropped = {
         int(sb.row_offsets[d]) + j - 1
-        for d, dec in enumerate(theirs) for j, (what, _) in enumerate(dec) if what == "drop"
+        for d, plan in enumerate(plans) for j, (what, _, _) in enumerate(plan) if what == "drop"
     }  # fmt: skip
     assert set(ours.pos.tolist()) == redraw and len(redraw) >= 5
     assert deleted == dropped and (len(dropped) >= 5) == drop
+    print(f"{preset}: {len(redraw)} redrawn, {len(dropped)} deleted of {len(sb.token_ids)}")
 
     # the same rate of change within sampling noise, over many draws of both
     n_draws = 300
     theirs_changed = 0
     for s in range(n_draws):  # one random state over the whole batch, as np.random in theirs
         rng = np.random.RandomState(s)
-        for o in outputs:
-            decisions = authors_decisions(o, beta, drop, rng)
+        for plan in plans:
+            new = authors_draws(plan, rng)
             theirs_changed += sum(
-                what == "redraw" and new != o.prompt_token_ids[j]
-                for j, (what, new) in enumerate(decisions)
+                n != actual for n, (_, actual, _) in zip(new, _redraws(plan), strict=True)
             )
     ours_changed = 0
     for s in range(n_draws):
