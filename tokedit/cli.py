@@ -190,9 +190,9 @@ def model_options(*, one_pass: bool = False):
     where they are ignored with ``--scores`` and ``--bos`` is checked against the scores."""
     only = "--model only. " if one_pass else ""
     backend_help = (
-        "--model: hf draws from full rows (any --top-k); vllm (CUDA GPU) from its top-k candidates (--top-k >= 1)."
+        "--model: hf draws from full rows (any --top-k); vllm (a CUDA GPU, or vLLM's CPU build) from its top-k candidates (--top-k >= 1)."
         if one_pass
-        else "hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]')."
+        else "hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]') or its CPU build (docs/gpus.md)."
     )
     bos_help = (
         "--model: as for tokedit score  [default: auto]. With --scores: checked against the "

@@ -51,7 +51,7 @@ class ModelOptions:
     device: str = "auto"
     dtype: str = "auto"
     revision: str | None = None
-    backend: str = "hf"  # "vllm": top-k candidates only (no --top-k 0), on a CUDA GPU
+    backend: str = "hf"  # "vllm": top-k candidates only (no --top-k 0); GPU or vLLM's CPU build
 
 
 def parse_ps(text: str | Sequence[float]) -> tuple[float, ...]:

@@ -100,16 +100,26 @@ def load_causal_lm(model: str, revision: str | None = None, **kwargs):
         raise InputError(f"cannot load model {model!r}: {e}", remedy=_LOAD_REMEDY) from e
 
 
-def model_positions(model: str, revision: str | None = None) -> int | None:
-    """The model's number of positions, read from its config (no weights loaded)."""
+def _model_config(model: str, revision: str | None = None):
     from transformers import AutoConfig
 
     _check_model_path(model)
     try:
-        config = AutoConfig.from_pretrained(resolve_model(model), revision=revision)
+        return AutoConfig.from_pretrained(resolve_model(model), revision=revision)
     except Exception as e:
         raise InputError(f"cannot load the config of {model!r}: {e}", remedy=_LOAD_REMEDY) from e
-    return getattr(config, "max_position_embeddings", None)
+
+
+def model_positions(model: str, revision: str | None = None) -> int | None:
+    """The model's number of positions, read from its config (no weights loaded)."""
+    return getattr(_model_config(model, revision), "max_position_embeddings", None)
+
+
+def model_vocab_size(model: str, revision: str | None = None) -> int | None:
+    """The size of the model's output vocabulary, read from its config (no weights loaded)."""
+    config = _model_config(model, revision)
+    config = getattr(config, "get_text_config", lambda: config)()
+    return getattr(config, "vocab_size", None)
 
 
 def tokenizer_hash(tokenizer) -> str:
