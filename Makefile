@@ -24,7 +24,7 @@ $(BIN)/.vllm-installed: requirements-vllm.txt $(BIN)/.installed
 install: $(BIN)/.installed $(BIN)/.vllm-installed
 
 ## demo: fresh clone -> venv -> corpus -> a prior trained here -> score -> edit -> report
-demo: install
+demo: $(BIN)/.installed
 	$(BIN)/tokedit demo --out $(DEMO_OUT)
 
 ## test: the whole test suite (what CI runs). The tests run in one worker process of

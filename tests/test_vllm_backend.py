@@ -355,6 +355,9 @@ def fake_vllm_module(monkeypatch):
 
     mod.LLM, mod.SamplingParams = LLM, sampling_params
     monkeypatch.setitem(sys.modules, "vllm", mod)
+    # the stand-in has no platforms package: a real vLLM imported earlier in this process
+    # (tests/test_vllm_real.py) must not answer for it
+    monkeypatch.setitem(sys.modules, "vllm.platforms", None)
     return mod
 
 
