@@ -273,6 +273,14 @@ def test_vllm_one_pass_edit_refuses_the_full_distribution(tmp_path, tiny_prior):
     assert r.returncode == 2 and "with --scores nothing is scored" in r.stderr
 
 
+def random_prompt(vocab: int, n: int, seed: int):
+    """A generator, the log-softmax rows of ``n`` random positions, and ``n + 1`` prompt ids."""
+    rng = np.random.default_rng(seed)
+    logits = rng.normal(0, 3, (n, vocab)).astype(np.float32)
+    rows = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
+    return rng, rows, rng.integers(0, vocab, n + 1).tolist()
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     vocab=st.integers(2, 40),
@@ -283,10 +291,7 @@ def test_vllm_one_pass_edit_refuses_the_full_distribution(tmp_path, tiny_prior):
 )
 def test_conversion_properties(vocab, n, k, min_p, seed):
     k = min(k, vocab)
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(0, 3, (n, vocab)).astype(np.float32)
-    rows = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
-    ids = rng.integers(0, vocab, n + 1).tolist()
+    rng, rows, ids = random_prompt(vocab, n, seed)
     plp = vllm_prompt_logprobs(rows, ids, k)
     score_from = int(rng.integers(1, n + 1))
     ws = window_scores_from_prompt_logprobs(plp, ids, score_from, top_k=k, min_p=min_p)
@@ -476,10 +481,7 @@ def test_flat_conversion_equals_dict_conversion(vocab, n, k, min_p, seed):
     """The numpy reading of vLLM's flat lists gives the arrays of the dict reading, whatever
     the actual token's rank (inside or outside the top k: the extra entry never is a candidate)."""
     k = min(k, vocab)
-    rng = np.random.default_rng(seed)
-    logits = rng.normal(0, 3, (n, vocab)).astype(np.float32)
-    rows = (logits - np.log(np.exp(logits).sum(1, keepdims=True))).astype(np.float32)
-    ids = rng.integers(0, vocab, n + 1).tolist()
+    rng, rows, ids = random_prompt(vocab, n, seed)
     score_from = int(rng.integers(1, n + 1))
     want = window_scores_from_prompt_logprobs(
         vllm_prompt_logprobs(rows, ids, k), ids, score_from, top_k=k, min_p=min_p
