@@ -164,7 +164,8 @@ class TestTinyRandomModel:
     """One engine for the class, stopped before Gemma's starts (one engine at a time)."""
 
     @pytest.fixture(scope="class")
-    def tiny_engine(self, tiny_random):
+    @classmethod
+    def tiny_engine(cls, tiny_random):
         opts = ScoreOptions(max_len=TINY_MAX_LEN, top_k=TINY_TOP_K, batch_tokens=1024)
         args = engine_args(str(tiny_random), options=opts, dtype="float32", on_cpu=True)
         # vLLM 0.32's defaults for what tokedit turns off, made to bite: chunks of 24 tokens
