@@ -281,14 +281,18 @@ def random_prompt(vocab: int, n: int, seed: int):
     return rng, rows, rng.integers(0, vocab, n + 1).tolist()
 
 
-@settings(max_examples=60, deadline=None)
-@given(
+# the examples of both conversion properties: vocabulary, positions, top k, min-p, seed
+conversion_examples = given(
     vocab=st.integers(2, 40),
     n=st.integers(2, 30),
     k=st.integers(0, 6),
     min_p=st.floats(1e-4, 1.0),
     seed=st.integers(0, 2**31),
 )
+
+
+@settings(max_examples=60, deadline=None)
+@conversion_examples
 def test_conversion_properties(vocab, n, k, min_p, seed):
     k = min(k, vocab)
     rng, rows, ids = random_prompt(vocab, n, seed)
@@ -470,13 +474,7 @@ def vllm_flat_logprobs(rows: np.ndarray, prompt_ids: list[int], k: int) -> FlatL
 
 
 @settings(max_examples=60, deadline=None)
-@given(
-    vocab=st.integers(2, 40),
-    n=st.integers(2, 30),
-    k=st.integers(0, 6),
-    min_p=st.floats(1e-4, 1.0),
-    seed=st.integers(0, 2**31),
-)
+@conversion_examples
 def test_flat_conversion_equals_dict_conversion(vocab, n, k, min_p, seed):
     """The numpy reading of vLLM's flat lists gives the arrays of the dict reading, whatever
     the actual token's rank (inside or outside the top k: the extra entry never is a candidate)."""
