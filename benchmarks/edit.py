@@ -46,8 +46,8 @@ def pin_one_core() -> str:
 def build_fixture(root: Path) -> tuple[Path, Path]:
     """The tests' corpus (6 plays), tiny prior and scores (candidates_min_p=0.05), cached."""
     from tokedit.demo import read_plays, write_demo_corpus
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
     from tokedit.training.trainer import TrainConfig, train_model
 
     corpus, prior, scores = root / "corpus", root / "prior", root / "scores"
@@ -69,7 +69,7 @@ def build_fixture(root: Path) -> tuple[Path, Path]:
             str(corpus),
             str(scores),
             model=str(prior),
-            options=ScoreOptions(max_len=256, overlap=64, candidates_min_p=0.05),
+            options=ScoreOptions(max_length=256, overlap=64, candidates_min_p=0.05),
             id_column="id",
             progress=False,
         )

@@ -27,8 +27,8 @@ import pyarrow.parquet as pq
 from tokedit.demo import read_plays
 from tokedit.editor.run import edit_dataset
 from tokedit.io.texts import split_documents
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 
 DTYPES = ("float32", "bfloat16", "float16")
 P = 0.99
@@ -73,7 +73,7 @@ def main() -> None:
                 str(work / "data"),
                 str(work / dtype),
                 model=args.model,
-                options=ScoreOptions(max_len=args.max_length, top_k=8),
+                options=ScoreOptions(max_length=args.max_length, top_k=8),
                 device="cpu",
                 dtype=dtype,
                 id_column="id",

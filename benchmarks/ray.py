@@ -47,8 +47,8 @@ from tokedit.demo import read_plays  # noqa: E402
 from tokedit.editor.run import edit_dataset  # noqa: E402
 from tokedit.engines.ray_engine import ray_session  # noqa: E402
 from tokedit.io.texts import split_documents  # noqa: E402
+from tokedit.scoring.options import ScoreOptions  # noqa: E402
 from tokedit.scoring.run import score_dataset  # noqa: E402
-from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("score_bench", Path(__file__).with_name("score.py"))
 _score_bench = importlib.util.module_from_spec(_spec)
@@ -79,7 +79,7 @@ MEMORY_PROBE = r"""
 import json, os, resource, sys, threading, time
 import psutil
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
+from tokedit.scoring.options import ScoreOptions
 
 corpus, model, out = sys.argv[1:4]
 peak = {"actor": 0}
@@ -97,13 +97,13 @@ def sample():
         time.sleep(0.1)
 
 threading.Thread(target=sample, daemon=True).start()
-s = score_dataset(corpus, out, model=model, options=ScoreOptions(max_len=256, overlap=64),
+s = score_dataset(corpus, out, model=model, options=ScoreOptions(max_length=256, overlap=64),
                   progress=False, engine="ray")
 stop.set()
 print(json.dumps({
     "driver_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "actor_mb": peak["actor"] / 2**20,
-    "tokens": s["run"]["tokens"],
+    "tokens": s.run.tokens,
 }))
 """
 
@@ -147,7 +147,7 @@ def main() -> None:
         model = make_model(docs, work, "small", 4096)
         corpus = write_shards(work / "corpus", sample, args.shards)
         opts = ScoreOptions(
-            max_len=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
+            max_length=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
         )
         print(
             f"corpus: {len(sample)} documents, {sum(map(len, sample)) / 1e6:.2f} M chars in {args.shards} shards; "
@@ -166,13 +166,13 @@ def main() -> None:
                 str(corpus), str(work / f"local-{rep}"), model=str(model), options=opts,
                 progress=False,
             )  # fmt: skip
-            rates["local"].append(local["tokens_per_s"])
+            rates["local"].append(local.tokens_per_s)
             if not args.skip_edit:
                 edited = edit_dataset(
                     str(corpus), str(work / f"edit-local-{rep}"),
                     scores_dir=str(work / f"local-{rep}"), progress=False,
                 )  # fmt: skip
-                edit_rates["local"].append(edited["tokens_per_s"])
+                edit_rates["local"].append(edited.tokens_per_s)
             t0 = time.perf_counter()
             with ray_session(None):
                 print(
@@ -186,16 +186,16 @@ def main() -> None:
                     )  # fmt: skip
                     if outputs(out) != outputs(work / f"local-{rep}"):
                         differ.add(pool_label(size))
-                    rates[pool_label(size)].append(s["tokens_per_s"])
+                    rates[pool_label(size)].append(s.tokens_per_s)
                 if not args.skip_edit:
                     out = work / f"edit-ray-{rep}"
                     edited = edit_dataset(
                         str(corpus), str(out), scores_dir=str(work / f"local-{rep}"),
                         progress=False, engine="ray",
                     )  # fmt: skip
-                    edit_rates["ray"].append(edited["tokens_per_s"])
+                    edit_rates["ray"].append(edited.tokens_per_s)
                     edit_differ |= outputs(out) != outputs(work / f"edit-local-{rep}")
-        tokens = local["run"]["tokens"]
+        tokens = local.run.tokens
         print(
             f"{tokens} tokens per run; tokens/s end to end (model loading included), best of {args.repeats}:"
         )

@@ -90,8 +90,8 @@ def main() -> None:
     )
     from tokedit.demo import read_plays, write_demo_corpus
     from tokedit.editor import EditOptions, edit_dataset
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
     from tokedit.training.trainer import TrainConfig, train_model
 
     out = Path(args.out)
@@ -116,7 +116,7 @@ def main() -> None:
             progress=False,
             log=lambda m: None,
         )
-    sopts = ScoreOptions(max_len=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05)
+    sopts = ScoreOptions(max_length=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05)
     hs = out / "human-scores"
     score_dataset(
         str(human), str(hs), model=str(prior), options=sopts, id_column="id", progress=False

@@ -46,8 +46,8 @@ import torch
 
 from tokedit.demo import read_plays
 from tokedit.io.texts import split_documents
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 from tokedit.training.prior import build_model, train_tokenizer
 
 
@@ -94,10 +94,10 @@ def scored_in_a_process(corpus: Path, model: Path, out: Path, opts: ScoreOptions
     code = (
         "import json\n"
         "from tokedit.scoring.run import score_dataset\n"
-        "from tokedit.scoring.scorer import ScoreOptions\n"
-        f"s = score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_len={opts.max_len}, overlap={opts.overlap}, batch_tokens={opts.batch_tokens}), device='cpu', progress=False)\n"
+        "from tokedit.scoring.options import ScoreOptions\n"
+        f"s = score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_length={opts.max_length}, overlap={opts.overlap}, batch_tokens={opts.batch_tokens}), device='cpu', progress=False)\n"
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-        "print(json.dumps({'tokens': s['run']['tokens'], 'totals': s['totals'], 'rss_mb': int(hwm.split()[1]) / 1024}))\n"
+        "print(json.dumps({'tokens': s.run.tokens, 'totals': {'compute_overhead': s.totals.compute_overhead}, 'rss_mb': int(hwm.split()[1]) / 1024}))\n"
     )
     t0 = time.perf_counter()
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -125,8 +125,8 @@ def peak_rss_mb(corpus: Path, model: Path, out: Path, max_len: int = 256) -> flo
     code = (
         "import sys\n"
         "from tokedit.scoring.run import score_dataset\n"
-        "from tokedit.scoring.scorer import ScoreOptions\n"
-        f"score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_len={max_len}, overlap=64), progress=False)\n"
+        "from tokedit.scoring.options import ScoreOptions\n"
+        f"score_dataset({str(corpus)!r}, {str(out)!r}, model={str(model)!r}, options=ScoreOptions(max_length={max_len}, overlap=64), progress=False)\n"
         # VmHWM, not ru_maxrss: ru_maxrss survives fork + exec, so a child of a large
         # benchmark process would report the parent's peak.
         "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
@@ -195,15 +195,15 @@ def main() -> None:
         print(f"raw forward (packed, no padding):  {raw:10.0f} tokens/s")
 
         opts = ScoreOptions(
-            max_len=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
+            max_length=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
         )
         t0 = time.perf_counter()
         s = score_dataset(
             str(corpus), str(work / "scores"), model=str(model_path), options=opts, progress=False
         )
-        e2e = s["run"]["tokens"] / (time.perf_counter() - t0)  # includes model loading
-        padding = s["totals"]["padding_share"]
-        overlap_extra = s["totals"]["computed_positions"] / s["run"]["tokens"] - 1
+        e2e = s.run.tokens / (time.perf_counter() - t0)  # includes model loading
+        padding = s.totals.padding_share
+        overlap_extra = s.totals.computed_positions / s.run.tokens - 1
         print(
             f"tokedit score end to end:          {e2e:10.0f} tokens/s   ({e2e / raw:.2f} x raw forward; goal >= 0.85)"
         )
@@ -260,7 +260,7 @@ def real_prior(args) -> None:
         corpus.mkdir()
         pq.write_table(pa.Table.from_pylist([{"text": t} for t in sample]), corpus / "docs.parquet")
         opts = ScoreOptions(
-            max_len=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
+            max_length=args.max_length, overlap=args.max_length // 8, batch_tokens=args.batch_tokens
         )
         e2e = scored_in_a_process(corpus, Path(args.model), work / "scores", opts)
         model = load_causal_lm(args.model, dtype=torch.float32).eval()

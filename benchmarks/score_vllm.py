@@ -23,7 +23,8 @@ import numpy as np
 
 from tokedit.demo import read_plays
 from tokedit.scoring.hf import HFBackend, load_tokenizer
-from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
+from tokedit.scoring.options import ScoreOptions
+from tokedit.scoring.scorer import tokenize_documents
 from tokedit.scoring.vllm_backend import VLLMBackend
 from tokedit.scoring.windows import plan_windows
 
@@ -81,7 +82,9 @@ def main() -> None:
     print(f"hf   ({hf.device}): start {start_hf:6.1f} s, {n / secs_hf:8.1f} tokens/s")
     del hf
 
-    opts = ScoreOptions(max_len=args.max_length, top_k=args.top_k, batch_tokens=args.batch_tokens)
+    opts = ScoreOptions(
+        max_length=args.max_length, top_k=args.top_k, batch_tokens=args.batch_tokens
+    )
     t = time.perf_counter()
     vl = VLLMBackend.load(model, options=opts, dtype="float32")
     start_vl = time.perf_counter() - t

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
             for kind in ("local", "s3"):  # alternate, so that machine load hits both alike
                 seconds, s = run(kind, i)
                 best[kind] = min(best[kind], seconds)
-                tokens = max(c.get("tokens", 0) for c in s["run"].values())
+                tokens = s.tokens
 
         local_out = work / "local-0"
         local_files = {

@@ -93,15 +93,15 @@ def tiny_prior(tmp_path_factory, corpus_dir) -> Path:
 @pytest.fixture(scope="session")
 def tiny_scores(tmp_path_factory, corpus_dir, tiny_prior) -> Path:
     """Scores of ``corpus_dir`` by ``tiny_prior``, with candidates wherever P >= 0.05."""
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
 
     out = tmp_path_factory.mktemp("scores")
     score_dataset(
         str(corpus_dir),
         str(out),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05),
+        options=ScoreOptions(max_length=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05),
         id_column="id",
         progress=False,
     )

@@ -8,11 +8,12 @@ import pyarrow.parquet as pq
 import pytest
 from scale_helpers import invoke, write_rows
 
-from tokedit.editor import EditOptions, ModelOptions, edit_dataset
+from tokedit.editor import EditOptions, edit_dataset
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions, bos_prepended
+from tokedit.scoring.scorer import bos_prepended
 from tokedit.training.prior import train_tokenizer
 
 PS = (0.1, 0.3, 0.5)
@@ -89,7 +90,7 @@ def _score(data, out, prior, bos):
         str(data),
         str(out),
         model=str(prior),
-        options=ScoreOptions(max_len=128, overlap=32, candidates_min_p=0.05, bos=bos),
+        options=ScoreOptions(max_length=128, overlap=32, candidates_min_p=0.05, bos=bos),
         device="cpu",
         progress=False,
     )
@@ -149,7 +150,7 @@ def test_edit_refuses_scores_made_with_another_bos(
             str(tmp_path / "out"),
             scores_dir=str(scored[scores]),
             options=EditOptions(ps=(0.5,)),
-            model_options=ModelOptions(bos=bos),
+            **({"bos": bos} if bos else {}),
             progress=False,
         )
 
@@ -158,7 +159,7 @@ def test_edit_refuses_scores_made_with_another_bos(
             run()
         assert f"tokedit score --bos {bos}" in e.value.remedy
     else:
-        assert run()["totals"]["p"]["0.5"]["scored"] > 0
+        assert run().totals["0.5"].scored > 0
 
 
 @pytest.mark.parametrize("bos,add_bos", [(None, False), ("always", True)])
@@ -170,7 +171,10 @@ def test_one_pass_edit_uses_and_records_the_bos(
         str(tmp_path),
         model=str(tiny_prior),
         options=EditOptions(ps=PS),
-        model_options=ModelOptions(max_len=128, overlap=32, bos=bos, device="cpu"),
+        max_length=128,
+        overlap=32,
+        device="cpu",
+        **({"bos": bos} if bos else {}),
         progress=False,
     )
     m = read_manifest(tmp_path)
@@ -180,7 +184,7 @@ def test_one_pass_edit_uses_and_records_the_bos(
     same, other = (
         (scored["always"], scored["auto"]) if add_bos else (scored["auto"], scored["always"])
     )
-    got = [s["totals"]["p"][repr(p)]["above"] for p in PS]
+    got = [s.totals[repr(p)].above for p in PS]
     assert got == [n_above(same, p) for p in PS] != [n_above(other, p) for p in PS]
 
 

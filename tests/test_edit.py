@@ -22,8 +22,8 @@ from scale_helpers import assert_edits_byte_exact, invoke
 
 from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import load_tokenizer
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 
 NON_ASCII = [
     "Café crème, naïve façade — déjà vu à Noël. Übermäßig schöne Straße! The king is dead.",
@@ -425,7 +425,7 @@ def mixed(tmp_path_factory, tiny_prior, plays):
         str(corpus),
         str(scores),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=128, overlap=32, candidates_min_p=0.01),
+        options=ScoreOptions(max_length=128, overlap=32, candidates_min_p=0.01),
         id_column="id",
         progress=False,
     )

@@ -80,8 +80,8 @@ def test_a_corrupt_file_is_refused_and_nothing_is_left(tmp_path, gemma):
 
 def test_gguf_file_resolves_to_its_conversion_and_scores_identically(tmp_path, gemma):
     """``--model file.gguf`` (a copy elsewhere) and ``--model DIR`` give the same bytes."""
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
 
     copy = tmp_path / "models" / "my-prior.gguf"
     copy.parent.mkdir()
@@ -100,6 +100,14 @@ def test_gguf_file_resolves_to_its_conversion_and_scores_identically(tmp_path, g
         score_dataset(str(data), str(out), model=model, options=ScoreOptions(), progress=False)
         outs.append(out)
     assert (outs[0] / "a.parquet").read_bytes() == (outs[1] / "a.parquet").read_bytes()
+    # the Python API, the prior named as in `tokedit prior list`: the same scores table
+    import tokedit
+
+    prior = tokedit.load_prior("gemma-3-270m")
+    assert prior.model == str(gemma)
+    text = pq.read_table(data / "a.parquet").column("text").to_pylist()
+    scores = prior.score(text, ids=["a.parquet:0"])
+    assert scores.to_arrow().equals(pq.read_table(outs[1] / "a.parquet"))
     manifest = read_manifest(outs[0])
     assert manifest["options"]["model_source"]["gguf_sha256"] == GEMMA_3_270M.sha256
     assert manifest["options"]["model_source"]["quantization"] == "Q4_K_M"
@@ -132,8 +140,8 @@ def _windows(n: int, max_len: int, overlap: int):
 def test_stored_logprobs_equal_an_independent_forward_across_windows(
     tmp_path, plays, gemma, gemma_model, gemma_tok
 ):
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
 
     text = plays["hamlet"][20_000:22_100]
     data = tmp_path / "data"
@@ -145,7 +153,7 @@ def test_stored_logprobs_equal_an_independent_forward_across_windows(
         str(tmp_path / "s"),
         model=str(gemma),
         options=ScoreOptions(
-            max_len=max_len, overlap=overlap, batch_tokens=4096, top_k=4, candidates_min_p=0.5
+            max_length=max_len, overlap=overlap, batch_tokens=4096, top_k=4, candidates_min_p=0.5
         ),
         id_column="id",
         progress=False,

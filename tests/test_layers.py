@@ -1,6 +1,7 @@
 """The package's shape: imports between tokedit's subpackages run one way, down the layers
 
-    io -> engines -> scoring -> editor -> analysis, training -> experiments -> demo, cli
+    io -> engines -> scoring -> editor -> analysis, training -> experiments -> api
+    -> integrations -> demo, cli
 
 (a module may import its own layer and the layers before it, never a later one), and no two
 modules import each other, directly or round a cycle. Imports inside functions count: a lazy
@@ -17,6 +18,7 @@ import tokedit
 PACKAGE = Path(tokedit.__file__).parent
 LAYERS = {
     "errors": 0,
+    "config": 0,
     "io": 1,
     "engines": 2,
     "scoring": 3,
@@ -24,9 +26,11 @@ LAYERS = {
     "analysis": 5,
     "training": 5,
     "experiments": 6,
-    "demo": 7,
-    "cli": 7,
-    "__main__": 8,
+    "api": 7,
+    "integrations": 8,
+    "demo": 9,
+    "cli": 9,
+    "__main__": 10,
 }
 SIBLINGS_APART = {frozenset({"analysis", "training"})}  # same layer, independent
 

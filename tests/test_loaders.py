@@ -24,8 +24,8 @@ import pytest
 from scale_helpers import cli_command, mixed_corpus, run_cli, temp_files
 
 from tokedit.io.manifest import find_manifest, legacy_manifest_path, manifest_path, read_manifest
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 
 PROVENANCE = [
     "tokedit_n_above",
@@ -134,11 +134,11 @@ def test_old_style_manifest_is_read_in_place_and_moved_by_a_resume(
         str(corpus_dir),
         str(scores),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05),
+        options=ScoreOptions(max_length=256, overlap=64, batch_tokens=8192, candidates_min_p=0.05),
         id_column="id",
         progress=False,
     )
-    assert rerun["skipped"] == 4 and not legacy_manifest_path(scores).exists()
+    assert rerun.skipped == 4 and not legacy_manifest_path(scores).exists()
     assert len(load("parquet", scores, tmp_path)) == sum(
         e["rows"] for e in read_manifest(scores)["shards"].values()
     )

@@ -28,8 +28,8 @@ import transformers
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 
 MAX_LEN, OVERLAP = 48, 8
 HIDDEN, HEADS, LAYERS = 32, 4, 2
@@ -198,7 +198,7 @@ def test_stored_logprobs_equal_the_models_own_logits(tmp_path, zoo, zoo_tokenize
             str(data),
             str(out),
             model=str(dirs[family]),
-            options=ScoreOptions(max_len=MAX_LEN, overlap=OVERLAP, batch_tokens=4096, bos=bos),
+            options=ScoreOptions(max_length=MAX_LEN, overlap=OVERLAP, batch_tokens=4096, bos=bos),
             device="cpu",
             dtype="float32",
             progress=False,
@@ -263,7 +263,7 @@ def test_unknown_logit_post_processing_is_refused(tmp_path, zoo, zoo_tokenizer):
             str(data),
             str(tmp_path / "scores"),
             model=str(tmp_path / "tripled"),
-            options=ScoreOptions(max_len=MAX_LEN, overlap=OVERLAP),
+            options=ScoreOptions(max_length=MAX_LEN, overlap=OVERLAP),
             device="cpu",
             dtype="float32",
             progress=False,

@@ -38,8 +38,8 @@ from tokedit.engines.ray_engine import (  # noqa: E402
 )
 from tokedit.errors import InputError  # noqa: E402
 from tokedit.io.manifest import read_manifest  # noqa: E402
+from tokedit.scoring.options import ScoreOptions  # noqa: E402
 from tokedit.scoring.run import ShardScorer  # noqa: E402
-from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
 
 
 @pytest.fixture(scope="module")

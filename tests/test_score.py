@@ -20,8 +20,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokedit.demo import write_demo_corpus
 from tokedit.io.manifest import read_manifest
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 from tokedit.scoring.windows import partition_starts, plan_batches, plan_windows
 
 # ---------------------------------------------------------------- pure planning
@@ -104,7 +104,11 @@ def test_logprobs_equal_independent_forward(tmp_path, long_doc_dir, tiny_prior, 
         str(tmp_path),
         model=str(tiny_prior),
         options=ScoreOptions(
-            max_len=max_len, overlap=overlap, batch_tokens=700, candidates_min_p=0.05, bos="always"
+            max_length=max_len,
+            overlap=overlap,
+            batch_tokens=700,
+            candidates_min_p=0.05,
+            bos="always",
         ),
         id_column="id",
         progress=False,
@@ -149,7 +153,7 @@ def test_offsets_partition_text_even_with_multibyte_characters(tmp_path, long_do
         str(data_dir),
         str(tmp_path),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=128, overlap=32),
+        options=ScoreOptions(max_length=128, overlap=32),
         id_column="id",
         progress=False,
     )
@@ -174,7 +178,7 @@ def test_no_bos_leaves_first_logprob_null(tmp_path, long_doc_dir, tiny_prior, bo
         str(data_dir),
         str(tmp_path),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=128, overlap=32, bos=bos),
+        options=ScoreOptions(max_length=128, overlap=32, bos=bos),
         progress=False,
     )
     row = pq.read_table(tmp_path / "a.parquet").to_pylist()[1]
@@ -190,7 +194,7 @@ def test_batch_budget_does_not_change_scores(tmp_path, small_corpus, tiny_prior)
             str(small_corpus),
             str(out),
             model=str(tiny_prior),
-            options=ScoreOptions(max_len=128, overlap=32, batch_tokens=budget),
+            options=ScoreOptions(max_length=128, overlap=32, batch_tokens=budget),
             num_shards=4,
             shard_index=1,
             progress=False,

@@ -24,8 +24,8 @@ from tokedit.io.read import STATUS_OK
 from tokedit.io.storage import file_sha256
 from tokedit.scoring import hf
 from tokedit.scoring.hf import HFBackend, load_tokenizer
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions
 from tokedit.scoring.windows import batch_layout, padding_stats, plan_batches, plan_windows
 
 HOST_READS = {"cpu", "numpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__"}
@@ -101,7 +101,7 @@ def test_manifest_records_the_chunk_size(tmp_path, corpus_dir, tiny_prior):
         str(corpus_dir),
         str(out),
         model=str(tiny_prior),
-        options=ScoreOptions(max_len=128, overlap=16),
+        options=ScoreOptions(max_length=128, overlap=16),
         device="cpu",
         dtype="float32",
         num_shards=4,
@@ -173,7 +173,7 @@ def test_bytes_do_not_depend_on_prefetch(tmp_path, plays, tiny_prior):
             str(tmp_path / "data"),
             str(out),
             model=str(tiny_prior),
-            options=ScoreOptions(max_len=128, overlap=16, batch_tokens=2048),
+            options=ScoreOptions(max_length=128, overlap=16, batch_tokens=2048),
             device="cpu",
             dtype="float32",
             batch_rows=16,  # many batches of documents per shard

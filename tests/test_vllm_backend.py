@@ -22,13 +22,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scale_helpers import invoke
 
-from tokedit.editor import EditOptions, ModelOptions, edit_dataset
+from tokedit.editor import EditOptions, edit_dataset
 from tokedit.editor.rules import EditRule
 from tokedit.errors import InputError
 from tokedit.io.manifest import read_manifest
 from tokedit.scoring.hf import HFBackend, load_tokenizer
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.run import score_dataset
-from tokedit.scoring.scorer import ScoreOptions, tokenize_documents
+from tokedit.scoring.scorer import tokenize_documents
 from tokedit.scoring.vllm_backend import (
     CPU_KV_CACHE_BYTES,
     VLLMBackend,
@@ -200,7 +201,7 @@ def test_score_dataset_with_vllm_backend_matches_hf(tmp_path, tiny_prior, hf, pl
     monkeypatch.setattr(
         VLLMBackend, "load", classmethod(lambda cls, *a, **k: fake_backend(hf.model))
     )
-    opts = ScoreOptions(max_len=96, overlap=24, candidates_min_p=0.1)
+    opts = ScoreOptions(max_length=96, overlap=24, candidates_min_p=0.1)
     tables = {}
     for backend in ("hf", "vllm"):
         score_dataset(
@@ -232,16 +233,16 @@ def test_one_pass_edit_with_vllm_backend(tmp_path, tiny_prior, hf, plays, monkey
         VLLMBackend, "load", classmethod(lambda cls, *a, **k: fake_backend(hf.model))
     )
     rule, ps = EditRule(top_k=8), (0.3, 0.6)
-    window = dict(max_len=96, overlap=24)
+    window = dict(max_length=96, overlap=24)
     out = {}
     for backend in ("vllm", "hf"):
         out[backend] = tmp_path / f"one-pass-{backend}"
         summary = edit_dataset(
             str(data), str(out[backend]), model=str(tiny_prior),
             options=EditOptions(ps=ps, rule=rule), progress=False,
-            model_options=ModelOptions(**window, device="cpu", backend=backend),
+            **window, device="cpu", backend=backend,
         )  # fmt: skip
-        assert summary["totals"]["p"]["0.3"]["changed"] > 0
+        assert summary.totals["0.3"].changed > 0
     score_dataset(
         str(data), str(tmp_path / "scores"), model=str(tiny_prior), backend="vllm",
         options=ScoreOptions(**window, top_k=8, candidates_min_p=0.3), progress=False,
@@ -372,7 +373,7 @@ def fake_vllm_module(monkeypatch):
 
 def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypatch, tiny_prior):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    opts = ScoreOptions(max_len=100, overlap=10, top_k=8, batch_tokens=4096)
+    opts = ScoreOptions(max_length=100, overlap=10, top_k=8, batch_tokens=4096)
     backend = VLLMBackend.load(str(tiny_prior), options=opts)
     llm = fake_vllm_module.created["llm"]
     assert llm["max_logprobs"] >= 8 + 1  # vLLM refuses prompt_logprobs > max_logprobs
@@ -394,7 +395,7 @@ def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypat
 def test_vllm_cpu_build_gets_a_fixed_kv_cache(fake_vllm_module, monkeypatch, tiny_prior):
     """vLLM's CPU build would otherwise reserve a share of the RAM (its default 0.92)."""
     monkeypatch.setattr("tokedit.scoring.vllm_backend.is_cpu_build", lambda: True)
-    backend = VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=8))
+    backend = VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=64, top_k=8))
     llm = fake_vllm_module.created["llm"]
     assert llm["kv_cache_memory_bytes"] == CPU_KV_CACHE_BYTES and llm["enforce_eager"] is True
     assert "gpu_memory_utilization" not in llm
@@ -406,10 +407,10 @@ def test_vllm_refuses_a_top_k_above_the_vocabulary(fake_vllm_module, monkeypatch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     vocab = model_vocab_size(str(tiny_prior))
-    VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=vocab))
+    VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=64, top_k=vocab))
     assert fake_vllm_module.created["llm"]["max_logprobs"] == vocab + 1
     with pytest.raises(InputError, match=f"--top-k {vocab + 1}: .* {vocab} tokens") as e:
-        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, top_k=vocab + 1))
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=64, top_k=vocab + 1))
     assert e.value.remedy == f"pass --top-k {vocab} or less"
 
 
@@ -421,13 +422,13 @@ def test_vllm_refuses_windows_without_room_for_the_generated_token(
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     positions = model_positions(str(tiny_prior))
     with pytest.raises(InputError, match=f"pass --max-length {positions - 1}"):
-        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=positions, overlap=8))
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=positions, overlap=8))
 
 
 def test_vllm_without_gpu_says_so(fake_vllm_module, monkeypatch, tiny_prior):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(InputError, match="needs a CUDA GPU"):
-        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_len=64, overlap=8))
+        VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=64, overlap=8))
 
 
 # ---------------------------------------------------------------- vLLM's flat answer

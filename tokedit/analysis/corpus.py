@@ -24,6 +24,7 @@ from tokedit.analysis.ngrams import MAX_N, NgramCounterSet, NgramTable
 from tokedit.analysis.probs import PerplexityAccumulator, ProbabilityAccumulator
 from tokedit.analysis.units import flat_list
 from tokedit.errors import InputError
+from tokedit.io import DEFAULT_BATCH_ROWS
 from tokedit.io.edited_dir import PROVENANCE_COLUMNS_ALWAYS, p_dir, p_label, parse_p_dir
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import STATUS_OK, RowBatch, iter_batches, to_documents
@@ -32,7 +33,6 @@ from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import arrow_source, as_path
 
 KIND_DATASET, KIND_SCORES, KIND_EDITED = "dataset", "scores", "edited"
-DEFAULT_BATCH_ROWS = 1024
 
 
 @dataclass

@@ -8,7 +8,7 @@ edits out). Shells: :mod:`~tokedit.editor.run` (``tokedit edit``) and
 """
 
 from tokedit.editor.batch import EDITS_TYPE, SKIP_REASONS, ScoreBatch, apply_draws, draw_batch
-from tokedit.editor.options import EditOptions, ModelOptions
+from tokedit.editor.options import EditOptions
 from tokedit.editor.rng import doc_keys, position_uniforms
 from tokedit.editor.rules import (
     PRESETS,
@@ -18,7 +18,7 @@ from tokedit.editor.rules import (
     draw,
     resolve_preset,
 )
-from tokedit.editor.run import edit_dataset
+from tokedit.editor.run import EditCounts, EditResult, edit_dataset
 from tokedit.editor.splice import Renderer, align_span, splice
 from tokedit.io.edited_dir import PROVENANCE_COLUMNS
 
@@ -27,9 +27,10 @@ __all__ = [
     "PRESETS",
     "PROVENANCE_COLUMNS",
     "SKIP_REASONS",
+    "EditCounts",
     "EditOptions",
+    "EditResult",
     "EditRule",
-    "ModelOptions",
     "Renderer",
     "ScoreBatch",
     "above_threshold",

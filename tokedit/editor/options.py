@@ -1,14 +1,15 @@
-"""What decides an edit's output: thresholds, the rule (from a preset and flags), the seed,
-where the text goes; and, in one-pass mode, the scorer's options for the model."""
+"""What decides an edit's output: thresholds, the rule (from a preset and its overrides),
+the seed, where the text goes; each default declared once, in :class:`EditOptions` and
+:class:`~tokedit.editor.rules.EditRule`."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
-from tokedit.editor.rules import EditRule
-from tokedit.errors import InputError
+from tokedit.editor.rules import DEFAULT_PRESET, PRESETS, RULE_FIELDS, EditRule, resolve_preset
+from tokedit.errors import InputError, arg
 from tokedit.io.edited_dir import p_label
 
 
@@ -24,56 +25,92 @@ class EditOptions:
     output_format: str = "mirror"  # one of OUTPUT_FORMATS
     # The --preset the rule came from and the flags that overrode it: recorded in the
     # manifest's info and named in messages; the output depends on ``rule`` and ``ps`` only.
-    preset: str | None = None
+    preset: str | None = DEFAULT_PRESET
     overridden: tuple[str, ...] = ()
 
     def flag(self, name: str) -> str:
-        """``--top-k 64 (from --preset low-drop-up-revise)`` for messages."""
-        value = getattr(self.rule, name.replace("-", "_"))
+        """``top_k=64 (from preset='low-drop-up-revise')`` (``--top-k 64 (from --preset
+        low-drop-up-revise)`` on the command line) for messages."""
+        name = name.replace("-", "_")
         where = (
-            f" (from --preset {self.preset})"
-            if self.preset and name.replace("-", "_") not in self.overridden
+            f" (from {arg('preset', self.preset)})"
+            if self.preset and name not in self.overridden
             else ""
         )
-        return f"--{name} {value}{where}"
+        return f"{arg(name, getattr(self.rule, name))}{where}"
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """One-pass mode: the scorer's options for the model read in the same pass."""
-
-    max_len: int | None = None
-    overlap: int | None = None
-    batch_tokens: int = 16384
-    # --bos: "auto" / "always" / "never" (see scoring.scorer.bos_prepended); None is "auto"
-    # with --model and, with --scores, "whatever the scores were made with" (no check).
-    bos: str | None = None
-    device: str = "auto"
-    dtype: str = "auto"
-    revision: str | None = None
-    backend: str = "hf"  # "vllm": top-k candidates only (no --top-k 0); GPU or vLLM's CPU build
+EDIT_OUTPUT_FIELDS = ("seed", "output_column", "provenance", "output_format")
+# What edit options take by keyword: the preset, the threshold(s), the rule's fields, and
+# the fields of EditOptions that are not the rule.
+EDIT_KEYWORDS = ("preset", "p", *RULE_FIELDS, *EDIT_OUTPUT_FIELDS)
 
 
-def parse_ps(text: str | Sequence[float]) -> tuple[float, ...]:
-    """``"0.9,0.99"`` -> ``(0.9, 0.99)``; each value must lie strictly between 0 and 1."""
-    items = text.split(",") if isinstance(text, str) else list(text)
+def build_edit_options(options: EditOptions | None, kwargs: dict) -> EditOptions:
+    """Edit options from ``options`` and the keyword arguments of :data:`EDIT_KEYWORDS`
+    (removed from ``kwargs``): values given > the preset's (``preset``, default up-revise,
+    or the one ``options`` came from) > the built-ins. ``p`` is one threshold or several
+    (a sweep). The flags of ``tokedit edit`` arrive here the same way."""
+    given = {k: kwargs.pop(k) for k in EDIT_KEYWORDS if k in kwargs}
+    preset = given.pop("preset", None)
+    p = given.pop("p", None)
+    rule_given = {k: given.pop(k) for k in RULE_FIELDS if k in given}
+    if (
+        options is not None
+        and preset is None
+        and p is None
+        and not any(v is not None for v in rule_given.values())
+    ):
+        return replace(options, **given)
+    if options is not None and preset is None:
+        preset = options.preset
+    try:
+        preset_p, rule, overridden = resolve_preset(preset, **rule_given)
+    except ValueError as e:
+        raise InputError(
+            str(e).replace("preset", arg("preset"), 1), remedy=f"one of {', '.join(PRESETS)}"
+        ) from None
+    ps = parse_ps(p if p is not None else (preset_p,))
+    if ps != (preset_p,):
+        overridden = sorted([*overridden, "p"])
+    base = options if options is not None else EditOptions()
+    return replace(
+        base,
+        ps=ps,
+        rule=rule,
+        preset=preset or DEFAULT_PRESET,
+        overridden=tuple(overridden),
+        **given,
+    )
+
+
+def parse_ps(text: str | float | Sequence[float]) -> tuple[float, ...]:
+    """``"0.9,0.99"``, ``0.99`` or ``[0.9, 0.99]`` -> a tuple of thresholds, each strictly
+    between 0 and 1, duplicates dropped."""
+    if isinstance(text, str):
+        items = text.split(",")
+    elif isinstance(text, int | float):
+        items = [text]
+    else:
+        items = list(text)
     ps: list[float] = []
     for item in items:
         try:
             p = float(item)
-        except ValueError:
+        except (TypeError, ValueError):
             raise InputError(
-                f"--p {item!r} is not a number", remedy="e.g. --p 0.99 or --p 0.9,0.99,0.999"
+                f"{arg('p', item)} is not a number",
+                remedy=f"e.g. {arg('p', 0.99)} or {arg('p', (0.9, 0.99, 0.999))}",
             ) from None
         if not 0 < p < 1 or math.isnan(p):
             raise InputError(
-                f"--p {p} is outside (0, 1)",
-                remedy="a threshold is a probability strictly between 0 and 1, e.g. 0.99",
+                f"{arg('p', p)} is outside (0, 1)",
+                remedy=f"a threshold is a probability strictly between 0 and 1, e.g. {arg('p', 0.99)}",
             )
         if p not in ps:
             ps.append(p)
     if not ps:
-        raise InputError("--p is empty", remedy="e.g. --p 0.99")
+        raise InputError(f"{arg('p')} is empty", remedy=f"e.g. {arg('p', 0.99)}")
     return tuple(ps)
 
 

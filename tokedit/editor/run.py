@@ -13,34 +13,31 @@ per threshold from one read of the input and the scores. Resume and atomicity co
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
+from tokedit.config import refuse_unknown, take
 from tokedit.editor.options import (
+    EDIT_KEYWORDS,
     EditOptions,
-    ModelOptions,
-    parse_ps,
+    build_edit_options,
     resolve_model_rule,
     resolve_rule,
 )
 from tokedit.editor.rules import EditRule
 from tokedit.editor.step import ShardEditor, load_checked_tokenizer
-from tokedit.engines.runner import check_engine, run_step, token_bar
-from tokedit.errors import InputError
+from tokedit.engines.options import RunOptions
+from tokedit.engines.runner import run_step, token_bar
+from tokedit.errors import InputError, arg
 from tokedit.io.edited_dir import check_output_format, p_dir, p_label, shard_output_rel
 from tokedit.io.manifest import Manifest
-from tokedit.io.read import (
-    DEFAULT_BATCH_ROWS,
-    STATUS_OK,
-)
+from tokedit.io.read import STATUS_OK
 from tokedit.io.scores_dir import load_scores_manifest, scores_fingerprint
 from tokedit.io.shards import discover_shards
 from tokedit.io.storage import as_path
+from tokedit.scoring.options import ModelOptions, ScoreOptions
 from tokedit.scoring.run import check_unique_outputs
-from tokedit.scoring.scorer import (
-    ScoreOptions,
-    bos_prepended,
-)
+from tokedit.scoring.scorer import bos_prepended
 
 # ----------------------------------------------------------------------------- validation
 
@@ -56,11 +53,11 @@ def _check_out_dir(out_dir: Path, input_dir: Path, scores_dir: Path | None) -> N
         raise InputError(f"--out {out_dir} is the scores directory", remedy="choose another --out")
 
 
-def _check_scores_bos(scores_dir: Path, manifest: dict, tok, model_options) -> None:
+def _check_scores_bos(scores_dir: Path, manifest: dict, tok, score_options) -> None:
     """With ``--scores``, an explicit ``--bos`` must resolve (with the scores' tokenizer) to
     the BOS choice the scores were made with: the stored log-probs are conditioned on it,
     and nothing is rescored. Without ``--bos`` the scores' choice is taken as it is."""
-    mode = model_options.bos if model_options is not None else None
+    mode = score_options.bos if score_options is not None else None
     stored = manifest.get("options", {}).get("add_bos")
     if mode is None or stored is None:
         return
@@ -138,6 +135,7 @@ def plan_from_scores(
     all_shards,
     options: EditOptions,
     model_options: ModelOptions | None,
+    score_options: ScoreOptions | None,
     text_column: str | None,
     id_column: str | None,
     tokenizer: str | None,
@@ -146,8 +144,9 @@ def plan_from_scores(
     given and (if asked) the tokenizer and ``--bos``."""
     if model_options is not None and model_options.backend != "hf":
         raise InputError(
-            f"--backend {model_options.backend} scores with --model; with --scores nothing is scored",
-            remedy="leave --backend out, or pass --model instead of --scores",
+            f"{arg('backend', model_options.backend)} scores with {arg('model')}; with "
+            f"{arg('scores_dir')} nothing is scored",
+            remedy=f"leave {arg('backend')} out, or pass {arg('model')} instead of {arg('scores_dir')}",
         )
     smanifest = load_scores_manifest(scores_path, input_path, all_shards, options.ps)
     sopts = smanifest["options"]
@@ -166,9 +165,9 @@ def plan_from_scores(
     # The scores' own tokenizer loads (and is checked against their hash) only when a shard
     # is edited: a resumed run with nothing left to do starts in well under 2 s.
     tok = None
-    if tokenizer is not None or (model_options is not None and model_options.bos):
+    if tokenizer is not None or score_options is not None:
         tok = load_checked_tokenizer(tok_source, tok_revision, thash, scores_path)
-    _check_scores_bos(scores_path, smanifest, tok, model_options)
+    _check_scores_bos(scores_path, smanifest, tok, score_options)
     return EditPlan(
         mode="scores",
         rule=resolve_rule(options, int(sopts.get("top_k", 0)), scores_mode=True),
@@ -194,6 +193,7 @@ def plan_from_model(
     model: str,
     options: EditOptions,
     model_options: ModelOptions | None,
+    score_options: ScoreOptions | None,
     text_column: str | None,
     id_column: str | None,
 ) -> EditPlan:
@@ -206,13 +206,10 @@ def plan_from_model(
     tok = load_tokenizer(model, model_options.revision)
     rule = resolve_model_rule(options, model_options.backend)
     full_rows = model_options.backend == "hf"
-    score_options = ScoreOptions(
-        max_len=model_options.max_len,
-        overlap=model_options.overlap,
-        batch_tokens=model_options.batch_tokens,
+    score_options = replace(
+        score_options or ScoreOptions(),
         top_k=0 if full_rows else rule.top_k,
         candidates_min_p=1.0 if full_rows else min(options.ps),
-        bos=model_options.bos or "auto",
     ).resolved(model_positions(model, model_options.revision))
     identity = {
         "mode": "model",
@@ -221,7 +218,7 @@ def plan_from_model(
         "revision": model_options.revision,
         "tokenizer_hash": tokenizer_hash(tok),
         "dtype": model_options.dtype,
-        "max_length": score_options.max_len,
+        "max_length": score_options.max_length,
         "overlap": score_options.overlap,
         "add_bos": bos_prepended(tok, score_options.bos),  # a BOS was prepended
     }
@@ -243,6 +240,65 @@ def plan_from_model(
     )
 
 
+@dataclass(frozen=True)
+class EditCounts:
+    """Counts of one threshold: over a run, a shard, or a whole edited directory."""
+
+    documents: int = 0
+    documents_changed: int = 0
+    tokens: int = 0  # tokens read
+    scored: int = 0  # tokens with a log-prob (all but a first token without BOS)
+    chars: int = 0
+    above: int = 0  # tokens with P > p
+    changed: int = 0  # replaced by another token
+    drawn_original: int = 0  # redrawn as themselves (kept)
+    skipped: dict[str, int] = field(default_factory=dict)  # span, render, no_candidate
+    below: int = 0  # tokens with P < drop_below
+    deleted: int = 0
+    deleted_chars: int = 0
+    delete_skipped: int = 0  # below drop_below but not spliceable, kept
+
+    @classmethod
+    def from_dict(cls, d: dict) -> EditCounts:
+        values = {f.name: d.get(f.name, 0) for f in fields(cls) if f.name != "skipped"}
+        return cls(**values, skipped=dict(d.get("skipped", {})))
+
+    @property
+    def above_share(self) -> float:
+        return self.above / self.scored if self.scored else 0.0
+
+    @property
+    def changed_share(self) -> float:
+        return self.changed / self.scored if self.scored else 0.0
+
+
+@dataclass(frozen=True)
+class EditResult:
+    """What :func:`edit_dataset` did: per threshold (``p_label``: ``"0.99"``), this run's
+    counts and the directory's totals, and where each threshold's output is."""
+
+    out: str
+    mode: str  # "scores" or "model"
+    rule: EditRule  # as resolved (against the scores' top-k or the backend)
+    processed: int  # shards edited now
+    skipped: int  # shards already complete (resumed)
+    seconds: float
+    run: dict[str, EditCounts]
+    totals: dict[str, EditCounts]
+    statuses: dict[str, int]  # rows per status over the directory (ok, empty ...)
+    shards: int  # complete shards in the directory
+    outputs: dict[str, str]  # threshold -> its directory
+
+    @property
+    def tokens(self) -> int:
+        """Tokens read in this run (every threshold of a sweep reads the same ones)."""
+        return max((c.tokens for c in self.run.values()), default=0)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds if self.seconds else 0.0
+
+
 def edit_dataset(
     input_dir: str,
     out_dir: str,
@@ -251,51 +307,64 @@ def edit_dataset(
     model: str | None = None,
     options: EditOptions | None = None,
     model_options: ModelOptions | None = None,
+    score_options: ScoreOptions | None = None,
+    run: RunOptions | None = None,
     text_column: str | None = None,
     id_column: str | None = None,
     tokenizer: str | None = None,
-    num_shards: int = 1,
-    shard_index: int = 0,
-    overwrite: bool = False,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    progress: bool = True,
-    engine: str = "local",
-    ray_address: str | None = None,
-    ray_actors: int | None = None,
-) -> dict:
+    **kwargs,
+) -> EditResult:
     """Edit ``input_dir`` into ``out_dir`` from ``scores_dir`` (or in one pass with ``model``).
 
-    ``engine="local"`` edits the shards one after the other in this process;
-    ``engine="ray"`` runs the same :class:`ShardEditor` in a pool of Ray actors. Both write
-    the same bytes and manifest entries. Returns counts of this run and, per threshold,
-    totals over the whole output directory.
+    Options come as objects (what ``tokedit edit`` builds from its flags) or by keyword:
+    ``preset``, ``p`` (one threshold or several), the rule's fields (``top_k``,
+    ``temperature``, ``drop_below`` ...), ``seed``, ``output_column``, ``provenance``,
+    ``output_format``; with ``model``, the fields of ``ModelOptions`` and ``ScoreOptions``
+    (windows, ``batch_tokens``, ``bos``); the fields of ``RunOptions``. With ``scores_dir``,
+    a ``bos`` given is checked against the scores. ``engine="local"`` edits the shards one
+    after the other in this process; ``engine="ray"`` runs the same :class:`ShardEditor` in
+    a pool of Ray actors. Both write the same bytes and manifest entries.
     """
-    options = options or EditOptions()
-    check_engine(engine)
+    window_fields = ("top_k", "candidates_min_p")  # set by the rule in one-pass mode
+    options = build_edit_options(options, kwargs)
+    if model_options is not None or any(
+        k in kwargs for k in ("backend", "device", "dtype", "revision")
+    ):
+        model_options = take(kwargs, ModelOptions, model_options)
+    if score_options is not None or any(
+        k in kwargs for k in ("max_length", "overlap", "batch_tokens", "bos")
+    ):
+        score_options = take(kwargs, ScoreOptions, score_options, exclude=window_fields)
+    run = take(kwargs, RunOptions, run)
+    refuse_unknown(
+        kwargs,
+        "edit_dataset",
+        ModelOptions,
+        RunOptions,
+        extra=EDIT_KEYWORDS + ("max_length", "overlap", "batch_tokens", "bos"),
+    )
     if (scores_dir is None) == (model is None):
         raise InputError(
-            "pass either --scores (edit from a scores directory) or --model (score and edit in one pass)",
+            f"pass either {arg('scores_dir')} (edit from a scores directory) or {arg('model')} "
+            "(score and edit in one pass)",
             remedy="e.g. tokedit edit DATA --scores SCORES --out EDITED",
         )
-    if batch_rows < 1:
-        raise InputError(f"--batch-rows {batch_rows} must be >= 1", remedy="e.g. --batch-rows 512")
     input_path, out_path = as_path(input_dir), as_path(out_dir)
-    ps = parse_ps(options.ps)
-    options = replace(options, ps=ps)
+    ps = options.ps
     check_output_format(options.output_format)
     sweep = len(ps) > 1
     all_shards = discover_shards(input_path)
     check_unique_outputs(all_shards, lambda s: shard_output_rel(s, options.output_format))
-    shards = discover_shards(input_path, num_shards=num_shards, shard_index=shard_index)
+    shards = discover_shards(input_path, num_shards=run.num_shards, shard_index=run.shard_index)
     _check_out_dir(out_path, input_path, as_path(scores_dir) if scores_dir else None)
 
     if scores_dir is not None:
         plan = plan_from_scores(
             as_path(scores_dir), input_path, all_shards, options, model_options,
-            text_column, id_column, tokenizer,
+            score_options, text_column, id_column, tokenizer,
         )  # fmt: skip
     else:
-        plan = plan_from_model(model, options, model_options, text_column, id_column)
+        plan = plan_from_model(model, options, model_options, score_options, text_column, id_column)
     rule, text_column, id_column, identity = (
         plan.rule,
         plan.text_column,
@@ -322,41 +391,33 @@ def edit_dataset(
     }
     info["preset"] = options.preset
     info["overridden"] = list(options.overridden)
-    manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=overwrite)
-    shard_editor = plan.shard_editor(str(out_path.resolve()), options, batch_rows)
+    manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=run.overwrite)
+    shard_editor = plan.shard_editor(str(out_path.resolve()), options, run.batch_rows)
 
-    bar = token_bar("edit", progress)
+    bar = token_bar("edit", run.progress)
     started = time.perf_counter()
     try:
         counts, run_stats = run_step(
-            shards,
-            manifest,
-            shard_editor,
-            bar=bar,
-            engine=engine,
-            tokenizer=plan.loaded_tokenizer,
-            ray_address=ray_address,
-            ray_actors=ray_actors,
-            progress=progress,
+            shards, manifest, shard_editor, bar=bar, run=run, tokenizer=plan.loaded_tokenizer
         )
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
     totals = directory_totals(manifest, shard_editor)
     manifest.update(totals=totals)
-    run_counts = run_stats["p"]
-    tokens = max((c.get("tokens", 0) for c in run_counts.values()), default=0)
-    return {
-        **counts,
-        "mode": identity["mode"],
-        "rule": asdict(rule),
-        "seconds": elapsed,
-        "tokens_per_s": tokens / elapsed if elapsed else 0.0,
-        "run": run_counts,
-        "totals": totals,
-        "out": str(out_path),
-        "outputs": {p_label(p): str(out_path / p_dir(p)) if sweep else str(out_path) for p in ps},
-    }
+    return EditResult(
+        out=str(out_path),
+        mode=identity["mode"],
+        rule=rule,
+        processed=counts["processed"],
+        skipped=counts["skipped"],
+        seconds=elapsed,
+        run={k: EditCounts.from_dict(c) for k, c in run_stats["p"].items()},
+        totals={k: EditCounts.from_dict(c) for k, c in totals["p"].items()},
+        statuses=dict(totals["statuses"]),
+        shards=totals["shards"],
+        outputs={p_label(p): str(out_path / p_dir(p)) if sweep else str(out_path) for p in ps},
+    )
 
 
 def directory_totals(manifest: Manifest, step: ShardEditor) -> dict:
@@ -369,38 +430,32 @@ def _share(a: int, b: int) -> str:
     return f"{100 * a / b:.2f}%" if b else "n/a"
 
 
-def format_edit_summary(s: dict) -> str:
+def format_edit_summary(s: EditResult) -> str:
     """Human summary: per threshold, the share above it, the share actually changed, the
     positions redrawn as themselves, and the share deleted (``--drop-below``)."""
-    tot = s["totals"]
-    lines = []
-    run_tokens = max((c.get("tokens", 0) for c in s["run"].values()), default=0)
-    run_docs = max((c.get("documents", 0) for c in s["run"].values()), default=0)
-    lines.append(
-        f"edited {run_docs} documents, {run_tokens} tokens in {s['seconds']:.1f}s "
-        f"({s['tokens_per_s']:.0f} tokens/s, {s['mode']} mode); {s['skipped']} shard(s) already done"
-    )
-    for k, c in tot["p"].items():
-        scored = c.get("scored", 0)
-        sk = c.get("skipped", {})
-        n_sk = sum(sk.values())
-        q = s.get("rule", {}).get("drop_below", 0.0)
-        deleted = c.get("deleted", 0)
+    run_docs = max((c.documents for c in s.run.values()), default=0)
+    lines = [
+        f"edited {run_docs} documents, {s.tokens} tokens in {s.seconds:.1f}s "
+        f"({s.tokens_per_s:.0f} tokens/s, {s.mode} mode); {s.skipped} shard(s) already done"
+    ]
+    q = s.rule.drop_below
+    for k, c in s.totals.items():
+        sk = c.skipped
         lines.append(
-            f"p={k}: above threshold {_share(c.get('above', 0), scored)} of scored tokens "
-            f"({c.get('above', 0)}), changed {_share(c.get('changed', 0), scored)} "
-            f"({c.get('changed', 0)}), redrawn as themselves {c.get('drawn_original', 0)}, "
-            f"deleted {_share(deleted, scored)} ({deleted}"
+            f"p={k}: above threshold {_share(c.above, c.scored)} of scored tokens "
+            f"({c.above}), changed {_share(c.changed, c.scored)} "
+            f"({c.changed}), redrawn as themselves {c.drawn_original}, "
+            f"deleted {_share(c.deleted, c.scored)} ({c.deleted}"
             + (
-                f"; P < {q}; {_share(c.get('deleted_chars', 0), c.get('chars', 0))} of the "
-                f"characters; {c.get('delete_skipped', 0)} not spliceable, kept)"
+                f"; P < {q}; {_share(c.deleted_chars, c.chars)} of the "
+                f"characters; {c.delete_skipped} not spliceable, kept)"
                 if q
                 else "; no --drop-below)"
             )
-            + f", skipped {n_sk} (span {sk.get('span', 0)}, render {sk.get('render', 0)}, "
-            f"no candidate {sk.get('no_candidate', 0)}) -> {s['outputs'][k]}"
+            + f", skipped {sum(sk.values())} (span {sk.get('span', 0)}, render {sk.get('render', 0)}, "
+            f"no candidate {sk.get('no_candidate', 0)}) -> {s.outputs[k]}"
         )
-    kept = {k: v for k, v in tot["statuses"].items() if k != STATUS_OK}
+    kept = {k: v for k, v in s.statuses.items() if k != STATUS_OK}
     if kept:
         lines.append(
             "kept unedited (not text): " + ", ".join(f"{k}={v}" for k, v in sorted(kept.items()))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from tokedit.editor.batch import ScoreBatch, draw_batch
 from tokedit.editor.rng import doc_keys
+from tokedit.errors import InputError
 from tokedit.io.read import Documents, RowBatch
 from tokedit.io.scores_dir import (
     FINGERPRINT_COLUMN,
@@ -17,6 +18,20 @@ from tokedit.io.scores_dir import (
     scores_rel,
 )
 from tokedit.io.shards import Shard
+
+
+def stored_draws(source, table, docs: Documents, where, row0: int, on_tokens=None):
+    """The scores of ``table`` (rows ``row0 ..`` of ``where``), checked against ``docs``,
+    and the draws of ``source``'s rule from their candidates."""
+    sb = ScoreBatch.from_table(table)
+    check_alignment(sb, docs, where, row0)
+    if FINGERPRINT_COLUMN in table.column_names:
+        check_fingerprints(table.column(FINGERPRINT_COLUMN), docs, where, row0)
+    keys = doc_keys(source.seed, sb.ids)
+    draws = draw_batch(sb, keys, source.p_min, source.rule, source.banned)
+    if on_tokens is not None:
+        on_tokens(len(sb.token_ids))
+    return sb, draws
 
 
 class ScoresSource:
@@ -34,18 +49,35 @@ class ScoresSource:
     def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
         row0 = self.current.taken
         table = self.current.take(len(batch), batch)
-        sb = ScoreBatch.from_table(table)
-        check_alignment(sb, docs, self.current.path, row0)
-        if FINGERPRINT_COLUMN in table.column_names:
-            check_fingerprints(table.column(FINGERPRINT_COLUMN), docs, self.current.path, row0)
-        keys = doc_keys(self.seed, sb.ids)
-        draws = draw_batch(sb, keys, self.p_min, self.rule, self.banned)
-        if on_tokens is not None:
-            on_tokens(len(sb.token_ids))
-        return sb, draws
+        return stored_draws(self, table, docs, self.current.path, row0, on_tokens)
 
     def close(self, shard: Shard) -> None:
         self.current.finish(shard)
+
+
+class TableSource:
+    """Documents with scores held in memory (a table of the scores schema, one row per
+    document from row 0 on), drawn from exactly as from a scores directory."""
+
+    def __init__(self, table, rule, banned, seed, p_min, name: str = "scores"):
+        self.table, self.name = table, name
+        self.rule, self.banned, self.seed, self.p_min = rule, banned, seed, p_min
+
+    def open(self, shard: Shard) -> None:
+        pass
+
+    def batch(self, batch: RowBatch, docs: Documents, on_tokens=None):
+        if batch.start + len(batch) > self.table.num_rows:
+            raise InputError(
+                f"{batch.where(len(batch) - 1)} has no row in the {self.table.num_rows} rows of "
+                f"{self.name}",
+                remedy="pass the scores of these same texts, in the same order",
+            )
+        table = self.table.slice(batch.start, len(batch))
+        return stored_draws(self, table, docs, self.name, batch.start, on_tokens)
+
+    def close(self, shard: Shard) -> None:
+        pass
 
 
 class CandidatesSource:

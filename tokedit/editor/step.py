@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from tokedit.editor.batch import apply_draws
-from tokedit.editor.options import EditOptions, ModelOptions
+from tokedit.editor.options import EditOptions
 from tokedit.editor.rules import banned_mask
 from tokedit.editor.sources import CandidatesSource, ModelSource, ScoresSource
 from tokedit.editor.splice import Renderer
@@ -33,8 +33,9 @@ from tokedit.io.read import iter_batches, to_documents
 from tokedit.io.shards import Shard
 from tokedit.io.storage import as_path, file_sha256
 from tokedit.io.write import inside
+from tokedit.scoring.options import ModelOptions, ScoreOptions
 from tokedit.scoring.run import load_backend
-from tokedit.scoring.scorer import ScoreOptions, bos_prepended
+from tokedit.scoring.scorer import bos_prepended
 
 
 def load_checked_tokenizer(source: str, revision: str | None, expected_hash, scores_dir):
@@ -49,6 +50,29 @@ def load_checked_tokenizer(source: str, revision: str | None, expected_hash, sco
             remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
         )
     return tok
+
+
+def model_source(engine, tok, backend: str, so: ScoreOptions, rule, seed: int, p_min: float):
+    """Tokens and draws from a loaded model in the same pass: full rows with ``hf``
+    (:class:`DrawingBackend`), the top-k candidates with ``vllm``."""
+    from tokedit.scoring.scorer import Scorer
+
+    if backend == "hf":
+        from tokedit.editor.onepass import DrawingBackend
+
+        banned = banned_mask(tok, extra_size=engine.head.vocab_size)
+        bos = 1 if bos_prepended(tok, so.bos) else 0
+        drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
+        return ModelSource(Scorer(drawing, tok, so), drawing)
+    return CandidatesSource(Scorer(engine, tok, so), rule, banned_mask(tok), seed, p_min)
+
+
+def edit_batch(source, renderer, batch, docs, ps, drop_below: float, on_tokens=None):
+    """Draws for one batch from ``source``, applied at each threshold of ``ps``: the
+    batch's scores and ``{p: EditedBatch}``."""
+    sb, draws = source.batch(batch, docs, on_tokens=on_tokens)
+    edited = {p: apply_draws(sb, docs.texts, draws, p, renderer, drop_below=drop_below) for p in ps}
+    return sb, edited
 
 
 @dataclass
@@ -125,23 +149,9 @@ class ShardEditor(ShardStep):
                 as_path(self.scores_dir), self.scores_rows, rule, banned_mask(tok), seed, p_min
             )
         else:
-            from tokedit.scoring.scorer import Scorer
-
             mo, so = self.model_options, self.score_options
-            engine = load_backend(
-                mo.backend, self.model, options=so, device=mo.device, dtype=mo.dtype,
-                revision=mo.revision,
-            )  # fmt: skip
-            if mo.backend == "hf":
-                from tokedit.editor.onepass import DrawingBackend
-
-                banned = banned_mask(tok, extra_size=engine.head.vocab_size)
-                bos = 1 if bos_prepended(tok, so.bos) else 0
-                drawing = DrawingBackend(engine, rule, banned, p_min, bos, seed)
-                source = ModelSource(Scorer(drawing, tok, so), drawing)
-            else:
-                scorer = Scorer(engine, tok, so)
-                source = CandidatesSource(scorer, rule, banned_mask(tok), seed, p_min)
+            engine = load_backend(self.model, mo, so)
+            source = model_source(engine, tok, mo.backend, so, rule, seed, p_min)
             self._info = {"device": str(engine.device), "torch_dtype": str(engine.dtype)}
         self._renderer = Renderer(tok)
         self._source = source
@@ -216,15 +226,15 @@ class ShardEditor(ShardStep):
             )
         for s in docs.statuses:
             stats.add({"statuses": {s: 1}})
-        sb, draws = self._source.batch(batch, docs, on_tokens=self.on_tokens)
+        _, edited = edit_batch(
+            self._source, self._renderer, batch, docs, self.ps, options.rule.drop_below,
+            self.on_tokens,
+        )  # fmt: skip
         rows = as_output_rows(batch, next(iter(outs.values())).fmt, self._table_schema)
         provenance = (options.output_column, options.provenance)
         for p, out in outs.items():
-            edited = apply_draws(
-                sb, docs.texts, draws, p, self._renderer, drop_below=options.rule.drop_below
-            )
-            stats.add({"p": {p_label(p): edited.counts}})
+            stats.add({"p": {p_label(p): edited[p].counts}})
             if rows.table is not None:
-                out.write_table(output_table(rows, docs, edited, text_column, *provenance))
+                out.write_table(output_table(rows, docs, edited[p], text_column, *provenance))
             else:
-                out.write_records(output_records(rows, docs, edited, text_column, *provenance))
+                out.write_records(output_records(rows, docs, edited[p], text_column, *provenance))

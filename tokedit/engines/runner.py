@@ -6,8 +6,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
+from tokedit.engines.options import RunOptions
 from tokedit.engines.step import ShardStep, Stats
-from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.write import remove_stale_temp_files
@@ -44,25 +44,14 @@ def run_shards(
     return {"processed": done, "skipped": skipped}
 
 
-ENGINES = ("local", "ray")
-
-
-def check_engine(engine: str) -> None:
-    if engine not in ENGINES:
-        raise InputError(f"unknown engine {engine!r}", remedy="use --engine local or --engine ray")
-
-
 def run_step(
     shards: list[Shard],
     manifest: Manifest,
     step: ShardStep,
     *,
     bar,
-    engine: str = "local",
+    run: RunOptions | None = None,
     tokenizer=None,
-    ray_address: str | None = None,
-    ray_actors: int | None = None,
-    progress: bool = True,
 ) -> tuple[dict[str, int], Stats]:
     """Run a :class:`ShardStep` over ``shards`` with either engine, resuming ``manifest``.
 
@@ -71,14 +60,14 @@ def run_step(
     shard by shard with ``--engine ray``. What ``step.info()`` reports (device, dtype) goes
     into the manifest.
     """
-    check_engine(engine)
+    run = run or RunOptions()
 
     def record_info(info: dict) -> None:
         if info:
             manifest.update(info={**manifest.data.get("info", {}), **info})
 
     run_stats = step.empty_stats()
-    if engine == "ray":
+    if run.engine == "ray":
         from tokedit.engines.ray_engine import run_shards_ray
 
         def on_ray_entry(rel: str, entry: dict) -> None:
@@ -90,11 +79,11 @@ def run_step(
             shards,
             manifest,
             step,
-            address=ray_address,
-            num_actors=ray_actors,
+            address=run.ray_address,
+            num_actors=run.ray_actors,
             on_entry=on_ray_entry,
             on_info=record_info,
-            progress=progress,
+            progress=run.progress,
         )
         manifest.refresh()  # shards other processes completed count in the totals
         return counts, run_stats

@@ -202,11 +202,11 @@ def resolve_base(
 
 
 def score(data_dir: Path, scores_dir: Path, model_dir: Path, preset: ExperimentPreset) -> Path:
+    from tokedit.scoring.options import ScoreOptions
     from tokedit.scoring.run import score_dataset
-    from tokedit.scoring.scorer import ScoreOptions
 
     options = ScoreOptions(
-        max_len=max(preset.block_size, preset.doc_tokens + 1),
+        max_length=max(preset.block_size, preset.doc_tokens + 1),
         overlap=16,
         batch_tokens=preset.score_batch_tokens,
         candidates_min_p=EDIT_MIN_P,
@@ -249,12 +249,12 @@ def toedit(
         overwrite=True,
     )
     edited = read_dataset(work / "edited")
-    totals = next(iter(result["totals"]["p"].values()), {}) if result.get("totals") else {}
+    totals = next(iter(result.totals.values()))
     stats = {"p": p}
-    scored = totals.get("scored", 0)
+    scored = totals.scored
     stats["scored_tokens"] = scored
-    stats["above_share"] = totals.get("above", 0) / scored if scored else None
-    stats["changed_share"] = totals.get("changed", 0) / scored if scored else None
+    stats["above_share"] = totals.above_share if scored else None
+    stats["changed_share"] = totals.changed_share if scored else None
     stats["changed_docs_share"] = float(
         np.mean([a != b for a, b in zip(texts, edited, strict=True)])
     )

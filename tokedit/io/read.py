@@ -14,15 +14,17 @@ import os
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import InputError
+from tokedit.io import DEFAULT_BATCH_ROWS
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import arrow_source, open_arrow_stream_input, open_read
 
-DEFAULT_BATCH_ROWS = 512
+MEMORY = "memory"  # the format of texts given in memory (no file)
 
 # Row statuses for documents that are kept but not processed (documented in docs/formats.md).
 STATUS_OK = "ok"
@@ -67,7 +69,10 @@ class RowBatch:
         return [r.get(name) for r in self.records]
 
     def where(self, i: int) -> str:
-        """Human location of row ``i`` of this batch: ``file:line N`` or ``file row N``."""
+        """Human location of row ``i`` of this batch: ``file:line N``, ``file row N``, or
+        (texts given in memory) ``texts[N]``."""
+        if self.shard.fmt == MEMORY:
+            return f"{self.shard.rel}[{self.start + i}]"
         if self.line_numbers:
             return f"{self.shard.path}:{self.line_numbers[i]}"
         return f"{self.shard.path} row {self.start + i}"
@@ -342,8 +347,32 @@ def _check_unicode(batch: RowBatch, i: int, value: str, what: str) -> None:
 
 
 def default_id(shard: Shard, row: int) -> str:
-    """Stable id of a row without one: ``"{shard relative path}:{row index}"``."""
+    """Stable id of a row without one: ``"{shard relative path}:{row index}"``; for texts
+    given in memory, the index of the text (``"0"``, ``"1"`` ...)."""
+    if shard.fmt == MEMORY:
+        return str(row)
     return f"{shard.rel}:{row}"
+
+
+def memory_batch(
+    texts: list, ids: list | None = None, start: int = 0, name: str = "texts"
+) -> RowBatch:
+    """Texts given in memory (the Python API) as rows ``start ..`` of a ``text`` (and
+    ``id``) table: the same statuses, ids and messages as the rows of a shard."""
+    if ids is not None and len(ids) != len(texts):
+        raise InputError(f"{len(ids)} ids for {len(texts)} texts", remedy="pass one id per text")
+    shard = Shard(Path("."), name, MEMORY)
+    id_values = None if ids is None else [None if i is None else str(i) for i in ids]
+    for i, t in enumerate(texts):
+        if t is not None and not isinstance(t, str):
+            raise InputError(
+                f"{name}[{start + i}] is a {type(t).__name__}, not a string",
+                remedy="pass strings (None is kept as a row without text, status null_text)",
+            )
+    columns = {"text": pa.array(texts, pa.string())}
+    if id_values is not None:
+        columns["id"] = pa.array(id_values, pa.string())
+    return RowBatch(shard, start, table=pa.table(columns))
 
 
 def iter_documents(

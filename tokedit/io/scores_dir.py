@@ -16,8 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokedit.errors import InputError, first_few
-from tokedit.io.edited_dir import p_label
+from tokedit.errors import InputError, arg, first_few
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, STATUS_OK, Documents, RowBatch
 from tokedit.io.shards import Shard
@@ -73,6 +72,19 @@ def scores_fingerprint(manifest: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def check_candidates_cover(min_p: float, ps, where: str) -> None:
+    """Scores made with ``candidates_min_p`` can be edited at every threshold ``p >= min_p``:
+    below it, some positions above ``p`` have no candidates to draw from."""
+    too_low = [p for p in ps if p < min_p]
+    if too_low:
+        raise InputError(
+            f"{where} holds candidates only where P >= {min_p} ({arg('candidates_min_p')} when "
+            f"scoring), so {arg('p', min(too_low))} cannot be edited from these scores",
+            remedy=f"use {arg('p')} >= {min_p}, or rescore with "
+            f"{arg('candidates_min_p', min(ps))} or lower",
+        )
+
+
 def load_scores_manifest(
     scores_dir: Path, input_dir: Path, all_shards: list[Shard], ps: tuple[float, ...]
 ) -> dict:
@@ -99,14 +111,7 @@ def load_scores_manifest(
             + first_few(extra),
             remedy="pass the dataset directory that was scored, or rescore this one",
         )
-    min_p = float(options.get("candidates_min_p", 1.0))
-    too_low = [p for p in ps if p < min_p]
-    if too_low:
-        raise InputError(
-            f"{scores_dir} holds candidates only where P >= {min_p} (--candidates-min-p when scoring), "
-            f"so --p {p_label(min(too_low))} cannot be edited from these scores",
-            remedy=f"use --p >= {min_p}, or rescore with --candidates-min-p {p_label(min(ps))} or lower",
-        )
+    check_candidates_cover(float(options.get("candidates_min_p", 1.0)), ps, str(scores_dir))
     return manifest
 
 

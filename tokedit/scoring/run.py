@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
-from tokedit.engines.runner import check_engine, run_step, token_bar
+from tokedit.config import refuse_unknown, take
+from tokedit.engines.options import RunOptions
+from tokedit.engines.runner import run_step, token_bar
 from tokedit.engines.step import ShardStep, Stats
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
@@ -15,7 +17,8 @@ from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import as_path, file_sha256
 from tokedit.io.write import ParquetShardWriter, inside
-from tokedit.scoring.scorer import ScoreOptions, Scorer, scored_tables
+from tokedit.scoring.options import ModelOptions, ScoreOptions
+from tokedit.scoring.scorer import Scorer, scored_tables
 
 DEFAULT_PREFETCH = 2
 
@@ -32,41 +35,95 @@ def check_unique_outputs(shards: list[Shard], rel_of) -> None:
         seen[out] = s.rel
 
 
+@dataclass(frozen=True)
+class ScoreCounts:
+    """Counts of a scoring run, or of a whole scores directory."""
+
+    documents: int = 0
+    tokens: int = 0  # tokens of the documents (what was scored)
+    computed_positions: int = 0  # positions the model computed, context and padding included
+    padding_positions: int = 0
+    context_positions: int = 0  # recomputed as the context of a later window
+    statuses: dict[str, int] = field(default_factory=dict)  # rows per status (ok, empty ...)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ScoreCounts:
+        return cls(
+            **{f.name: d.get(f.name, f.default) for f in fields(cls) if f.name != "statuses"},
+            statuses=dict(d.get("statuses", {})),
+        )
+
+    @property
+    def padding_share(self) -> float:
+        """Padding per computed position."""
+        return self.padding_positions / self.computed_positions if self.computed_positions else 0.0
+
+    @property
+    def compute_overhead(self) -> dict[str, float]:
+        """Positions computed per position scored, split into context recompute and padding."""
+        computed, padding, context = (
+            self.computed_positions,
+            self.padding_positions,
+            self.context_positions,
+        )
+        scored = computed - padding - context
+        return {
+            "computed_per_scored": computed / scored if scored else 0.0,
+            "context_per_scored": context / scored if scored else 0.0,
+            "padding_per_scored": padding / scored if scored else 0.0,
+        }
+
+
+@dataclass(frozen=True)
+class ScoreResult:
+    """What :func:`score_dataset` did: this run's counts and the directory's totals."""
+
+    out: str
+    processed: int  # shards scored now
+    skipped: int  # shards already complete (resumed)
+    seconds: float
+    run: ScoreCounts  # the shards scored now
+    totals: ScoreCounts  # every complete shard of the directory
+    shards: int  # complete shards in the directory
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.run.tokens / self.seconds if self.seconds else 0.0
+
+
 def score_dataset(
     input_dir: str,
     out_dir: str,
     *,
     model: str,
     options: ScoreOptions | None = None,
+    model_options: ModelOptions | None = None,
+    run: RunOptions | None = None,
     text_column: str = "text",
     id_column: str | None = None,
-    backend: str = "hf",
-    device: str = "auto",
-    dtype: str = "auto",
-    revision: str | None = None,
-    num_shards: int = 1,
-    shard_index: int = 0,
-    overwrite: bool = False,
-    batch_rows: int = DEFAULT_BATCH_ROWS,
-    progress: bool = True,
-    engine: str = "local",
-    ray_address: str | None = None,
-    ray_actors: int | None = None,
     prefetch: int = DEFAULT_PREFETCH,
-) -> dict:
-    """Score ``input_dir`` into ``out_dir``; returns totals of this run and of the directory.
+    **kwargs,
+) -> ScoreResult:
+    """Score ``input_dir`` into ``out_dir`` with the prior ``model``.
 
+    Options come as objects (``options``, ``model_options``, ``run``: what ``tokedit
+    score`` builds from its flags) or as their fields by keyword (``max_length=256``,
+    ``device="cpu"``, ``progress=False``), which replace the objects' values.
     ``engine="local"`` scores the shards one after the other in this process;
     ``engine="ray"`` runs the same :class:`ShardScorer` in a pool of Ray actors (see
     :mod:`tokedit.engines.ray_engine`). Both write the same bytes and manifest entries.
+    Rerunning the same call resumes an interrupted run.
     """
-    options = options or ScoreOptions()
-    check_engine(engine)
-    shards = discover_shards(input_dir, num_shards=num_shards, shard_index=shard_index)
+    options = take(kwargs, ScoreOptions, options)
+    model_options = take(kwargs, ModelOptions, model_options)
+    run = take(kwargs, RunOptions, run)
+    refuse_unknown(kwargs, "score_dataset", ScoreOptions, ModelOptions, RunOptions)
+    shards = discover_shards(input_dir, num_shards=run.num_shards, shard_index=run.shard_index)
     check_unique_outputs(shards, scores_rel)
     from tokedit.scoring.gguf import model_source
     from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
 
+    revision = model_options.revision
     tokenizer = load_tokenizer(model, revision)
     positions = model_positions(model, revision)
     options = options.resolved(positions)
@@ -74,14 +131,14 @@ def score_dataset(
     manifest_options = {
         "model": model,
         "revision": revision,
-        "backend": backend,
+        "backend": model_options.backend,
         "tokenizer_hash": tokenizer_hash(tokenizer),
-        "dtype": dtype,
-        "max_length": options.max_len,
+        "dtype": model_options.dtype,
+        "max_length": options.max_length,
         "overlap": options.overlap,
         "top_k": options.top_k,
         "candidates_min_p": options.candidates_min_p,
-        "add_bos": checked.add_bos,  # whether a BOS was prepended (--bos resolved)
+        "add_bos": checked.add_bos,  # whether a BOS was prepended (bos resolved)
         "text_column": text_column,
         "id_column": id_column,
     }
@@ -92,14 +149,14 @@ def score_dataset(
         out_dir,
         "score",
         manifest_options,
-        # --bos as asked ("auto", "always", "never"): a fact, not an option: two modes that
+        # bos as asked ("auto", "always", "never"): a fact, not an option: two modes that
         # resolve to the same add_bos write the same bytes and may resume each other.
         info={
             "input": str(as_path(input_dir).resolve()),
             "batch_tokens": options.batch_tokens,
             "bos": options.bos,
         },
-        overwrite=overwrite,
+        overwrite=run.overwrite,
     )
     shard_scorer = ShardScorer(
         str(as_path(out_dir).resolve()),
@@ -107,40 +164,48 @@ def score_dataset(
         options,
         text_column=text_column,
         id_column=id_column,
-        backend=backend,
-        device=device,
-        dtype=dtype,
-        revision=revision,
-        batch_rows=batch_rows,
+        model_options=model_options,
+        batch_rows=run.batch_rows,
         prefetch=prefetch,
     )
-    bar = token_bar("score", progress)
+    bar = token_bar("score", run.progress)
     started = time.perf_counter()
     try:
         counts, run_stats = run_step(
-            shards,
-            manifest,
-            shard_scorer,
-            bar=bar,
-            engine=engine,
-            tokenizer=tokenizer,
-            ray_address=ray_address,
-            ray_actors=ray_actors,
-            progress=progress,
+            shards, manifest, shard_scorer, bar=bar, run=run, tokenizer=tokenizer
         )
     finally:
         bar.close()
     elapsed = time.perf_counter() - started
     totals = directory_totals(manifest, shard_scorer)
     manifest.update(totals=totals)
-    return {
-        **counts,
-        "run": run_stats.to_dict(),
-        "seconds": elapsed,
-        "tokens_per_s": run_stats["tokens"] / elapsed if elapsed else 0.0,
-        "totals": totals,
-        "out": str(out_dir),
-    }
+    return ScoreResult(
+        out=str(out_dir),
+        processed=counts["processed"],
+        skipped=counts["skipped"],
+        seconds=elapsed,
+        run=ScoreCounts.from_dict(run_stats.to_dict()),
+        totals=ScoreCounts.from_dict(totals),
+        shards=totals["shards"],
+    )
+
+
+def format_score_summary(s: ScoreResult) -> str:
+    """Human summary: this run's documents, tokens and speed, the directory's totals."""
+    run, tot = s.run, s.totals
+    skipped = {k: v for k, v in tot.statuses.items() if k != "ok"}
+    lines = [
+        f"scored {run.documents} documents, {run.tokens} tokens in {s.seconds:.1f}s "
+        f"({s.tokens_per_s:.0f} tokens/s); {s.skipped} shard(s) already done",
+        f"{s.out}: {s.shards} shards, {tot.documents} documents, {tot.tokens} tokens, "
+        f"padding {100 * tot.padding_share:.1f}% of computed positions",
+    ]
+    if skipped:
+        lines.append(
+            "kept without scoring (status column): "
+            + ", ".join(f"{k}={v}" for k, v in sorted(skipped.items()))
+        )
+    return "\n".join(lines)
 
 
 def directory_totals(manifest: Manifest, step: ShardScorer) -> dict:
@@ -176,10 +241,7 @@ class ShardScorer(ShardStep):
     options: ScoreOptions  # resolved: max_len and overlap set
     text_column: str = "text"
     id_column: str | None = None
-    backend: str = "hf"
-    device: str = "auto"
-    dtype: str = "auto"
-    revision: str | None = None
+    model_options: ModelOptions = field(default_factory=ModelOptions)
     batch_rows: int = DEFAULT_BATCH_ROWS
     # Batches of documents read and tokenized ahead of the model, and assembled and written
     # behind it, in two threads (0: all in turn in this thread); the bytes do not depend on it.
@@ -206,15 +268,8 @@ class ShardScorer(ShardStep):
         if self._scorer is None:
             from tokedit.scoring.hf import load_tokenizer
 
-            tokenizer = tokenizer or load_tokenizer(self.model, self.revision)
-            engine = load_backend(
-                self.backend,
-                self.model,
-                device=self.device,
-                dtype=self.dtype,
-                revision=self.revision,
-                options=self.options,
-            )
+            tokenizer = tokenizer or load_tokenizer(self.model, self.model_options.revision)
+            engine = load_backend(self.model, self.model_options, self.options)
             self._scorer = Scorer(engine, tokenizer, self.options)
         return self
 
@@ -222,8 +277,8 @@ class ShardScorer(ShardStep):
         """Facts about the loaded backend, recorded in the manifest's ``info``."""
         engine = self.load()._scorer.backend
         return {
-            "device": str(getattr(engine, "device", self.device)),
-            "torch_dtype": str(getattr(engine, "dtype", self.dtype)),
+            "device": str(getattr(engine, "device", self.model_options.device)),
+            "torch_dtype": str(getattr(engine, "dtype", self.model_options.dtype)),
             "model_revision": getattr(engine, "revision", None),
             # positions per LM-head chunk, sized to the device (hf backend)
             "logit_chunk_positions": getattr(engine, "logit_chunk", None),
@@ -255,15 +310,16 @@ class ShardScorer(ShardStep):
         }
 
 
-def load_backend(backend: str, model: str, *, options: ScoreOptions | None = None, **kwargs):
-    """The scoring backend ``backend`` (hf or vllm) for ``model``, loaded in this process."""
-    if backend == "hf":
+def load_backend(model: str, model_options: ModelOptions, options: ScoreOptions | None = None):
+    """The scoring backend of ``model_options`` (hf or vllm) for ``model``, loaded in this
+    process (vllm sizes its engine to ``options``' windows and candidates)."""
+    mo = model_options
+    kwargs = {"device": mo.device, "dtype": mo.dtype, "revision": mo.revision}
+    if mo.backend == "hf":
         from tokedit.scoring.hf import HFBackend
 
         return HFBackend(model, **kwargs)
-    if backend == "vllm":
-        from tokedit.scoring.gguf import resolve_model
-        from tokedit.scoring.vllm_backend import VLLMBackend
+    from tokedit.scoring.gguf import resolve_model
+    from tokedit.scoring.vllm_backend import VLLMBackend
 
-        return VLLMBackend.load(resolve_model(model), options=options or ScoreOptions(), **kwargs)
-    raise InputError(f"unknown backend {backend!r}", remedy="use --backend hf or --backend vllm")
+    return VLLMBackend.load(resolve_model(model), options=options or ScoreOptions(), **kwargs)

@@ -10,7 +10,7 @@ import queue
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -19,6 +19,7 @@ from tokedit.engines.step import Stats
 from tokedit.errors import InputError
 from tokedit.io.read import STATUS_OK, Documents
 from tokedit.io.scores_dir import FINGERPRINT_COLUMN, SCORES_SCHEMA, text_fingerprint
+from tokedit.scoring.options import BOS_MODES, ScoreOptions
 from tokedit.scoring.windows import (
     Window,
     padding_stats,
@@ -27,11 +28,6 @@ from tokedit.scoring.windows import (
     plan_windows,
 )
 
-DEFAULT_MAX_LEN = 1024
-
-# --bos: "auto" follows the tokenizer (a BOS only where encoding with its special tokens
-# prepends one), "always" prepends bos_token_id whenever the tokenizer has one, "never" none.
-BOS_MODES = ("auto", "always", "never")
 _BOS_PROBE = "Hello world"
 
 
@@ -56,28 +52,6 @@ def bos_prepended(tokenizer, mode: str) -> bool:
     plain = tokenizer(_BOS_PROBE, add_special_tokens=False)["input_ids"]
     special = tokenizer(_BOS_PROBE, add_special_tokens=True)["input_ids"]
     return special[:1] == [bos_id] and special[1 : 1 + len(plain)] == plain
-
-
-@dataclass(frozen=True)
-class ScoreOptions:
-    max_len: int | None = None  # None: the model's positions, at most DEFAULT_MAX_LEN
-    overlap: int | None = None  # None: an eighth of max_len
-    batch_tokens: int = 8192
-    top_k: int = 8
-    candidates_min_p: float = 0.0  # 0: candidates at every position (edit at any p)
-    bos: str = "auto"  # one of BOS_MODES; resolved per tokenizer by bos_prepended()
-
-    def resolved(self, model_positions: int | None) -> ScoreOptions:
-        """Fill ``max_len`` / ``overlap`` defaults from the model's number of positions,
-        and refuse a ``max_len`` the model cannot read."""
-        max_len = self.max_len or min(DEFAULT_MAX_LEN, model_positions or DEFAULT_MAX_LEN)
-        if model_positions and max_len > model_positions:
-            raise InputError(
-                f"--max-length {max_len} exceeds the model's {model_positions} positions",
-                remedy=f"pass --max-length {model_positions} or less",
-            )
-        overlap = self.overlap if self.overlap is not None else max(1, max_len // 8)
-        return replace(self, max_len=max_len, overlap=overlap)
 
 
 @dataclass
@@ -117,9 +91,9 @@ class Scorer:
         self.tokenizer = tokenizer
         self.options = options
         self.add_bos = bos_prepended(tokenizer, options.bos)  # a BOS before every document
-        if not 1 <= options.overlap < options.max_len:
+        if not 1 <= options.overlap < options.max_length:
             raise InputError(
-                f"--overlap {options.overlap} must be at least 1 and below --max-length {options.max_len}",
+                f"--overlap {options.overlap} must be at least 1 and below --max-length {options.max_length}",
                 remedy="e.g. --max-length 1024 --overlap 256",
             )
 
@@ -136,7 +110,7 @@ class Scorer:
         windows = [
             w
             for j, t in enumerate(tokens)
-            for w in plan_windows(len(t.seq), opts.max_len, opts.overlap, doc=j)
+            for w in plan_windows(len(t.seq), opts.max_length, opts.overlap, doc=j)
         ]
         pack = getattr(self.backend, "packs", False)  # several windows per row
         batches = plan_batches(windows, opts.batch_tokens, pack=pack)

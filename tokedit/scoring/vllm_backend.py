@@ -56,7 +56,7 @@ import numpy as np
 
 from tokedit.errors import InputError
 from tokedit.scoring.hf import WindowScores
-from tokedit.scoring.scorer import ScoreOptions
+from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.windows import Window
 
 INSTALL_HINT = (
@@ -206,7 +206,7 @@ def engine_args(
     model: str, *, options: ScoreOptions, dtype: str, on_cpu: bool, revision: str | None = None
 ) -> dict:
     """The keyword arguments of ``vllm.LLM`` for ``model`` (the settings of the module docstring)."""
-    max_len = options.max_len or 1024
+    max_len = options.max_length or 1024
     args = dict(
         model=model,
         revision=revision,
@@ -293,7 +293,7 @@ class VLLMBackend:
             )
         from tokedit.scoring.hf import model_positions, model_vocab_size
 
-        max_len = options.max_len or 1024
+        max_len = options.max_length or 1024
         positions = model_positions(model, revision)
         vocab = model_vocab_size(model, revision)
         if vocab and options.top_k > vocab:

@@ -1,0 +1,3 @@
+from tokedit.cli import main
+
+main()

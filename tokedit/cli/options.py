@@ -1,0 +1,183 @@
+"""The option groups the commands share, each declared once (click decorators), and the
+turning of library errors into messages in the terms of the command line."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+import click
+
+from tokedit.cli.flags import FLAGS
+from tokedit.engines.options import ENGINES, RunOptions
+from tokedit.errors import TokeditError
+
+
+def friendly_errors(fn):
+    """Print a :class:`TokeditError` as a message and a fix, exit 2, no traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except TokeditError as e:
+            click.echo(f"error: {e.render(FLAGS)}", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def options(*decorators):
+    """Apply click decorators in the order ``--help`` lists them (the first on top)."""
+
+    def apply(fn):
+        for decorator in reversed(decorators):
+            fn = decorator(fn)
+        return fn
+
+    return apply
+
+
+def collect(name: str, factory, keys: tuple[str, ...]):
+    """Hand the command the values of the options ``keys`` as one argument ``name``,
+    ``factory(**values)``, instead of one argument each."""
+
+    def apply(fn):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            kwargs[name] = factory(**{k: kwargs.pop(k) for k in keys})
+            return fn(*args, **kwargs)
+
+        return wrapper
+
+    return apply
+
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+
+
+def _set_storage_options(ctx, param, value):
+    if value is not None:
+        from tokedit.errors import InputError
+        from tokedit.io.storage import set_storage_options
+
+        try:
+            set_storage_options(value)
+        except InputError as e:
+            raise click.BadParameter(str(e)) from None
+    return value
+
+
+storage_option = click.option(
+    "--storage-options",
+    default=None,
+    expose_value=False,
+    is_eager=True,
+    callback=_set_storage_options,
+    metavar="JSON",
+    help='Options of the fsspec filesystem of s3:// gs:// hf:// directories, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the filesystem\'s environment variables). Never recorded. See docs/storage.md.',
+)
+
+
+def input_options(*, from_scores: bool = False, ids: bool = True):
+    """``--text-column`` / ``--id-column`` of every command that reads a dataset directory;
+    ``from_scores``: ``edit``, whose defaults are the columns the scores were made with."""
+    text = (
+        click.option(
+            "--text-column",
+            default=None,
+            help="Default: the scores' text column (with --model: text).",
+        )
+        if from_scores
+        else click.option(
+            "--text-column",
+            default="text",
+            show_default=True,
+            help="Column holding the document text.",
+        )
+    )
+    if not ids:
+        return text
+    id_help = (
+        "Default: the scores' id column."
+        if from_scores
+        else "Column with document ids. Rows without one get '<shard path>:<row>'."
+    )
+    return options(text, click.option("--id-column", default=None, help=id_help))
+
+
+def _run_options(num_shards, shard_index, overwrite, engine, ray_address, ray_actors, batch_rows, quiet):  # fmt: skip
+    return RunOptions(
+        num_shards=num_shards,
+        shard_index=shard_index,
+        overwrite=overwrite,
+        engine=engine,
+        ray_address=ray_address,
+        ray_actors=ray_actors,
+        batch_rows=batch_rows,
+        progress=not quiet,
+    )
+
+
+RUN_FLAGS = ("num_shards", "shard_index", "overwrite", "engine", "ray_address", "ray_actors", "batch_rows", "quiet")  # fmt: skip
+
+run_options = options(
+    click.option(
+        "--num-shards",
+        type=int,
+        default=RunOptions.num_shards,
+        show_default=True,
+        help="Split the shards into this many slices, e.g. one per Slurm task.",
+    ),
+    click.option(
+        "--shard-index",
+        type=int,
+        default=RunOptions.shard_index,
+        show_default=True,
+        help="Which slice of the shards this process handles (0-based).",
+    ),
+    click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace an output written with other options (default: refuse; same options resume).",
+    ),
+    click.option(
+        "--engine",
+        type=click.Choice(ENGINES),
+        default=RunOptions.engine,
+        show_default=True,
+        help="local: shards one after the other in this process; ray: a pool of Ray actors, one shard at a time each (same output bytes).",
+    ),
+    click.option(
+        "--ray-address",
+        default=RunOptions.ray_address,
+        help="--engine ray: address of a running cluster (host:port or 'auto'); default: start a local instance.",
+    ),
+    click.option(
+        "--ray-actors",
+        type=int,
+        default=RunOptions.ray_actors,
+        help="--engine ray: size of the actor pool (default: one per GPU; on CPUs, actors with as many threads as a local run, one CPU left to the driver).",
+    ),
+    click.option(
+        "--batch-rows",
+        type=int,
+        default=RunOptions.batch_rows,
+        show_default=True,
+        help="Rows read (and scored, edited) at a time; bounds the memory.",
+    ),
+    quiet_option,
+    storage_option,
+    collect("run", _run_options, RUN_FLAGS),
+)
+
+
+def silence_progress_bars() -> None:
+    """``-q``: no progress bar at all, transformers' "Loading weights" bar included (the hub's
+    bars read the variable when imported; transformers' own switch is process-wide)."""
+    import os
+
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
