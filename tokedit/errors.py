@@ -7,26 +7,34 @@ mapping of parameter names to flags (``tokedit/cli/flags.py``)."""
 from __future__ import annotations
 
 import re
+import shlex
 from collections.abc import Mapping
 
-_MARK = "\x1f"  # around a parameter: MARK name SEP python-value SEP cli-value MARK
+_MARK = "\x1f"  # around a parameter: MARK name SEP py-value SEP flag-key SEP cli-value MARK
 _SEP = "\x1e"
-_ARG = re.compile(f"{_MARK}([^{_MARK}{_SEP}]+){_SEP}([^{_MARK}]*){_SEP}([^{_MARK}]*){_MARK}")
+_FIELD = f"([^{_MARK}{_SEP}]*)"
+_ARG = re.compile(f"{_MARK}{_FIELD}{_SEP}{_FIELD}{_SEP}{_FIELD}{_SEP}{_FIELD}{_MARK}")
 _NO_VALUE = object()
 
 
 def arg(name: str, value=_NO_VALUE) -> str:
     """A parameter (and its value) in a message: ``name=value`` to a Python caller,
-    ``--flag value`` on the command line. ``name`` is the Python parameter's name."""
+    ``--flag value`` on the command line (the value quoted for a shell where it needs
+    quotes). ``name`` is the Python parameter's name.
+
+    A bool is a switch on the command line: ``True`` is the flag of ``name`` alone
+    (``overwrite=True``: ``--overwrite``), ``False`` the flag of ``no_<name>``
+    (``provenance=False``: ``--no-provenance``)."""
     if value is _NO_VALUE:
-        return f"{_MARK}{name}{_SEP}{_SEP}{_MARK}"
-    py = repr(value) if isinstance(value, str) else str(value)
-    cli = (
-        value
-        if isinstance(value, str)
-        else (",".join(map(str, value)) if isinstance(value, tuple | list) else str(value))
-    )
-    return f"{_MARK}{name}{_SEP}={py}{_SEP} {cli}{_MARK}"
+        py, key, cli = "", name, ""
+    elif isinstance(value, bool):
+        py, key, cli = f"={value}", name if value else f"no_{name}", ""
+    else:
+        shown = repr(value) if isinstance(value, str) else str(value)
+        listed = isinstance(value, tuple | list) and not isinstance(value, str)
+        py, key = f"={shown}", name
+        cli = " " + shlex.quote(",".join(map(str, value)) if listed else str(value))
+    return f"{_MARK}{name}{_SEP}{py}{_SEP}{key}{_SEP}{cli}{_MARK}"
 
 
 def render(text: str, flags: Mapping[str, str] | None = None) -> str:
@@ -34,7 +42,7 @@ def render(text: str, flags: Mapping[str, str] | None = None) -> str:
     ``flags`` (a parameter it lacks becomes ``--name-with-dashes``)."""
     if flags is None:
         return _ARG.sub(lambda m: m[1] + m[2], text)
-    return _ARG.sub(lambda m: flags.get(m[1], "--" + m[1].replace("_", "-")) + m[3], text)
+    return _ARG.sub(lambda m: flags.get(m[3], "--" + m[3].replace("_", "-")) + m[4], text)
 
 
 class TokeditError(Exception):
