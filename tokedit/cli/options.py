@@ -40,10 +40,12 @@ def options(*decorators):
 
 def collect(name: str, factory, keys: tuple[str, ...]):
     """Hand the command the values of the options ``keys`` as one argument ``name``,
-    ``factory(**values)``, instead of one argument each."""
+    ``factory(**values)``, instead of one argument each. A :class:`TokeditError` of
+    ``factory`` (a value its dataclass refuses) is printed like the command's own."""
 
     def apply(fn):
         @functools.wraps(fn)
+        @friendly_errors
         def wrapper(*args, **kwargs):
             kwargs[name] = factory(**{k: kwargs.pop(k) for k in keys})
             return fn(*args, **kwargs)
@@ -64,7 +66,7 @@ def _set_storage_options(ctx, param, value):
         try:
             set_storage_options(value)
         except InputError as e:
-            raise click.BadParameter(str(e)) from None
+            raise click.BadParameter(e.render(FLAGS)) from None
     return value
 
 
