@@ -338,7 +338,7 @@ def test_presets_default_and_explicit_overrides(tmp_path, corpus_dir, tiny_score
     r = invoke(*low, "--out", tmp_path / "l")
     assert r.returncode == 2
     assert "--top-k 64 (from --preset low-drop-up-revise)" in r.stderr
-    assert "store only 8 candidates" in r.stderr and "tokedit score --top-k 64" in r.stderr
+    assert "store only 8 candidates" in r.stderr and "rescore with --top-k 64" in r.stderr
     _no_complete_output(tmp_path / "l")
 
     r = invoke(*low, "--out", tmp_path / "o", "--top-k", 8, "--p", 0.5, "-q")

@@ -10,7 +10,6 @@ from dataclasses import dataclass, field, replace
 
 from tokedit.editor.rules import DEFAULT_PRESET, PRESETS, RULE_FIELDS, EditRule, resolve_preset
 from tokedit.errors import InputError, arg
-from tokedit.io.edited_dir import p_label
 
 
 @dataclass(frozen=True)
@@ -118,26 +117,27 @@ def resolve_rule(options: EditOptions, stored_k: int | None, scores_mode: bool) 
     rule = options.rule
     if rule.drop_below >= min(options.ps):
         raise InputError(
-            f"--drop-below {rule.drop_below} is not below --p {p_label(min(options.ps))}: a token "
-            "cannot be both resampled (P > p) and deleted (P < drop-below)",
-            remedy="pass a --drop-below below every --p, e.g. --drop-below 0.001",
+            f"{arg('drop_below', rule.drop_below)} is not below {arg('p', min(options.ps))}: a "
+            f"token cannot be both resampled (P > p) and deleted (P < {arg('drop_below')})",
+            remedy=f"pass a {arg('drop_below')} below every {arg('p')}, e.g. {arg('drop_below', 0.001)}",
         )
     if not scores_mode:
         return rule
     if not stored_k:
         raise InputError(
-            "the scores hold no candidates (they were scored with --top-k 0)",
-            remedy="rescore with --top-k 8, or edit in one pass with --model",
+            f"the scores hold no candidates (they were scored with {arg('top_k', 0)})",
+            remedy=f"rescore with {arg('top_k', 8)}, or edit in one pass with {arg('model')}",
         )
     if rule.top_k == 0:
         raise InputError(
-            "--top-k 0 (the full distribution) needs the model",
-            remedy="pass --model instead of --scores, or --top-k between 1 and the scores' k",
+            f"{arg('top_k', 0)} (the full distribution) needs the model",
+            remedy=f"pass {arg('model')} instead of {arg('scores_dir')}, or a {arg('top_k')} "
+            "between 1 and the scores' k",
         )
     if rule.top_k > stored_k:
         raise InputError(
             f"{options.flag('top-k')} but the scores store only {stored_k} candidates per position",
-            remedy=f"rescore with `tokedit score --top-k {rule.top_k}`, or pass --top-k {stored_k} "
+            remedy=f"rescore with {arg('top_k', rule.top_k)}, or pass {arg('top_k', stored_k)} "
             "(fewer candidates than the strategy specifies)",
         )
     return rule
@@ -147,12 +147,15 @@ def resolve_model_rule(options: EditOptions, backend: str) -> EditRule:
     rule = resolve_rule(options, None, scores_mode=False)
     if backend not in ("hf", "vllm"):
         raise InputError(
-            f"unknown backend {backend!r}", remedy="use --backend hf or --backend vllm"
+            f"unknown backend {backend!r}",
+            remedy=f"use {arg('backend', 'hf')} or {arg('backend', 'vllm')}",
         )
     if backend == "vllm" and rule.top_k == 0:
         raise InputError(
-            "--top-k 0 (the full distribution) cannot be drawn with --backend vllm: vLLM "
-            "returns at most max_logprobs candidates per position, not full rows",
-            remedy="pass --top-k K (e.g. --top-k 8), or use --backend hf for --top-k 0",
+            f"{arg('top_k', 0)} (the full distribution) cannot be drawn with "
+            f"{arg('backend', 'vllm')}: vLLM returns at most max_logprobs candidates per "
+            "position, not full rows",
+            remedy=f"pass a {arg('top_k')} above 0 (e.g. {arg('top_k', 8)}), or use "
+            f"{arg('backend', 'hf')} for {arg('top_k', 0)}",
         )
     return rule

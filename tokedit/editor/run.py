@@ -46,11 +46,14 @@ def _check_out_dir(out_dir: Path, input_dir: Path, scores_dir: Path | None) -> N
     out, inp = out_dir.resolve(), input_dir.resolve()
     if out == inp or inp in out.parents or (inp.is_file() and out == inp.parent):
         raise InputError(
-            f"--out {out_dir} is the input directory or inside it",
+            f"{arg('out_dir', str(out_dir))} is the input directory or inside it",
             remedy="write the edited dataset to a directory outside the input",
         )
     if scores_dir is not None and out == scores_dir.resolve():
-        raise InputError(f"--out {out_dir} is the scores directory", remedy="choose another --out")
+        raise InputError(
+            f"{arg('out_dir', str(out_dir))} is the scores directory",
+            remedy=f"choose another {arg('out_dir')}",
+        )
 
 
 def _check_scores_bos(scores_dir: Path, manifest: dict, tok, score_options) -> None:
@@ -67,13 +70,13 @@ def _check_scores_bos(scores_dir: Path, manifest: dict, tok, score_options) -> N
         made = (
             ("with" if stored else "without")
             + " a BOS token"
-            + (f" (--bos {asked})" if asked else "")
+            + (f" ({arg('bos', asked)})" if asked else "")
         )
         raise InputError(
-            f"--bos {mode} {'prepends' if wanted else 'does not prepend'} a BOS token with this "
-            f"tokenizer, but {scores_dir} was scored {made}",
-            remedy="leave --bos out to edit with the scores as they are, or rescore with "
-            f"`tokedit score --bos {mode}`",
+            f"{arg('bos', mode)} {'prepends' if wanted else 'does not prepend'} a BOS token "
+            f"with this tokenizer, but {scores_dir} was scored {made}",
+            remedy=f"leave {arg('bos')} out to edit with the scores as they are, or rescore "
+            f"with {arg('bos', mode)}",
         )
 
 
@@ -150,14 +153,15 @@ def plan_from_scores(
         )
     smanifest = load_scores_manifest(scores_path, input_path, all_shards, options.ps)
     sopts = smanifest["options"]
-    for flag, given, stored in (
-        ("--text-column", text_column, sopts.get("text_column", "text")),
-        ("--id-column", id_column, sopts.get("id_column")),
+    for name, given, stored in (
+        ("text_column", text_column, sopts.get("text_column", "text")),
+        ("id_column", id_column, sopts.get("id_column")),
     ):
         if given is not None and given != stored:
+            computed = arg(name, stored) if stored is not None else f"no {arg(name)}"
             raise InputError(
-                f"{flag} {given!r}, but the scores in {scores_path} were computed with {flag} {stored!r}",
-                remedy=f"leave {flag} out (the scores' value is used), or rescore",
+                f"{arg(name, given)}, but the scores in {scores_path} were computed with {computed}",
+                remedy=f"leave {arg(name)} out (the scores' value is used), or rescore",
             )
     tok_source = tokenizer or sopts.get("model")
     tok_revision = None if tokenizer else sopts.get("revision")
@@ -347,7 +351,7 @@ def edit_dataset(
         raise InputError(
             f"pass either {arg('scores_dir')} (edit from a scores directory) or {arg('model')} "
             "(score and edit in one pass)",
-            remedy="e.g. tokedit edit DATA --scores SCORES --out EDITED",
+            remedy="e.g. `tokedit edit DATA --scores SCORES --out EDITED`",
         )
     input_path, out_path = as_path(input_dir), as_path(out_dir)
     ps = options.ps

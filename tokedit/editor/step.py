@@ -14,7 +14,7 @@ from tokedit.editor.rules import banned_mask
 from tokedit.editor.sources import CandidatesSource, ModelSource, ScoresSource
 from tokedit.editor.splice import Renderer
 from tokedit.engines.step import ShardStep, Stats
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.io.edited_dir import (
     ShardOutput,
     as_output_rows,
@@ -47,7 +47,7 @@ def load_checked_tokenizer(source: str, revision: str | None, expected_hash, sco
     if thash != expected_hash:
         raise InputError(
             f"the tokenizer of {source!r} (hash {thash}) is not the one {scores_dir} was scored with (hash {expected_hash})",
-            remedy="pass --tokenizer with the scoring model's tokenizer, or rescore",
+            remedy=f"pass {arg('tokenizer')} with the scoring model's tokenizer, or rescore",
         )
     return tok
 
@@ -215,14 +215,14 @@ class ShardEditor(ShardStep):
         if target and target != text_column and batch.has_column(target):
             raise InputError(
                 f"{batch.shard.path}: already has a column {target!r}",
-                remedy="choose another --output-column, or leave it out to edit the text in place",
+                remedy=f"choose another {arg('output_column')}, or leave it out to edit the text in place",
             )
         colliding = colliding_provenance_columns(batch.column_names()) if options.provenance else []
         if colliding:
             raise InputError(
                 f"{batch.shard.path}: has column(s) {', '.join(map(repr, colliding))}, which the "
                 "edit writes as provenance: the input's values would be lost",
-                remedy="rename the column(s) in the input, or pass --no-provenance",
+                remedy=f"rename the column(s) in the input, or pass {arg('provenance', False)}",
             )
         for s in docs.statuses:
             stats.add({"statuses": {s: 1}})
