@@ -268,7 +268,7 @@ def test_vllm_one_pass_edit_refuses_the_full_distribution(tmp_path, tiny_prior):
     r = invoke(*args, "--top-k", "0")
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "--top-k 0 (the full distribution) cannot be drawn with --backend vllm" in r.stderr
-    assert "fix: pass --top-k K" in r.stderr
+    assert "fix: pass a --top-k above 0 (e.g. --top-k 8), or use --backend hf" in r.stderr
     r = invoke("edit", str(data), "--scores", str(tmp_path), "--out", str(tmp_path / "o"),
                "--backend", "vllm", "-q")  # fmt: skip
     assert r.returncode == 2 and "with --scores nothing is scored" in r.stderr
@@ -409,9 +409,9 @@ def test_vllm_refuses_a_top_k_above_the_vocabulary(fake_vllm_module, monkeypatch
     vocab = model_vocab_size(str(tiny_prior))
     VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=64, top_k=vocab))
     assert fake_vllm_module.created["llm"]["max_logprobs"] == vocab + 1
-    with pytest.raises(InputError, match=f"--top-k {vocab + 1}: .* {vocab} tokens") as e:
+    with pytest.raises(InputError, match=f"^top_k={vocab + 1}: .* {vocab} tokens") as e:
         VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=64, top_k=vocab + 1))
-    assert e.value.remedy == f"pass --top-k {vocab} or less"
+    assert str(e.value).endswith(f"\n  fix: pass top_k={vocab} or less")
 
 
 def test_vllm_refuses_windows_without_room_for_the_generated_token(
@@ -421,7 +421,7 @@ def test_vllm_refuses_windows_without_room_for_the_generated_token(
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     positions = model_positions(str(tiny_prior))
-    with pytest.raises(InputError, match=f"pass --max-length {positions - 1}"):
+    with pytest.raises(InputError, match=f"pass max_length={positions - 1} or less"):
         VLLMBackend.load(str(tiny_prior), options=ScoreOptions(max_length=positions, overlap=8))
 
 

@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.io.storage import file_sha256 as sha256_of_file
 
 PRIOR_INFO = "tokedit-prior.json"
@@ -65,7 +65,7 @@ def gguf_file_in(directory: Path) -> Path | None:
         names = ", ".join(p.name for p in found)
         raise InputError(
             f"{directory} holds several GGUF files ({names}); tokedit cannot tell which one is the prior",
-            remedy=f"pass the file itself, e.g. --model {found[0]}",
+            remedy=f"pass the file itself, e.g. {arg('model', str(found[0]))}",
         )
     return found[0] if found else None
 

