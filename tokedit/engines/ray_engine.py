@@ -39,7 +39,7 @@ import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from tokedit.errors import InputError, OutputError, TokeditError
+from tokedit.errors import InputError, OutputError, TokeditError, arg
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.storage import ENV_OPTIONS, as_path, set_storage_options
@@ -54,8 +54,8 @@ def import_ray():
         import ray
     except ImportError as e:
         raise InputError(
-            f"--engine ray needs Ray, which cannot be imported here ({e})",
-            remedy=INSTALL_HINT + ", or use --engine local",
+            f"{arg('engine', 'ray')} needs Ray, which cannot be imported here ({e})",
+            remedy=f"{INSTALL_HINT}, or use {arg('engine', 'local')}",
         ) from e
     return ray
 
@@ -92,8 +92,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     except (ConnectionError, TimeoutError, ValueError, RuntimeError) as e:
         raise InputError(
             f"cannot start or reach Ray{f' at {address}' if address else ''}: {e}",
-            remedy="check --ray-address (host:port of a running head node, or 'auto'), "
-            "or leave it out to start a local instance",
+            remedy=f"check {arg('ray_address')} (host:port of a running head node, or "
+            "'auto'), or leave it out to start a local instance",
         ) from e
     try:
         yield ray
@@ -112,7 +112,7 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
         raise InputError(
             f"cannot reach a Ray cluster at {address} ({e.strerror or e})",
             remedy="start one with `ray start --head` and pass the address it prints, "
-            "or leave --ray-address out to start a local instance",
+            f"or leave {arg('ray_address')} out to start a local instance",
         ) from e
 
 
@@ -241,7 +241,9 @@ def run_shards_ray(
     """
     log = log or (lambda msg: print(msg, file=sys.stderr))
     if num_actors is not None and num_actors < 1:
-        raise InputError(f"--ray-actors {num_actors} must be >= 1", remedy="e.g. --ray-actors 4")
+        raise InputError(
+            f"{arg('ray_actors', num_actors)} must be >= 1", remedy=f"e.g. {arg('ray_actors', 4)}"
+        )
     remove_stale_temp_files(manifest.out_dir)
     todo = [s for s in shards if not manifest.is_complete(s.rel)]
     skipped = len(shards) - len(todo)
@@ -323,8 +325,8 @@ def _run_pool(
                     f"{shard.path}: the Ray actor processing this shard failed "
                     f"({type(e).__name__}: {_first_line(e)})",
                     remedy="rerun the same command to resume (finished shards are kept); "
-                    "if it fails again on this shard, run it with --engine local to see the "
-                    "error, or give the actors more memory",
+                    f"if it fails again on this shard, run it with {arg('engine', 'local')} to "
+                    "see the error, or give the actors more memory",
                 ) from e
             if shard_error:
                 error = error or shard_error
