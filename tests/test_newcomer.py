@@ -199,7 +199,7 @@ def test_out_into_a_directory_of_other_files_is_refused(tmp_path, newcomer_corpu
     (mine / "todo.txt").write_text("my file\n")
     r = invoke("edit", newcomer_corpus, "--scores", newcomer_scores, "--out", mine, "-q")
     assert r.returncode == 2 and "Traceback" not in r.stderr
-    assert "is not empty (todo.txt)" in r.stderr and "new or empty --out" in r.stderr
+    assert "is not empty (todo.txt)" in r.stderr and "new or empty directory as --out" in r.stderr
     assert sorted(p.name for p in mine.iterdir() if not p.name.startswith(".")) == ["todo.txt"]
     assert read_manifest(mine) is None
     fresh = tmp_path / "fresh"

@@ -95,7 +95,7 @@ def recursive(
         base=base,
         generation=generation,
     )
-    require_local(out_dir, "--out")
+    require_local(out_dir, "out_dir")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     result = run_recursive(data_dir, out_dir, p, seed=seed, with_toedit=not no_toedit, log=log)
     click.echo(format_summary(result))
@@ -113,7 +113,7 @@ def mixture(data_dir, out_dir, preset, steps, seed, quiet, base):
     from tokedit.experiments.report import format_summary
     from tokedit.io.storage import require_local
 
-    require_local(out_dir, "--out")
+    require_local(out_dir, "out_dir")
     log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     p = get_preset(preset, steps=steps, base=base)
     result = run_mixture(data_dir, out_dir, p, seed=seed, log=log)

@@ -101,7 +101,7 @@ def train(
     from tokedit.io.storage import require_local
     from tokedit.training.trainer import TrainConfig, train_model
 
-    require_local(out_dir, "--out")
+    require_local(out_dir, "out_dir")
 
     config = TrainConfig(
         preset=preset,

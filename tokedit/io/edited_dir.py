@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokedit.errors import InputError, first_few
+from tokedit.errors import InputError, arg, first_few
 from tokedit.io.read import STATUS_EMPTY, STATUS_OK, Documents, RowBatch, iter_batches
 from tokedit.io.shards import Shard
 from tokedit.io.storage import arrow_source, open_arrow_stream_input
@@ -78,8 +78,8 @@ def output_rel(shard: Shard, p: float, sweep: bool, output_format: str = "mirror
 def check_output_format(output_format: str) -> None:
     if output_format not in OUTPUT_FORMATS:
         raise InputError(
-            f"unknown --output-format {output_format!r}",
-            remedy="use --output-format " + ", ".join(OUTPUT_FORMATS),
+            f"unknown {arg('output_format', output_format)}",
+            remedy=f"use one of {', '.join(OUTPUT_FORMATS)} as {arg('output_format')}",
         )
 
 
@@ -248,7 +248,8 @@ def not_tabular(shard: Shard, column: str | None, e: Exception) -> InputError:
     return InputError(
         f"{shard.path}: {what} holds values of different types ({e}), which a parquet "
         "column cannot hold",
-        remedy="use --output-format mirror or jsonl.gz for JSON lines input with mixed-type columns",
+        remedy=f"use {arg('output_format', 'mirror')} or {arg('output_format', 'jsonl.gz')} for "
+        "JSON lines input with mixed-type columns",
     )
 
 
@@ -265,7 +266,7 @@ def as_output_rows(batch: RowBatch, out_fmt: str, table_schema: pa.Schema | None
             raise InputError(
                 f"{batch.shard.path}: column(s) {first_few(binary)} hold binary or dictionary "
                 "values, which JSON lines cannot hold",
-                remedy="use --output-format parquet or mirror",
+                remedy=f"use {arg('output_format', 'parquet')} or {arg('output_format', 'mirror')}",
             )
         records = batch.table.to_pylist()
         return RowBatch(batch.shard, batch.start, records=records)

@@ -47,7 +47,7 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from tokedit import __version__
-from tokedit.errors import OutputError
+from tokedit.errors import OutputError, arg
 from tokedit.io.storage import RemotePath, as_path
 from tokedit.io.write import inside, write_json
 
@@ -93,7 +93,8 @@ def _locked(out_dir: Path):
     except OSError as e:
         raise OutputError(
             f"{out_dir}: cannot create or write the output directory ({e.strerror or e})",
-            remedy="choose a writable --out (a path whose parents are directories, on a writable file system)",
+            remedy=f"choose a writable {arg('out_dir')} (a path whose parents are directories, on a "
+            "writable file system)",
         ) from e
     with lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -113,7 +114,7 @@ def _parse_json(path, raw: bytes) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise OutputError(
             f"{path}: corrupt manifest ({e})",
-            remedy="delete the output directory, or rerun with --overwrite",
+            remedy=f"delete the output directory, or rerun with {arg('overwrite', True)}",
         ) from e
 
 
@@ -182,7 +183,8 @@ def _remote_entries(out_dir: RemotePath, known: dict, tag: str | None) -> dict[s
             raise OutputError(
                 f"{out_dir}: shard {obj['shard']} was written with other options than the "
                 "manifest's (two runs with different options wrote into this prefix at once)",
-                remedy="rerun with --overwrite to replace the output, or choose another --out",
+                remedy=f"rerun with {arg('overwrite', True)} to replace the output, or choose "
+                f"another {arg('out_dir')}",
             )
         entries[obj["shard"]] = obj["entry"]
     return entries
@@ -263,7 +265,7 @@ class Manifest:
         if existing.get("command") != self.command:
             raise OutputError(
                 f"{self.out_dir} holds the output of `tokedit {existing.get('command')}`, not `{self.command}`",
-                remedy="choose another --out",
+                remedy=f"choose another {arg('out_dir')}",
             )
         old = existing.get("options", {})
         changed = sorted(
@@ -275,7 +277,8 @@ class Manifest:
             )
             raise OutputError(
                 f"{self.out_dir} was written with other options ({diffs})",
-                remedy="rerun with the same options to resume, pass --overwrite to replace it, or choose another --out",
+                remedy=f"rerun with the same options to resume, pass {arg('overwrite', True)} to "
+                f"replace it, or choose another {arg('out_dir')}",
             )
 
     def _remove_outputs(self, existing: dict) -> None:
@@ -365,5 +368,5 @@ def _refuse_foreign_files(out_dir: Path) -> None:
         raise OutputError(
             f"{out_dir} is not empty ({shown}) and holds no tokedit manifest: its files were not "
             "written by tokedit, and the output would mix with them",
-            remedy="choose a new or empty --out directory",
+            remedy=f"choose a new or empty directory as {arg('out_dir')}",
         )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.io import DEFAULT_BATCH_ROWS
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import arrow_source, open_arrow_stream_input, open_read
@@ -299,14 +299,15 @@ def to_documents(batch: RowBatch, text_column: str, id_column: str | None = None
         have = ", ".join(batch.column_names()[:20]) or "(none)"
         raise InputError(
             f"{batch.shard.path}: no column {text_column!r} (columns: {have})",
-            remedy="pick the text column with --text-column",
+            remedy=f"pick the text column with {arg('text_column')}",
         )
     values = batch.column(text_column)
     if id_column is not None and not batch.has_column(id_column):
         have = ", ".join(batch.column_names()[:20])
         raise InputError(
             f"{batch.shard.path}: no id column {id_column!r} (columns: {have})",
-            remedy="pick the id column with --id-column, or leave it out to use '<shard>:<row>' ids",
+            remedy=f"pick the id column with {arg('id_column')}, or leave it out to use "
+            "'<shard>:<row>' ids",
         )
     raw_ids = batch.column(id_column) if id_column else [None] * len(values)
     ids, texts, statuses = [], [], []

@@ -63,7 +63,10 @@ def scores_rel(shard: Shard) -> str:
 READ_FOR_EDIT = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", "topk_logprobs"]
 READ_FOR_REPORT = ("status", "n_tokens", "ppl", "token_ids", "logprob")
 
-RESCORE_REMEDY = "rerun `tokedit score` on this input (same --text-column / --id-column) and edit with the new scores"
+RESCORE_REMEDY = (
+    f"score this input again (same {arg('text_column')} / {arg('id_column')}) and edit with the "
+    "new scores"
+)
 
 
 def scores_fingerprint(manifest: dict) -> str:
@@ -78,9 +81,10 @@ def check_candidates_cover(min_p: float, ps, where: str) -> None:
     too_low = [p for p in ps if p < min_p]
     if too_low:
         raise InputError(
-            f"{where} holds candidates only where P >= {min_p} ({arg('candidates_min_p')} when "
-            f"scoring), so {arg('p', min(too_low))} cannot be edited from these scores",
-            remedy=f"use {arg('p')} >= {min_p}, or rescore with "
+            f"{where} holds candidates only where P >= {min_p} "
+            f"({arg('candidates_min_p', min_p)} when scoring), so {arg('p', min(too_low))} cannot "
+            "be edited from these scores",
+            remedy=f"use a {arg('p')} >= {min_p}, or rescore with "
             f"{arg('candidates_min_p', min(ps))} or lower",
         )
 
@@ -93,7 +97,7 @@ def load_scores_manifest(
     if manifest is None or manifest.get("command") != "score":
         raise InputError(
             f"{scores_dir}: no scores manifest (.tokedit/manifest.json; not a scores directory, or scoring never started)",
-            remedy="pass the --out directory of `tokedit score`",
+            remedy=f"pass as {arg('scores_dir')} the {arg('out_dir')} of a scoring run",
         )
     options = manifest.get("options", {})
     have = set(manifest.get("shards", {}))

@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from tokedit.errors import InputError, first_few
+from tokedit.errors import InputError, arg, first_few
 from tokedit.io.manifest import MANIFEST_NAME
 from tokedit.io.storage import RemotePath, as_path
 
@@ -194,7 +194,7 @@ def _discover_remote(root: RemotePath) -> list[Shard]:
 def _select(shards: list[Shard], num_shards: int, shard_index: int) -> list[Shard]:
     if num_shards < 1 or not 0 <= shard_index < num_shards:
         raise InputError(
-            f"--shard-index {shard_index} is not in [0, --num-shards={num_shards})",
-            remedy="use 0 <= shard-index < num-shards",
+            f"{arg('shard_index', shard_index)} is not in [0, {arg('num_shards', num_shards)})",
+            remedy=f"use 0 <= {arg('shard_index')} < {arg('num_shards')}",
         )
     return [s for i, s in enumerate(shards) if i % num_shards == shard_index]

@@ -37,9 +37,13 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 
 ENV_OPTIONS = "TOKEDIT_STORAGE_OPTIONS"
+# Examples of storage options in messages (JSON, as --storage-options takes them).
+KEY_SECRET = '{"key": "...", "secret": "..."}'
+ANON = '{"anon": true}'
+TIMEOUTS = '{"config_kwargs": {"connect_timeout": S, "read_timeout": S}}'
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 
 # A bounded wait for an endpoint that does not answer: botocore's defaults are 60 s per
@@ -86,13 +90,14 @@ def as_path(p: Any) -> Path | RemotePath:
     return RemotePath(s)
 
 
-def require_local(path: Any, flag: str) -> None:
-    """Refuse a URL where tokedit writes local files only (model and experiment folders)."""
+def require_local(path: Any, name: str) -> None:
+    """Refuse a URL where tokedit writes local files only (model and experiment folders);
+    ``name`` is the parameter that gave ``path`` (for the message)."""
     if is_remote(path):
         raise InputError(
-            f"{flag} {path}: this output must be a local directory (object storage is for "
-            "dataset, scores, edited and report directories)",
-            remedy=f"pass a local {flag} and copy it to the store afterwards",
+            f"{arg(name, str(path))}: this output must be a local directory (object storage is "
+            "for dataset, scores, edited and report directories)",
+            remedy=f"pass a local {arg(name)} and copy it to the store afterwards",
         )
 
 
@@ -115,12 +120,12 @@ def parse_storage_options(text: str) -> dict:
         value = json.loads(text)
     except json.JSONDecodeError as e:
         raise InputError(
-            f"--storage-options is not valid JSON ({e.msg} at column {e.colno})",
+            f"{arg('storage_options')} is not valid JSON ({e.msg} at column {e.colno})",
             remedy='pass a JSON object, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\'',
         ) from None
     if not isinstance(value, dict):
         raise InputError(
-            "--storage-options must be a JSON object",
+            f"{arg('storage_options')} must be a JSON object",
             remedy='e.g. \'{"anon": true}\' or \'{"s3": {"profile": "x"}, "gs": {"token": "..."}}\'',
         )
     return value
@@ -171,7 +176,7 @@ def filesystem(protocol: str):
         except TypeError as e:  # an option this filesystem does not take
             raise InputError(
                 f"{protocol}:// filesystem refuses the storage options ({e})",
-                remedy="check --storage-options / $TOKEDIT_STORAGE_OPTIONS; give options per "
+                remedy=f"check {arg('storage_options')} / ${ENV_OPTIONS}; give options per "
                 'protocol when URLs of several kinds are used: \'{"s3": {...}, "hf": {...}}\'',
             ) from e
         except ValueError as e:  # unknown protocol
@@ -205,14 +210,15 @@ def describe_error(e: BaseException, url: str) -> InputError | None:
     if isinstance(e, TypeError) and "unexpected keyword argument" in text:
         return InputError(
             f"{url}: the {url.split('://', 1)[0]}:// filesystem refuses the storage options ({e})",
-            remedy="check --storage-options / $TOKEDIT_STORAGE_OPTIONS; give options per "
+            remedy=f"check {arg('storage_options')} / ${ENV_OPTIONS}; give options per "
             'protocol when URLs of several kinds are used: \'{"s3": {...}, "hf": {...}}\'',
         )
     if "NoCredentialsError" in names or "Unable to locate credentials" in text:
         return InputError(
             f"{url}: no credentials found for this storage",
             remedy="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass "
-            '--storage-options \'{"key": "...", "secret": "..."}\' (use {"anon": true} for a public bucket)',
+            f"{arg('storage_options', KEY_SECRET)} (or {arg('storage_options', ANON)} for a "
+            "public bucket)",
         )
     if (
         "NoSuchBucket" in text
@@ -221,7 +227,8 @@ def describe_error(e: BaseException, url: str) -> InputError | None:
     ):
         return InputError(
             f"{url}: the bucket {bucket!r} does not exist",
-            remedy="check the bucket name in the URL (and the endpoint_url of --storage-options), or create the bucket",
+            remedy=f"check the bucket name in the URL (and the endpoint_url of {arg('storage_options')}), "
+            "or create the bucket",
         )
     if (
         names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
@@ -230,8 +237,8 @@ def describe_error(e: BaseException, url: str) -> InputError | None:
     ):
         return InputError(
             f"{url}: the storage endpoint does not answer ({_first_line(e)})",
-            remedy="check the endpoint_url and the network; --storage-options "
-            '\'{"config_kwargs": {"connect_timeout": S, "read_timeout": S}}\' bounds the wait',
+            remedy="check the endpoint_url and the network; "
+            f"{arg('storage_options', TIMEOUTS)} bounds the wait",
         )
     if (
         "PermissionError" in names
@@ -289,7 +296,8 @@ class RemotePath:
         if "@" in netloc and ":" in netloc.split("@", 1)[0]:
             raise InputError(
                 f"{scheme}://…@{netloc.split('@', 1)[1]}: the URL holds a password",
-                remedy="pass credentials with --storage-options or the environment, never in the URL "
+                remedy=f"pass credentials with {arg('storage_options')} or the environment, never in "
+                "the URL "
                 "(URLs are recorded in manifests)",
             )
         parts = [p for p in rest.split("/") if p not in ("", ".")]

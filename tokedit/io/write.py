@@ -21,7 +21,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tokedit.errors import OutputError
+from tokedit.errors import OutputError, arg
 from tokedit.io.storage import RemotePath, as_path, publish, spool_dir
 
 TMP_SUFFIX = ".tmp"
@@ -40,8 +40,8 @@ def inside(out_dir: str | os.PathLike, rel: str, *, named_by: str = "tokedit") -
     if not rel or str(rel).startswith("/") or ".." in parts or ":" in parts[0]:
         raise OutputError(
             f"{named_by} names the path {rel!r}, which is not inside {root}",
-            remedy="tokedit writes only inside --out: if this manifest was edited or copied "
-            "from elsewhere, delete it (or choose another --out)",
+            remedy=f"tokedit writes only inside {arg('out_dir')}: if this manifest was edited or "
+            f"copied from elsewhere, delete it (or choose another {arg('out_dir')})",
         )
     path = root / str(rel)
     if not isinstance(root, RemotePath):
@@ -50,7 +50,7 @@ def inside(out_dir: str | os.PathLike, rel: str, *, named_by: str = "tokedit") -
         if real != real_root and real_root not in real.parents:
             raise OutputError(
                 f"{path} resolves to {real}, outside {real_root} (a symbolic link in the output)",
-                remedy="remove the link, or choose an --out without links that leave it",
+                remedy=f"remove the link, or choose an {arg('out_dir')} without links that leave it",
             )
     return path
 
@@ -94,7 +94,7 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     except OSError as e:
         raise OutputError(
             f"{dest.parent}: cannot create the output directory ({e.strerror})",
-            remedy="choose a writable --out",
+            remedy=f"choose a writable {arg('out_dir')}",
         ) from e
     tmp = temp_path_for(dest)
     try:
