@@ -32,7 +32,7 @@ from tokedit.analysis.ngrams import MAX_N, NgramTable, compare, concentration, r
 from tokedit.analysis.thresholds import advise, format_thresholds
 from tokedit.analysis.tokenview import DEFAULT_EXAMPLE_CHARS, DEFAULT_EXAMPLES, collect_examples
 from tokedit.analysis.units import TokenUnits, WordUnits
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.io.manifest import read_manifest
 from tokedit.io.storage import RemotePath, as_path
 from tokedit.io.write import upload_tree, write_json
@@ -98,7 +98,9 @@ def model_of(source: CorpusSource) -> tuple[str, str | None] | None:
 def resolve_units(sources: list[CorpusSource], options: ReportOptions, tokenizers: _Tokenizers):
     """Choose token or word units for every corpus of the report (see docs/report.md)."""
     if options.units not in ("auto", "tokens", "words"):
-        raise InputError(f"unknown --units {options.units!r}", remedy="use auto, tokens or words")
+        raise InputError(
+            f"unknown {arg('units', options.units)}", remedy="use auto, tokens or words"
+        )
     if options.units == "words" and not options.tokenizer:
         return WordUnits()  # no tokenizer to load (and no transformers, no torch to import)
     from tokedit.scoring.hf import tokenizer_hash
@@ -121,8 +123,9 @@ def resolve_units(sources: list[CorpusSource], options: ReportOptions, tokenizer
     h = tokenizer_hash(tok) if tok is not None else None
     if options.tokenizer and hashes and hashes != {h}:
         raise InputError(
-            f"--tokenizer {options.tokenizer} (hash {h}) is not the tokenizer of the scores ({', '.join(sorted(hashes))})",
-            remedy="pass the prior the scores were made with, or leave --tokenizer out",
+            f"{arg('tokenizer', options.tokenizer)} (hash {h}) is not the tokenizer of the scores "
+            f"({', '.join(sorted(hashes))})",
+            remedy=f"pass the prior the scores were made with, or leave {arg('tokenizer')} out",
         )
     consistent = len(hashes) <= 1 and (h is None or not hashes or h in hashes)
     if options.units != "words":
@@ -140,7 +143,7 @@ def resolve_units(sources: list[CorpusSource], options: ReportOptions, tokenizer
             )
             raise InputError(
                 f"cannot count token n-grams: {why}",
-                remedy="pass --tokenizer, or use --units words",
+                remedy=f"pass {arg('tokenizer')}, or use {arg('units', 'words')}",
             )
     return WordUnits()
 
@@ -153,7 +156,7 @@ def _decoder_for(source, options, tokenizers) -> TokenUnits:
     if m is None:
         raise InputError(
             f"{source.path}: the manifest names no model to decode the scored tokens",
-            remedy="pass --tokenizer",
+            remedy=f"pass {arg('tokenizer')}",
         )
     return TokenUnits(tokenizers.load(*m), m[0])
 
@@ -165,11 +168,11 @@ def _labels(dirs: list[str], labels: list[str] | None) -> list[str]:
     if labels is not None:
         if len(labels) != len(dirs):
             raise InputError(
-                f"--labels has {len(labels)} name(s) for {len(dirs)} director(ies)",
-                remedy="give one comma-separated label per DIR",
+                f"{arg('labels')} has {len(labels)} name(s) for {len(dirs)} director(ies)",
+                remedy="give one label per directory",
             )
         if len(set(labels)) != len(labels):
-            raise InputError("--labels must be distinct", remedy="rename the duplicates")
+            raise InputError(f"{arg('labels')} must be distinct", remedy="rename the duplicates")
         return list(labels)
     out: list[str] = []
     for d in dirs:
@@ -300,16 +303,25 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
         raise InputError("no corpus given", remedy="pass one or more directories")
     for t in options.target_edit_rates:
         if not 0 < t < 1:
-            raise InputError(f"--target-edit-rate {t} is not in (0, 1)", remedy="e.g. 0.1")
+            raise InputError(
+                f"{t} in {arg('target_edit_rates', tuple(options.target_edit_rates))} is not in "
+                "(0, 1)",
+                remedy="e.g. 0.1",
+            )
     if options.max_docs is not None and options.max_docs < 1:
-        raise InputError("--max-docs must be at least 1", remedy="e.g. --max-docs 10000")
+        raise InputError(
+            f"{arg('max_docs', options.max_docs)} must be at least 1",
+            remedy=f"e.g. {arg('max_docs', 10000)}",
+        )
     if options.examples < 0 or options.example_chars < 1:
         raise InputError(
-            "--examples must be >= 0 and --example-chars >= 1", remedy="e.g. --examples 3"
+            f"{arg('examples')} must be >= 0 and {arg('example_chars')} >= 1",
+            remedy=f"e.g. {arg('examples', 3)}",
         )
     if options.rare_max_count < 1 or options.smoothing_alpha <= 0:
         raise InputError(
-            "--rare-max-count must be >= 1 and --smoothing > 0", remedy="use the defaults"
+            f"{arg('rare_max_count')} must be >= 1 and {arg('smoothing_alpha')} > 0",
+            remedy="use the defaults",
         )
     started = time.perf_counter()
     labels = _labels(dirs, options.labels)

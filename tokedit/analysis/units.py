@@ -18,7 +18,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 
 WORD_PATTERN = r"\w+|[^\w\s]"
 MAX_ID_LIMIT = 2**32 - 1  # ids are uint32; the all-ones value is the counters' sentinel
@@ -63,7 +63,8 @@ class WordUnits:
             start = self._vocab.height
             if start + len(missing) >= self.id_limit:
                 raise InputError(
-                    "more than 2**32 distinct words", remedy="report on a sample with --max-docs"
+                    "more than 2**32 distinct words",
+                    remedy=f"report on a sample with {arg('max_docs')}",
                 )
             new = pl.DataFrame(
                 {
@@ -113,7 +114,8 @@ class TokenUnits:
         if self.tokenizer is None:
             raise InputError(
                 "text corpora need a tokenizer for token n-grams",
-                remedy="pass --tokenizer (a model directory or hub name) or --units words",
+                remedy=f"pass {arg('tokenizer')} (a model directory or hub name) or "
+                f"{arg('units', 'words')}",
             )
         enc = self.tokenizer(
             texts, add_special_tokens=False, return_attention_mask=False, verbose=False
@@ -126,7 +128,8 @@ class TokenUnits:
         if len(ids) and int(ids.max()) >= self.id_limit:
             raise InputError(
                 f"{where}: token id {int(ids.max())} is outside the tokenizer's vocabulary ({self.vocab_size})",
-                remedy="the scores were made with another tokenizer: pass the matching --tokenizer",
+                remedy="the scores were made with another tokenizer: pass the matching "
+                f"{arg('tokenizer')}",
             )
 
     def unit_texts(self, ids: np.ndarray) -> list[str]:
@@ -144,7 +147,7 @@ class TokenUnits:
         if self.tokenizer is None:
             raise InputError(
                 "word n-grams of a scores directory need its tokenizer to decode the tokens",
-                remedy="pass --tokenizer, or make the model in the scores manifest reachable",
+                remedy=f"pass {arg('tokenizer')}, or make the model in the scores manifest reachable",
             )
         return self.tokenizer.batch_decode(lists.to_pylist())
 

@@ -12,5 +12,8 @@ FLAGS = {
     "out_dir": "--out",
     "input_dir": "INPUT",
     "model": "--model",
+    "model_path": "--model",
     "texts": "INPUT",
+    "target_edit_rates": "--target-edit-rate",
+    "smoothing_alpha": "--smoothing",
 }

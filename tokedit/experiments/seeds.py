@@ -55,8 +55,7 @@ def read_result(run_dir: str | Path) -> dict:
                 ) from e
     raise InputError(
         f"{run}: no {' or '.join(RESULT_FILES)} here",
-        remedy="pass the --out directories of finished `tokedit experiment recursive` or "
-        "`mixture` runs",
+        remedy="pass the output directories of finished recursive or mixture experiments",
     )
 
 
@@ -83,7 +82,7 @@ def check_comparable(results: list[dict], names: list[str]) -> None:
         if list(result["arms"]) != list(first["arms"]):
             raise InputError(
                 f"{name} has arms {list(result['arms'])}, {where} has {list(first['arms'])}",
-                remedy="summarize runs with the same arms (--gamma, --no-toedit)",
+                remedy="summarize runs with the same arms (the same TCE gammas, ToEdit in all or none)",
             )
     seeds = [r["seed"] for r in results]
     for seed in sorted({s for s in seeds if seeds.count(s) > 1}):

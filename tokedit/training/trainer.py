@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from transformers import TrainerCallback
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.io.read import read_ok_texts
 from tokedit.training.tce import per_token_cross_entropy
 
@@ -50,7 +50,8 @@ def read_texts(data_dir: str, text_column: str = "text", id_column: str | None =
     _, texts = read_ok_texts(data_dir, text_column, id_column)
     if not texts:
         raise InputError(
-            f"{data_dir}: no non-empty documents to train on", remedy="check --text-column"
+            f"{data_dir}: no non-empty documents to train on",
+            remedy=f"check {arg('text_column', text_column)}",
         )
     return texts
 
@@ -180,7 +181,9 @@ def make_loss_func(config: TrainConfig) -> Callable | None:
         from tokedit.training.tce import make_compute_loss_func
 
         return make_compute_loss_func(gamma=config.gamma, normalize=config.tce_normalize)
-    raise InputError(f"unknown loss {config.loss!r}", remedy="use --loss ce or --loss tce")
+    raise InputError(
+        f"unknown loss {config.loss!r}", remedy=f"use {arg('loss', 'ce')} or {arg('loss', 'tce')}"
+    )
 
 
 class TimeBudget(TrainerCallback):
@@ -225,8 +228,10 @@ def train_model(
     log = log or (lambda m: print(m, file=sys.stderr))
     if from_scratch == (model_path is not None):
         raise InputError(
-            "pass exactly one of --model M (continue training) and --from-scratch",
-            remedy="tokedit train DATA --from-scratch --out MODEL",
+            f"pass exactly one of {arg('model_path')} (continue training) and "
+            f"{arg('from_scratch', True)}",
+            remedy=f"pass {arg('model_path')} to continue a model, or {arg('from_scratch', True)} "
+            "to train a new one",
         )
     if (texts is None) == (data_dir is None):
         raise ValueError("train_model takes a data_dir or texts, not both or neither")
