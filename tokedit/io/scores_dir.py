@@ -64,8 +64,8 @@ READ_FOR_EDIT = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", 
 READ_FOR_REPORT = ("status", "n_tokens", "ppl", "token_ids", "logprob")
 
 RESCORE_REMEDY = (
-    f"score this input again (same {arg('text_column')} / {arg('id_column')}) and edit with the "
-    "new scores"
+    f"rerun `tokedit score` on this input (same {arg('text_column')} / {arg('id_column')}) and "
+    "edit with the new scores"
 )
 
 
