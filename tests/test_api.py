@@ -133,7 +133,7 @@ def test_errors_name_parameters_in_python_and_flags_on_the_command_line(prior, t
     with pytest.raises(tokedit.InputError, match=r"either scores .* or prior"):
         tokedit.edit(texts)
     sparse = prior.score(texts[:3], candidates_min_p=0.9)
-    with pytest.raises(tokedit.InputError, match=r"only where P >= 0.9 \(candidates_min_p "):
+    with pytest.raises(tokedit.InputError, match=r"object holds candidates only where P >= 0.9 \(candidates_min_p=0.9 when scoring\), so p=0.5"):  # fmt: skip
         tokedit.edit(texts[:3], scores=sparse, p=0.5)
 
 

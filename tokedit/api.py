@@ -344,7 +344,7 @@ def edit(
         from tokedit.editor.options import resolve_rule
 
         rule = resolve_rule(options, scores.options.top_k, scores_mode=True)
-        check_candidates_cover(scores.options.candidates_min_p, options.ps, "the scores")
+        check_candidates_cover(scores.options.candidates_min_p, options.ps, "this Scores object")
         source = TableSource(scores.table, rule, banned_mask(tok), options.seed, p)
         if ids is None:
             ids = scores.table.column("id").to_pylist()
