@@ -1,0 +1,59 @@
+"""What the integrations share: the edit keywords checked once where the pipeline is built,
+and one loaded prior per process and configuration."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokedit.api import Prior, load_prior
+from tokedit.config import take
+from tokedit.editor.options import build_edit_options
+from tokedit.errors import InputError, arg
+from tokedit.scoring.options import ModelOptions, ScoreOptions
+
+WINDOW_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")
+
+# one prior per (model, device, dtype, backend, revision) and process: a map worker, a
+# datatrove task or a forked process loads it on first use and keeps it for every batch
+_PRIORS: dict[PriorConfig, Prior] = {}
+
+
+@dataclass(frozen=True)
+class PriorConfig:
+    """What :func:`tokedit.load_prior` needs: small and picklable, unlike the prior."""
+
+    model: str
+    device: str = ModelOptions.device
+    dtype: str = ModelOptions.dtype
+    backend: str = ModelOptions.backend
+    revision: str | None = ModelOptions.revision
+
+    def load(self) -> Prior:
+        prior = _PRIORS.get(self)
+        if prior is None:
+            prior = _PRIORS[self] = load_prior(
+                self.model,
+                device=self.device,
+                dtype=self.dtype,
+                backend=self.backend,
+                revision=self.revision,
+            )
+        return prior
+
+
+def check_edit_kwargs(kwargs: dict, where: str) -> dict:
+    """``kwargs`` if :func:`tokedit.edit` takes them with a prior (one threshold), else the
+    same error it would raise, here where the pipeline is built rather than in a worker."""
+    rest = dict(kwargs)
+    options = build_edit_options(None, rest)
+    take(rest, ScoreOptions, None, exclude=("top_k", "candidates_min_p"))
+    if rest:
+        raise TypeError(
+            f"{where}() got unexpected keyword argument(s) {', '.join(map(repr, sorted(rest)))}"
+        )
+    if len(options.ps) != 1:
+        raise InputError(
+            f"{arg('p', options.ps)}: {where} edits with one threshold",
+            remedy="one step (or map) per threshold",
+        )
+    return dict(kwargs)
