@@ -3,6 +3,8 @@ and one loaded prior per process and configuration."""
 
 from __future__ import annotations
 
+import os
+import sys
 from dataclasses import dataclass
 
 from tokedit.api import Prior, load_prior
@@ -16,6 +18,18 @@ WINDOW_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")
 # one prior per (model, device, dtype, backend, revision) and process: a map worker, a
 # datatrove task or a forked process loads it on first use and keeps it for every batch
 _PRIORS: dict[PriorConfig, Prior] = {}
+_FORKED_AFTER_TORCH = [False]
+
+
+def _after_fork_in_child() -> None:
+    # A process forked from one that had run torch ops on several threads hangs in its first
+    # parallel op (GNU OpenMP's thread pool does not survive fork): datasets' map(num_proc=N)
+    # forks the caller, who may well have edited or trained in the same session.
+    if "torch" in sys.modules:
+        _FORKED_AFTER_TORCH[0] = True
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @dataclass(frozen=True)
@@ -29,6 +43,11 @@ class PriorConfig:
     revision: str | None = ModelOptions.revision
 
     def load(self) -> Prior:
+        if _FORKED_AFTER_TORCH[0]:
+            import torch
+
+            torch.set_num_threads(1)  # the one setting that does not hang after such a fork
+            _FORKED_AFTER_TORCH[0] = False
         prior = _PRIORS.get(self)
         if prior is None:
             prior = _PRIORS[self] = load_prior(

@@ -7,13 +7,19 @@
     fn = edit_function(PRIOR, p=0.99, seed=0, max_length=512)
     edited = dataset.map(fn, batched=True, batch_size=64, num_proc=2)
 
-Works the same for ``Dataset`` and ``IterableDataset``. The function object pickles as its
+Works the same for ``Dataset`` and ``IterableDataset``. With ``edits=True`` the
+``tokedit_edits`` column (each edit's position and token ids) is added too; a ``Dataset``
+then needs ``map(..., features=fn.features(dataset.features))``: ``datasets`` fixes each
+column's type from the first batch it writes, and a first batch without any edit would
+make it a list of nulls, which the next batch with edits cannot be cast to. The function object pickles as its
 configuration only; each process loads the prior the first time it edits a batch and keeps
 it. Ids come from ``id_column`` (``with_indices=True`` and ``id_column=None``: the row
 index), so the edited bytes do not depend on ``batch_size`` or ``num_proc``.
 """
 
 from __future__ import annotations
+
+import pyarrow as pa
 
 from tokedit.api import edit
 from tokedit.errors import InputError
@@ -34,9 +40,11 @@ class EditFunction:
         text_column: str = "text",
         id_column: str | None = "id",
         batch_rows: int = DEFAULT_BATCH_ROWS,
+        edits: bool = False,
         **edit_kwargs,
     ):
         self.prior = prior
+        self.edits = edits
         self.text_column = text_column
         self.id_column = id_column
         self.batch_rows = batch_rows
@@ -70,10 +78,29 @@ class EditFunction:
         out = dict(batch)
         target = edits.options.output_column or self.text_column
         out[target] = edits.texts
-        for name in PROVENANCE_COLUMNS:
-            if name in table.column_names:
-                out[name] = table.column(name).to_pylist()
+        for name in self._provenance(table.column_names):
+            out[name] = table.column(name).to_pylist()
         return out
+
+    def _provenance(self, names) -> list[str]:
+        return [
+            n for n in PROVENANCE_COLUMNS if n in names and (self.edits or n != "tokedit_edits")
+        ]
+
+    def features(self, features=None):
+        """``features`` (those of the dataset mapped) with the columns this function adds:
+        pass it as ``map(..., features=fn.features(dataset.features))``."""
+        from datasets import Features
+
+        from tokedit.editor.batch import EDITS_TYPE
+
+        types = {n: pa.int64() for n in PROVENANCE_COLUMNS} | {"tokedit_edits": EDITS_TYPE}
+        provenance = self.edit_kwargs.get("provenance", True)
+        added = pa.schema([(n, types[n]) for n in self._provenance(types) if provenance])
+        target = self.edit_kwargs.get("output_column")
+        if target:
+            added = added.insert(0, pa.field(target, pa.string()))
+        return Features({**(features or {}), **Features.from_arrow_schema(added)})
 
 
 def edit_function(
@@ -86,6 +113,7 @@ def edit_function(
     backend: str = ModelOptions.backend,
     revision: str | None = ModelOptions.revision,
     batch_rows: int = DEFAULT_BATCH_ROWS,
+    edits: bool = False,
     **edit_kwargs,
 ) -> EditFunction:
     """A picklable function for ``Dataset.map(fn, batched=True)`` that edits
@@ -94,8 +122,14 @@ def edit_function(
     ``edit_kwargs``: those of :func:`tokedit.edit` (``preset``, ``p``, ``top_k``,
     ``temperature``, ``drop_below``, ``seed``, ``output_column``, ``provenance``,
     ``max_length``, ``overlap``, ``batch_tokens``, ``bos`` ...), checked here.
+    ``edits``: add the ``tokedit_edits`` column too (see the module's note on features).
     """
     config = PriorConfig(model, device=device, dtype=dtype, backend=backend, revision=revision)
     return EditFunction(
-        config, text_column=text_column, id_column=id_column, batch_rows=batch_rows, **edit_kwargs
+        config,
+        text_column=text_column,
+        id_column=id_column,
+        batch_rows=batch_rows,
+        edits=edits,
+        **edit_kwargs,
     )
