@@ -85,6 +85,7 @@ def test_datasets_map_any_batch_size_and_processes(docs, cli, tiny_prior):
 
 
 def test_datatrove_pipeline(tmp_path, data, cli, tiny_prior):
+    pytest.importorskip("datatrove", reason="an optional extra: pip install 'tokedit[datatrove]'")
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
