@@ -400,10 +400,10 @@ def test_report_of_a_real_edit(tmp_path, corpus_dir, tiny_scores):
         [str(tiny_scores), str(edited / "p=0.5")], ReportOptions(labels=["human", "edited"])
     )
     e = r["corpora"][1]["edits"]
-    t = summary["totals"]["p"]["0.5"]
+    t = summary.totals["0.5"]
     assert r["corpora"][1]["kind"] == "edited" and e["threshold"] == 0.5
-    assert (e["scored_tokens"], e["above"], e["changed"]) == (t["scored"], t["above"], t["changed"])
-    assert e["skipped"] == sum(t["skipped"].values()) and e["skipped_reasons"] == t["skipped"]
+    assert (e["scored_tokens"], e["above"], e["changed"]) == (t.scored, t.above, t.changed)
+    assert e["skipped"] == sum(t.skipped.values()) and e["skipped_reasons"] == t.skipped
     assert (
         e["changed"] > 0 and e["recorded_edits"] == e["changed"] and e["recorded_same_token"] == 0
     )
