@@ -11,7 +11,7 @@ from tokedit.editor.rng import doc_keys
 from tokedit.errors import InputError
 from tokedit.io.read import Documents, RowBatch
 from tokedit.io.scores_dir import (
-    FINGERPRINT_COLUMN,
+    TEXT_FINGERPRINT,
     AlignedScores,
     check_alignment,
     check_fingerprints,
@@ -25,8 +25,8 @@ def stored_draws(source, table, docs: Documents, where, row0: int, on_tokens=Non
     and the draws of ``source``'s rule from their candidates."""
     sb = ScoreBatch.from_table(table)
     check_alignment(sb, docs, where, row0)
-    if FINGERPRINT_COLUMN in table.column_names:
-        check_fingerprints(table.column(FINGERPRINT_COLUMN), docs, where, row0)
+    if TEXT_FINGERPRINT in table.column_names:
+        check_fingerprints(table.column(TEXT_FINGERPRINT), docs, where, row0)
     keys = doc_keys(source.seed, sb.ids)
     draws = draw_batch(sb, keys, source.p_min, source.rule, source.banned)
     if on_tokens is not None:

@@ -26,16 +26,24 @@ from tokedit.io.write import (
     write_json,
 )
 
+# The provenance columns an edit appends, one constant each: every module that reads them uses
+# these names (tests/test_formats_declared_once.py fails on the strings elsewhere).
+TOKEDIT_N_ABOVE = "tokedit_n_above"
+TOKEDIT_N_CHANGED = "tokedit_n_changed"
+TOKEDIT_N_SKIPPED = "tokedit_n_skipped"
+TOKEDIT_N_DELETED = "tokedit_n_deleted"
+TOKEDIT_EDITS = "tokedit_edits"
+
 PROVENANCE_COLUMNS = (
-    "tokedit_n_above",
-    "tokedit_n_changed",
-    "tokedit_n_skipped",
-    "tokedit_n_deleted",
-    "tokedit_edits",
+    TOKEDIT_N_ABOVE,
+    TOKEDIT_N_CHANGED,
+    TOKEDIT_N_SKIPPED,
+    TOKEDIT_N_DELETED,
+    TOKEDIT_EDITS,
 )
 # Every edited directory has these; ``tokedit_n_deleted`` came later (readers count
 # deletions from ``tokedit_edits``, where ``new_id`` is -1).
-PROVENANCE_COLUMNS_ALWAYS = tuple(c for c in PROVENANCE_COLUMNS if c != "tokedit_n_deleted")
+PROVENANCE_COLUMNS_ALWAYS = tuple(c for c in PROVENANCE_COLUMNS if c != TOKEDIT_N_DELETED)
 
 
 # ``mirror``: each shard in its input's format; otherwise every shard in this format.
@@ -134,11 +142,11 @@ def output_table(
             if name in table.column_names:  # re-editing an edited corpus: replace, not duplicate
                 table = table.drop_columns([name])
         table = (
-            table.append_column("tokedit_n_above", pa.array(edited.n_above, pa.int64()))
-            .append_column("tokedit_n_changed", pa.array(edited.n_changed, pa.int64()))
-            .append_column("tokedit_n_skipped", pa.array(edited.n_skipped, pa.int64()))
-            .append_column("tokedit_n_deleted", pa.array(edited.n_deleted, pa.int64()))
-            .append_column("tokedit_edits", edited.edits_array())
+            table.append_column(TOKEDIT_N_ABOVE, pa.array(edited.n_above, pa.int64()))
+            .append_column(TOKEDIT_N_CHANGED, pa.array(edited.n_changed, pa.int64()))
+            .append_column(TOKEDIT_N_SKIPPED, pa.array(edited.n_skipped, pa.int64()))
+            .append_column(TOKEDIT_N_DELETED, pa.array(edited.n_deleted, pa.int64()))
+            .append_column(TOKEDIT_EDITS, edited.edits_array())
         )
     # datasets' "huggingface" metadata describes the input columns; readers infer the new ones.
     meta = {k: v for k, v in (table.schema.metadata or {}).items() if k != b"huggingface"}
@@ -166,11 +174,11 @@ def output_records(
             ok = docs.statuses[i] in (STATUS_OK, STATUS_EMPTY)
             r[target] = t if t is not None else (docs.texts[i] if ok else None)
         if provenance:
-            r["tokedit_n_above"] = int(edited.n_above[i])
-            r["tokedit_n_changed"] = int(edited.n_changed[i])
-            r["tokedit_n_skipped"] = int(edited.n_skipped[i])
-            r["tokedit_n_deleted"] = int(edited.n_deleted[i])
-            r["tokedit_edits"] = lists[i]
+            r[TOKEDIT_N_ABOVE] = int(edited.n_above[i])
+            r[TOKEDIT_N_CHANGED] = int(edited.n_changed[i])
+            r[TOKEDIT_N_SKIPPED] = int(edited.n_skipped[i])
+            r[TOKEDIT_N_DELETED] = int(edited.n_deleted[i])
+            r[TOKEDIT_EDITS] = lists[i]
         out.append(r)
     return out
 

@@ -22,28 +22,39 @@ from tokedit.io.read import DEFAULT_BATCH_ROWS, STATUS_OK, Documents, RowBatch
 from tokedit.io.shards import Shard
 from tokedit.io.storage import arrow_source
 
+# The columns of a scores shard, one constant each: every module that makes or reads a scores
+# table uses these names (tests/test_formats_declared_once.py fails on the strings elsewhere).
+ID = "id"
+STATUS = "status"
+N_TOKENS = "n_tokens"
+MEAN_LOGPROB = "mean_logprob"
+PPL = "ppl"
+TOKEN_IDS = "token_ids"
+OFFSETS = "offsets"
+LOGPROB = "logprob"
+TOPK_IDS = "topk_ids"
+TOPK_LOGPROBS = "topk_logprobs"
+TEXT_FINGERPRINT = "text_fingerprint"
+
 # Column order and types of a scores shard (a contract: see docs/formats.md "Scores directory").
 SCORES_SCHEMA = pa.schema(
     [
-        ("id", pa.string()),
-        ("status", pa.string()),
-        ("n_tokens", pa.int32()),
-        ("mean_logprob", pa.float64()),
-        ("ppl", pa.float64()),
-        ("token_ids", pa.list_(pa.int32())),
-        ("offsets", pa.list_(pa.int32())),
-        ("logprob", pa.list_(pa.float32())),
-        ("topk_ids", pa.list_(pa.list_(pa.int32()))),
-        ("topk_logprobs", pa.list_(pa.list_(pa.float32()))),
+        (ID, pa.string()),
+        (STATUS, pa.string()),
+        (N_TOKENS, pa.int32()),
+        (MEAN_LOGPROB, pa.float64()),
+        (PPL, pa.float64()),
+        (TOKEN_IDS, pa.list_(pa.int32())),
+        (OFFSETS, pa.list_(pa.int32())),
+        (LOGPROB, pa.list_(pa.float32())),
+        (TOPK_IDS, pa.list_(pa.list_(pa.int32()))),
+        (TOPK_LOGPROBS, pa.list_(pa.list_(pa.float32()))),
         # Added in issue 16 (an addition to the contract; older scores lack it):
         # "<characters>:<blake2b-8 hex of the UTF-8 bytes>" of the text scored, null where
         # the row had no scorable text. ``edit --scores`` refuses rows whose text differs.
-        ("text_fingerprint", pa.string()),
+        (TEXT_FINGERPRINT, pa.string()),
     ]
 )
-
-
-FINGERPRINT_COLUMN = "text_fingerprint"
 
 
 def text_fingerprint(text: str) -> str:
@@ -60,8 +71,8 @@ def scores_rel(shard: Shard) -> str:
 
 
 # What each reader needs of a scores shard (all of them columns of SCORES_SCHEMA).
-READ_FOR_EDIT = ["id", "status", "token_ids", "offsets", "logprob", "topk_ids", "topk_logprobs"]
-READ_FOR_REPORT = ("status", "n_tokens", "ppl", "token_ids", "logprob")
+READ_FOR_EDIT = [ID, STATUS, TOKEN_IDS, OFFSETS, LOGPROB, TOPK_IDS, TOPK_LOGPROBS]
+READ_FOR_REPORT = (STATUS, N_TOKENS, PPL, TOKEN_IDS, LOGPROB)
 
 RESCORE_REMEDY = (
     f"rerun `tokedit score` on this input (same {arg('text_column')} / {arg('id_column')}) and "
@@ -143,7 +154,7 @@ class AlignedScores:
             )
         # Scores written before the fingerprint column existed lack it: the id, status and
         # length checks of check_alignment still apply to them.
-        columns = READ_FOR_EDIT + [FINGERPRINT_COLUMN] * (FINGERPRINT_COLUMN in names)
+        columns = READ_FOR_EDIT + [TEXT_FINGERPRINT] * (TEXT_FINGERPRINT in names)
         self.schema = pa.schema([self.file.schema_arrow.field(c) for c in columns])
         self._batches = self.file.iter_batches(batch_size=DEFAULT_BATCH_ROWS, columns=columns)
         self._pending: list[pa.RecordBatch] = []

@@ -43,7 +43,12 @@ def truncate_to_tokens(texts: list[str], tokenizer, n_tokens: int) -> list[str]:
     ]
 
 
+# The one shard :func:`write_texts` writes (its scores, mirroring it, have the same name).
+DOCS_SHARD = "docs.parquet"
+
+
 def write_texts(out_dir: Path, ids: list[str], texts: list[str]) -> Path:
-    with atomic_path(out_dir / "docs.parquet") as tmp:
+    """``out_dir/docs.parquet``: columns ``id`` and ``text`` (the default column names)."""
+    with atomic_path(out_dir / DOCS_SHARD) as tmp:
         pq.write_table(pa.table({"id": ids, "text": texts}), tmp)
     return out_dir

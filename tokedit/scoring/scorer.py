@@ -18,7 +18,21 @@ import pyarrow as pa
 from tokedit.engines.step import Stats
 from tokedit.errors import InputError, arg
 from tokedit.io.read import STATUS_OK, Documents
-from tokedit.io.scores_dir import FINGERPRINT_COLUMN, SCORES_SCHEMA, text_fingerprint
+from tokedit.io.scores_dir import (
+    ID,
+    LOGPROB,
+    MEAN_LOGPROB,
+    N_TOKENS,
+    OFFSETS,
+    PPL,
+    SCORES_SCHEMA,
+    STATUS,
+    TEXT_FINGERPRINT,
+    TOKEN_IDS,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    text_fingerprint,
+)
 from tokedit.scoring.options import BOS_MODES, ScoreOptions
 from tokedit.scoring.windows import (
     Window,
@@ -311,17 +325,17 @@ def build_scores_table(
     )
     mean_valid = ~np.isnan(mean_lp)
     columns = {
-        "id": pa.array(docs.ids, pa.string()),
-        "status": pa.array(docs.statuses, pa.string()),
-        "n_tokens": pa.array(n_tok.astype(np.int32)),
-        "mean_logprob": pa.array(mean_lp, mask=~mean_valid),
-        "ppl": pa.array(np.exp(-np.where(mean_valid, mean_lp, 0.0)), mask=~mean_valid),
-        "token_ids": lists(pa.array(cat(tok_parts, np.int32))),
-        "offsets": lists(pa.array(cat(start_parts, np.int32))),
-        "logprob": lists(pa.array(cat(lp_parts, np.float32), mask=~valid)),
-        "topk_ids": lists(topk_ids),
-        "topk_logprobs": lists(topk_lps),
-        FINGERPRINT_COLUMN: pa.array(
+        ID: pa.array(docs.ids, pa.string()),
+        STATUS: pa.array(docs.statuses, pa.string()),
+        N_TOKENS: pa.array(n_tok.astype(np.int32)),
+        MEAN_LOGPROB: pa.array(mean_lp, mask=~mean_valid),
+        PPL: pa.array(np.exp(-np.where(mean_valid, mean_lp, 0.0)), mask=~mean_valid),
+        TOKEN_IDS: lists(pa.array(cat(tok_parts, np.int32))),
+        OFFSETS: lists(pa.array(cat(start_parts, np.int32))),
+        LOGPROB: lists(pa.array(cat(lp_parts, np.float32), mask=~valid)),
+        TOPK_IDS: lists(topk_ids),
+        TOPK_LOGPROBS: lists(topk_lps),
+        TEXT_FINGERPRINT: pa.array(
             [text_fingerprint(docs.texts[row]) if row in ok_set else None for row in range(n_rows)],
             pa.string(),
         ),
