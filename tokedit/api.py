@@ -30,9 +30,29 @@ from tokedit.engines.options import RunOptions
 from tokedit.engines.step import Stats
 from tokedit.errors import InputError, arg
 from tokedit.io import DEFAULT_BATCH_ROWS
-from tokedit.io.edited_dir import PROVENANCE_COLUMNS, output_table
+from tokedit.io.edited_dir import (
+    PROVENANCE_COLUMNS,
+    TOKEDIT_EDITS,
+    TOKEDIT_N_ABOVE,
+    TOKEDIT_N_CHANGED,
+    TOKEDIT_N_DELETED,
+    TOKEDIT_N_SKIPPED,
+    output_table,
+)
 from tokedit.io.read import RowBatch, memory_batch, to_documents
-from tokedit.io.scores_dir import SCORES_SCHEMA, check_candidates_cover
+from tokedit.io.scores_dir import (
+    ID,
+    LOGPROB,
+    MEAN_LOGPROB,
+    OFFSETS,
+    PPL,
+    SCORES_SCHEMA,
+    STATUS,
+    TOKEN_IDS,
+    TOPK_IDS,
+    TOPK_LOGPROBS,
+    check_candidates_cover,
+)
 from tokedit.scoring.options import ModelOptions, ScoreOptions
 from tokedit.scoring.run import ScoreResult, load_backend, score_dataset
 
@@ -191,15 +211,15 @@ class DocScores:
 def _doc_scores(table: pa.Table) -> Iterator[DocScores]:
     for row in table.to_pylist():
         yield DocScores(
-            id=row["id"],
-            status=row["status"],
-            token_ids=np.asarray(row["token_ids"], np.int32),
-            offsets=np.asarray(row["offsets"], np.int32),
-            logprob=np.asarray([np.nan if v is None else v for v in row["logprob"]], np.float32),
-            topk_ids=[np.asarray(c, np.int32) for c in row["topk_ids"]],
-            topk_logprobs=[np.asarray(c, np.float32) for c in row["topk_logprobs"]],
-            mean_logprob=row["mean_logprob"],
-            ppl=row["ppl"],
+            id=row[ID],
+            status=row[STATUS],
+            token_ids=np.asarray(row[TOKEN_IDS], np.int32),
+            offsets=np.asarray(row[OFFSETS], np.int32),
+            logprob=np.asarray([np.nan if v is None else v for v in row[LOGPROB]], np.float32),
+            topk_ids=[np.asarray(c, np.int32) for c in row[TOPK_IDS]],
+            topk_logprobs=[np.asarray(c, np.float32) for c in row[TOPK_LOGPROBS]],
+            mean_logprob=row[MEAN_LOGPROB],
+            ppl=row[PPL],
         )
 
 
@@ -285,11 +305,11 @@ def _edits_of(table: pa.Table, options: EditOptions) -> Iterator[Edit]:
         yield Edit(
             id=row.get("id"),
             text=row[column],
-            n_above=row.get("tokedit_n_above", 0),
-            n_changed=row.get("tokedit_n_changed", 0),
-            n_skipped=row.get("tokedit_n_skipped", 0),
-            n_deleted=row.get("tokedit_n_deleted", 0),
-            edits=row.get("tokedit_edits", []),
+            n_above=row.get(TOKEDIT_N_ABOVE, 0),
+            n_changed=row.get(TOKEDIT_N_CHANGED, 0),
+            n_skipped=row.get(TOKEDIT_N_SKIPPED, 0),
+            n_deleted=row.get(TOKEDIT_N_DELETED, 0),
+            edits=row.get(TOKEDIT_EDITS, []),
         )
 
 
@@ -347,7 +367,7 @@ def edit(
         check_candidates_cover(scores.options.candidates_min_p, options.ps, "this Scores object")
         source = TableSource(scores.table, rule, banned_mask(tok), options.seed, p)
         if ids is None:
-            ids = scores.table.column("id").to_pylist()
+            ids = scores.table.column(ID).to_pylist()
     else:
         tok = prior.tokenizer
         rule = resolve_model_rule(options, prior.model_options.backend)

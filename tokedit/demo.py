@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import InputError
-from tokedit.io.texts import split_documents, truncate_to_tokens, write_texts
+from tokedit.io.texts import DOCS_SHARD, split_documents, truncate_to_tokens, write_texts
 from tokedit.io.write import JsonlShardWriter, atomic_path
 from tokedit.scoring.gguf import cache_dir
 from tokedit.scoring.priors import pip_download
@@ -306,7 +306,7 @@ def run_demo(
         f"[5/6] fully synthetic comparison: the prior continues each document's first {plan.prefix_tokens} tokens, then scores it"
     )
     synthetic = sample / "synthetic"
-    if not (synthetic / "docs.parquet").is_file():
+    if not (synthetic / DOCS_SHARD).is_file():
         generated = generate_continuations(
             load_causal_lm(model),
             tokenizer,

@@ -28,7 +28,7 @@ from tokedit.io import DEFAULT_BATCH_ROWS
 from tokedit.io.edited_dir import PROVENANCE_COLUMNS_ALWAYS, p_dir, p_label, parse_p_dir
 from tokedit.io.manifest import read_manifest
 from tokedit.io.read import STATUS_OK, RowBatch, iter_batches, to_documents
-from tokedit.io.scores_dir import READ_FOR_REPORT
+from tokedit.io.scores_dir import LOGPROB, N_TOKENS, PPL, READ_FOR_REPORT, STATUS, TOKEN_IDS
 from tokedit.io.shards import Shard, discover_shards
 from tokedit.io.storage import arrow_source, as_path
 
@@ -90,7 +90,7 @@ def _looks_like_scores(shard: Shard) -> bool:
     if shard.fmt != "parquet":
         return False
     names = set(pq.read_schema(arrow_source(shard.path)).names)
-    return {"token_ids", "logprob"} <= names and "text" not in names
+    return {TOKEN_IDS, LOGPROB} <= names and "text" not in names
 
 
 def count_rows(shard: Shard) -> int:
@@ -202,15 +202,15 @@ def _scores_batch(batch: RowBatch, stats: CorpusStats, units, decoder):
             f"{batch.shard.path}: scores shard without column(s) {', '.join(missing)}",
             remedy="pass a directory written by `tokedit score`",
         )
-    _count_statuses(stats, table.column("status").to_pylist())
-    lp_values, _ = flat_list(table.column("logprob"))
+    _count_statuses(stats, table.column(STATUS).to_pylist())
+    lp_values, _ = flat_list(table.column(LOGPROB))
     valid = lp_values.is_valid().to_numpy(zero_copy_only=False)
     lp = lp_values.to_numpy(zero_copy_only=False)
     stats.probs.add(lp[valid], n_no_context=int((~valid).sum()))
-    ok = pc.equal(table.column("status"), STATUS_OK).to_numpy(zero_copy_only=False)
-    ok &= table.column("n_tokens").to_numpy(zero_copy_only=False) > 0
-    stats.ppl.add(table.column("ppl").to_numpy(zero_copy_only=False)[ok])
-    token_lists = table.column("token_ids")
+    ok = pc.equal(table.column(STATUS), STATUS_OK).to_numpy(zero_copy_only=False)
+    ok &= table.column(N_TOKENS).to_numpy(zero_copy_only=False) > 0
+    stats.ppl.add(table.column(PPL).to_numpy(zero_copy_only=False)[ok])
+    token_lists = table.column(TOKEN_IDS)
     if units.kind == "tokens":
         flat, lengths = flat_list(token_lists)
         ids = flat.to_numpy(zero_copy_only=False).astype(np.uint32)

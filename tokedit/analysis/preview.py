@@ -27,9 +27,11 @@ from tokedit.editor.rules import (
     resolve_preset,
     rule_weights,
 )
+from tokedit.io.scores_dir import LOGPROB, TOKEN_IDS, TOPK_IDS, TOPK_LOGPROBS
 from tokedit.io.storage import arrow_source, as_path
 
-COLUMNS = ["token_ids", "logprob", "topk_ids", "topk_logprobs"]
+# What the preview reads of a scores shard.
+COLUMNS = [TOKEN_IDS, LOGPROB, TOPK_IDS, TOPK_LOGPROBS]
 
 
 @dataclass
@@ -75,12 +77,12 @@ class EditPreview:
 
     def add(self, table: pa.Table) -> None:
         """Count one batch of a scores table (columns :data:`COLUMNS`)."""
-        lp_col = pc.list_flatten(table.column("logprob"))
+        lp_col = pc.list_flatten(table.column(LOGPROB))
         valid = ~np.asarray(lp_col.is_null().to_numpy(zero_copy_only=False))
         lp = np.asarray(lp_col.fill_null(np.nan).to_numpy(zero_copy_only=False), np.float32)
-        orig = np.asarray(pc.list_flatten(table.column("token_ids")).to_numpy(), np.int64)
-        inner = pc.list_flatten(table.column("topk_ids")).combine_chunks()
-        inner_lp = pc.list_flatten(table.column("topk_logprobs")).combine_chunks()
+        orig = np.asarray(pc.list_flatten(table.column(TOKEN_IDS)).to_numpy(), np.int64)
+        inner = pc.list_flatten(table.column(TOPK_IDS)).combine_chunks()
+        inner_lp = pc.list_flatten(table.column(TOPK_LOGPROBS)).combine_chunks()
         sizes = np.asarray(pc.list_value_length(inner).to_numpy(zero_copy_only=False))
         k = int(sizes.max()) if len(sizes) else 0
         self.stored_k = max(self.stored_k, k)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tokedit.io.scores_dir import LOGPROB
 from tokedit.io.storage import arrow_source, as_path
 
 THRESHOLDS = (0.9, 0.99, 0.999)
@@ -101,7 +102,7 @@ def accumulate_scores_dir(scores_dir: Path) -> ProbabilityAccumulator:
     acc = ProbabilityAccumulator()
     for path in sorted(as_path(scores_dir).rglob("*.parquet")):
         lp = pc.list_flatten(
-            pq.read_table(arrow_source(path), columns=["logprob"]).column("logprob")
+            pq.read_table(arrow_source(path), columns=[LOGPROB]).column(LOGPROB)
         ).drop_null()
         acc.add(lp.to_numpy())
     return acc

@@ -20,6 +20,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import pyarrow.parquet as pq
 
+from tokedit.io.edited_dir import TOKEDIT_EDITS, TOKEDIT_N_CHANGED, TOKEDIT_N_DELETED
+from tokedit.io.scores_dir import ID, LOGPROB, N_TOKENS, OFFSETS, STATUS, TOKEN_IDS
 from tokedit.io.storage import arrow_source, as_path
 
 DEFAULT_EXAMPLES = 3
@@ -305,10 +307,10 @@ def _doc_id(value, shard, row: int) -> str:
 
 def _scores_row_ok(srow: dict | None, text: str, edits: Sequence[dict]) -> bool:
     """A scores row fits a text and its edits: offsets inside it, edit tokens where scored."""
-    if not srow or srow.get("offsets") is None or srow.get("logprob") is None:
+    if not srow or srow.get(OFFSETS) is None or srow.get(LOGPROB) is None:
         return False
-    ids, off = srow.get("token_ids") or [], srow["offsets"]
-    if len(off) != len(srow["logprob"]) or (off and max(off) > len(text)):
+    ids, off = srow.get(TOKEN_IDS) or [], srow[OFFSETS]
+    if len(off) != len(srow[LOGPROB]) or (off and max(off) > len(text)):
         return False
     return all(0 <= e["pos"] < len(ids) and ids[e["pos"]] == e["orig_id"] for e in edits)
 
@@ -339,7 +341,7 @@ def _global_choice(source, n: int, count_columns: Sequence[str], usable_of) -> l
     """
     counts, usable, where = [], [], []
     for shard in source.shards:
-        cols = _column_values(shard, [*count_columns, "status", "n_tokens"])
+        cols = _column_values(shard, [*count_columns, STATUS, N_TOKENS])
         size = max((len(v) for v in cols.values()), default=0)
         if size == 0 and shard.fmt == "parquet":
             size = pq.ParquetFile(shard.path).metadata.num_rows
@@ -357,8 +359,8 @@ def _global_choice(source, n: int, count_columns: Sequence[str], usable_of) -> l
 
 def _scores_examples(source, n, max_chars, tokenizer) -> list[dict]:
     def usable(cols, i):
-        status = cols["status"][i] if "status" in cols else "ok"
-        return status == "ok" and (cols["n_tokens"][i] or 0) > 0
+        status = cols[STATUS][i] if STATUS in cols else "ok"
+        return status == "ok" and (cols[N_TOKENS][i] or 0) > 0
 
     chosen = _global_choice(source, n, (), usable)
     inputs = _input_shards(source.manifest)
@@ -366,8 +368,8 @@ def _scores_examples(source, n, max_chars, tokenizer) -> list[dict]:
     text_column = source.options.get("text_column") or "text"
     out = []
     for row, shard, r in chosen:
-        srow = read_rows(shard, [r], ["id", "token_ids", "offsets", "logprob"]).get(r) or {}
-        ids, off = srow.get("token_ids") or [], srow.get("offsets") or []
+        srow = read_rows(shard, [r], [ID, TOKEN_IDS, OFFSETS, LOGPROB]).get(r) or {}
+        ids, off = srow.get(TOKEN_IDS) or [], srow.get(OFFSETS) or []
         text, text_source = None, None
         ishard = by_input.get(shard.rel)
         if ishard is not None:
@@ -385,13 +387,13 @@ def _scores_examples(source, n, max_chars, tokenizer) -> list[dict]:
                 text_source = "decoded"
         if text is None:
             continue
-        view = view_segments(text, off, srow.get("logprob"), (), max_chars)
+        view = view_segments(text, off, srow.get(LOGPROB), (), max_chars)
         out.append(
             {
                 "row": row,
                 "shard": shard.rel,
                 "row_in_shard": r,
-                "id": _doc_id(srow.get("id"), shard, r),
+                "id": _doc_id(srow.get(ID), shard, r),
                 "text_source": text_source,
                 "scores": str(source.path),
                 "tokens": len(ids),
@@ -410,7 +412,7 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
     column = source.text_column
     orig_column = opts.get("text_column") if opts.get("output_column") else None
     id_column = opts.get("id_column")
-    counted = ("tokedit_n_changed", "tokedit_n_deleted")
+    counted = (TOKEDIT_N_CHANGED, TOKEDIT_N_DELETED)
     chosen = _global_choice(source, n, counted, lambda cols, i: True)
     inputs = _input_shards(source.manifest)
     scores_dir = ((source.manifest or {}).get("info") or {}).get("scores")
@@ -423,7 +425,7 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
         renderer = Renderer(tok)
     out = []
     for row, shard, r in chosen:
-        cols = [column, "tokedit_edits", "tokedit_n_changed"] + [
+        cols = [column, TOKEDIT_EDITS, TOKEDIT_N_CHANGED] + [
             c for c in (orig_column, id_column) if c
         ]
         drow = read_rows(shard, [r], cols).get(r) or {}
@@ -431,7 +433,7 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
         if not isinstance(edited, str):
             edited = ""
         edits = []
-        for e in drow.get("tokedit_edits") or []:
+        for e in drow.get(TOKEDIT_EDITS) or []:
             e = {k: int(v) if isinstance(v, int | np.integer) else v for k, v in e.items()}
             deleted = bool(e.get("deleted")) or e["new_id"] < 0
             at_start = e["pos"] == 0
@@ -460,7 +462,7 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
         if original is not None and scores_dir is not None:
             sshard = Shard(scores_dir, shard.with_suffix(".parquet"), "parquet")
             if sshard.path.is_file():
-                cand = read_rows(sshard, [r], ["token_ids", "offsets", "logprob"]).get(r)
+                cand = read_rows(sshard, [r], [TOKEN_IDS, OFFSETS, LOGPROB]).get(r)
                 if _scores_row_ok(cand, original, edits):
                     srow, scores_used = cand, str(scores_dir)
         if original is None:
@@ -470,8 +472,8 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
         else:
             view = view_segments(
                 original,
-                srow["offsets"] if srow else None,
-                srow["logprob"] if srow else None,
+                srow[OFFSETS] if srow else None,
+                srow[LOGPROB] if srow else None,
                 edits,
                 max_chars,
             )
@@ -484,7 +486,7 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
                 "id": _doc_id(drow.get(id_column) if id_column else None, shard, r),
                 "text_source": text_source,
                 "scores": scores_used,
-                "tokens": len(srow["token_ids"]) if srow else None,
+                "tokens": len(srow[TOKEN_IDS]) if srow else None,
                 "edits": len(edits),
                 "verified": verified,
                 **view,

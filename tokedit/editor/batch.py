@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 from tokedit.editor.rng import position_uniforms
 from tokedit.editor.rules import EditRule, above_threshold, below_threshold, draw
 from tokedit.editor.splice import Renderer, align_span
+from tokedit.io.scores_dir import ID, LOGPROB, OFFSETS, STATUS, TOKEN_IDS, TOPK_IDS, TOPK_LOGPROBS
 
 # Why an above-threshold position whose draw differs from the original was left unchanged.
 SKIP_REASONS = ("span", "render", "no_candidate")
@@ -63,16 +64,16 @@ class ScoreBatch:
 
     @classmethod
     def from_table(cls, table: pa.Table) -> ScoreBatch:
-        row_offsets, tok = _list_parts(table.column("token_ids"))
-        _, starts = _list_parts(table.column("offsets"))
-        _, lp = _list_parts(table.column("logprob"))
-        _, kids = _list_parts(table.column("topk_ids"))
-        _, klps = _list_parts(table.column("topk_logprobs"))
+        row_offsets, tok = _list_parts(table.column(TOKEN_IDS))
+        _, starts = _list_parts(table.column(OFFSETS))
+        _, lp = _list_parts(table.column(LOGPROB))
+        _, kids = _list_parts(table.column(TOPK_IDS))
+        _, klps = _list_parts(table.column(TOPK_LOGPROBS))
         cand_offsets, cand_ids = _list_parts(kids)
         _, cand_lp = _list_parts(klps)
         return cls(
-            ids=table.column("id").to_pylist(),
-            statuses=table.column("status").to_pylist(),
+            ids=table.column(ID).to_pylist(),
+            statuses=table.column(STATUS).to_pylist(),
             row_offsets=row_offsets,
             token_ids=_numpy(tok, np.int32),
             starts=_numpy(starts, np.int64),

@@ -92,4 +92,6 @@ def write_dataset(out_dir: Path, texts: list[str], prefix: str = "doc") -> Path:
 def read_dataset(out_dir: Path) -> list[str]:
     import pyarrow.parquet as pq
 
-    return pq.read_table(out_dir / "docs.parquet", columns=["text"]).column("text").to_pylist()
+    from tokedit.io.texts import DOCS_SHARD
+
+    return pq.read_table(out_dir / DOCS_SHARD, columns=["text"]).column("text").to_pylist()

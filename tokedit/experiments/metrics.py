@@ -24,9 +24,11 @@ def probability_histogram(scores_dir: Path) -> dict:
 def mean_logprobs(scores_dir: Path) -> list[float]:
     import pyarrow.parquet as pq
 
-    return (
-        pq.read_table(scores_dir / "docs.parquet", columns=["mean_logprob"]).column(0).to_pylist()
-    )
+    from tokedit.io.scores_dir import MEAN_LOGPROB
+    from tokedit.io.texts import DOCS_SHARD
+
+    # the scores of the one shard write_dataset writes (scores mirror their shard's name)
+    return pq.read_table(scores_dir / DOCS_SHARD, columns=[MEAN_LOGPROB]).column(0).to_pylist()
 
 
 def unigram_tables(tokenizer, texts: list[str], max_n: int = 2):
