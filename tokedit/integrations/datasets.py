@@ -25,7 +25,7 @@ from tokedit.api import edit
 from tokedit.errors import InputError
 from tokedit.integrations._common import PriorConfig, check_edit_kwargs
 from tokedit.io import DEFAULT_BATCH_ROWS
-from tokedit.io.edited_dir import PROVENANCE_COLUMNS
+from tokedit.io.edited_dir import PROVENANCE_COLUMNS, TOKEDIT_EDITS
 from tokedit.scoring.options import ModelOptions
 
 
@@ -83,9 +83,7 @@ class EditFunction:
         return out
 
     def _provenance(self, names) -> list[str]:
-        return [
-            n for n in PROVENANCE_COLUMNS if n in names and (self.edits or n != "tokedit_edits")
-        ]
+        return [n for n in PROVENANCE_COLUMNS if n in names and (self.edits or n != TOKEDIT_EDITS)]
 
     def features(self, features=None):
         """``features`` (those of the dataset mapped) with the columns this function adds:
@@ -94,7 +92,7 @@ class EditFunction:
 
         from tokedit.editor.batch import EDITS_TYPE
 
-        types = {n: pa.int64() for n in PROVENANCE_COLUMNS} | {"tokedit_edits": EDITS_TYPE}
+        types = {n: pa.int64() for n in PROVENANCE_COLUMNS} | {TOKEDIT_EDITS: EDITS_TYPE}
         provenance = self.edit_kwargs.get("provenance", True)
         added = pa.schema([(n, types[n]) for n in self._provenance(types) if provenance])
         target = self.edit_kwargs.get("output_column")

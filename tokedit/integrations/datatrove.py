@@ -30,6 +30,7 @@ from datatrove.pipeline.base import PipelineStep
 
 from tokedit.api import edit
 from tokedit.integrations._common import PriorConfig, check_edit_kwargs
+from tokedit.io.scores_dir import MEAN_LOGPROB, PPL
 from tokedit.scoring.options import ModelOptions
 
 DEFAULT_BATCH_ROWS = 64  # documents per forward pass group; texts are windowed inside
@@ -181,8 +182,8 @@ class ToEditScoreStep(_PriorStep):
                     **self.score_kwargs,
                 )
             for doc, s in zip(batch, scores, strict=True):
-                doc.metadata["mean_logprob"] = s.mean_logprob
-                doc.metadata["ppl"] = s.ppl
+                doc.metadata[MEAN_LOGPROB] = s.mean_logprob
+                doc.metadata[PPL] = s.ppl
                 self.stat_update("documents")
                 self.stat_update("tokens", value=int((~_isnan(s.logprob)).sum()))
                 yield doc
