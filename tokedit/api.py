@@ -12,7 +12,7 @@ iterator of per-document results, computed ``batch_rows`` texts at a time (bound
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from itertools import islice
 
 import numpy as np
@@ -54,7 +54,8 @@ from tokedit.io.scores_dir import (
     check_candidates_cover,
 )
 from tokedit.scoring.options import ModelOptions, ScoreOptions
-from tokedit.scoring.run import ScoreResult, load_backend, score_dataset
+from tokedit.scoring.run import DEFAULT_PREFETCH, ScoreResult, load_backend, score_dataset
+from tokedit.scoring.scorer import Scorer, scored_tables
 
 __all__ = [
     "DocScores",
@@ -113,9 +114,9 @@ class Prior:
     model: str  # what loaded: a directory, a converted GGUF's directory, or a hub name
     model_options: ModelOptions
     defaults: ScoreOptions  # the options of score() that are not given
-    tokenizer: object
-    backend: object
-    positions: int | None  # the model's positions (None: it does not say)
+    tokenizer: object = field(repr=False)
+    backend: object = field(repr=False)
+    positions: int | None = None  # the model's positions (None: it does not say)
 
     def options(self, options: ScoreOptions | None = None, **kwargs) -> ScoreOptions:
         """The :class:`ScoreOptions` of a call: ``options`` (or the prior's defaults) with
@@ -141,14 +142,11 @@ class Prior:
         (``max_length``, ``overlap``, ``top_k``, ``candidates_min_p``, ``batch_tokens``,
         ``bos``). Equal to what ``tokedit score`` stores for the same texts and ids.
         """
-        from tokedit.scoring.scorer import Scorer
-
         opts = self.options(options, **kwargs)
         scorer = Scorer(self.backend, self.tokenizer, opts)
-        tables = (
-            scorer.score(to_documents(b, "text", "id" if b.has_column("id") else None))[0]
-            for b in _batches(texts, ids, batch_rows)
-        )
+        docs = (_documents(b) for b in _batches(texts, ids, batch_rows))
+        # as tokedit score: the next batches tokenized, the last ones assembled, in threads
+        tables = (t for t, _ in scored_tables(scorer, docs, prefetch=DEFAULT_PREFETCH))
         if _is_stream(texts):
             return (doc for table in tables for doc in _doc_scores(table))
         return Scores(_concat(list(tables)), self, opts)
@@ -163,15 +161,23 @@ def _is_stream(texts) -> bool:
     return not isinstance(texts, Sequence)
 
 
+def _documents(batch: RowBatch):
+    return to_documents(batch, "text", "id" if batch.has_column("id") else None)
+
+
 def _batches(texts, ids, batch_rows: int) -> Iterator[RowBatch]:
-    """``batch_rows`` texts (and ids) at a time, as rows of one in-memory table."""
+    """``batch_rows`` texts (and ids) at a time, as rows of one in-memory table (the
+    arguments are checked now, the batches made as they are read)."""
+    _is_stream(texts)
     if batch_rows < 1:
         raise InputError(
             f"{arg('batch_rows', batch_rows)} must be >= 1",
             remedy=f"e.g. {arg('batch_rows', DEFAULT_BATCH_ROWS)}",
         )
-    text_it = iter(texts)
-    id_it = None if ids is None else iter(ids)
+    return _batches_of(iter(texts), None if ids is None else iter(ids), batch_rows)
+
+
+def _batches_of(text_it, id_it, batch_rows: int) -> Iterator[RowBatch]:
     start = 0
     while chunk := list(islice(text_it, batch_rows)):
         chunk_ids = None if id_it is None else list(islice(id_it, len(chunk)))
@@ -396,7 +402,7 @@ def edit(
 
 
 def _edited_table(source, renderer, batch: RowBatch, p: float, options: EditOptions):
-    docs = to_documents(batch, "text", "id" if batch.has_column("id") else None)
+    docs = _documents(batch)
     _, edited = edit_batch(source, renderer, batch, docs, (p,), options.rule.drop_below)
     table = output_table(batch, docs, edited[p], "text", options.output_column, options.provenance)
     if "id" not in table.column_names:
