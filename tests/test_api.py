@@ -23,9 +23,11 @@ P = 0.4  # the tiny prior is rarely more confident: some tokens of every run are
 
 @pytest.fixture(scope="module")
 def texts(plays) -> list[str]:
-    """Short documents, with an empty one and a missing one (kept with their status)."""
-    lines = [ln for ln in next(iter(plays.values())).splitlines() if len(ln) > 30][:40]
-    return [*lines[:20], "", None, *lines[20:]]
+    """Documents of 1 to 4 windows of 64 tokens, with an empty one and a missing one (kept
+    with their status): windows, overlaps and batches all shape the result."""
+    lines = [ln for ln in next(iter(plays.values())).splitlines() if len(ln) > 30][:120]
+    docs = [" ".join(lines[i : i + 1 + i % 8]) for i in range(0, 120, 3)]
+    return [*docs[:20], "", None, *docs[20:]]
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +67,7 @@ def test_scores_equal_the_stored_scores_of_tokedit_score(prior, texts, ids, cli_
     stored = pq.read_table(cli_scores / "a.parquet")
     assert scores.to_arrow().equals(stored)
     assert len(scores) == len(texts) and [s.id for s in scores] == ids
+    assert max(len(s.token_ids) for s in scores) > 2 * WINDOW["max_length"]  # 3 windows or more
     doc = scores[3]
     assert "".join(doc.spans(texts[3])) == texts[3]
     assert doc.status == "ok" and len(doc.token_ids) == len(doc.logprob) > 0
