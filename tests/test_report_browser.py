@@ -27,10 +27,13 @@ from tokedit.analysis.html import PROB_COLOURS
 from tokedit.analysis.report import ReportOptions, run_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None,
-    reason="chromium is not installed (apt-get install chromium; .ci/run installs it)",
-)
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(
+        CHROMIUM is None,
+        reason="chromium is not installed (apt-get install chromium; .ci/run installs it)",
+    ),
+]
 
 PROBE = """<script>(function(){
 var errors=[];

@@ -40,6 +40,8 @@ from tokedit.io.storage import ENV_OPTIONS, RemotePath, as_path  # noqa: E402
 BUCKET = "tok"
 SCORE_EXTRA = ("--candidates-min-p", "0.3")
 
+pytestmark = pytest.mark.s3  # a real local S3 server (moto), started by a fixture
+
 
 class S3:
     """The test server: its endpoint, a writer's and a denied user's keys, and helpers."""

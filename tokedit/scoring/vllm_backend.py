@@ -13,7 +13,7 @@ merged with its top-k one), read by :func:`window_scores_from_prompt_logprobs`. 
 :class:`~tokedit.scoring.hf.WindowScores` the ``hf`` backend returns, and are tested without vLLM
 as well as against a running engine (``tests/test_vllm_real.py``).
 
-Settings and why (the pitfalls listed in DESIGN.md; see docs/gpus.md):
+Settings and why (docs/gpus.md has them for users):
 
 * ``max_logprobs = k + 1``: vLLM refuses requests asking for more than ``max_logprobs``
   (default 20); raising it lets ``--top-k`` go above 20.
