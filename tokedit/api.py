@@ -20,12 +20,18 @@ import pyarrow as pa
 
 from tokedit.analysis.report import ReportOptions, run_report
 from tokedit.config import refuse_unknown, take
-from tokedit.editor.options import EditOptions, build_edit_options, resolve_model_rule
-from tokedit.editor.rules import EditRule, banned_mask
+from tokedit.editor.options import (
+    EDIT_KEYWORDS,
+    EditOptions,
+    build_edit_options,
+    resolve_model_rule,
+    resolve_rule,
+)
+from tokedit.editor.rules import banned_mask
 from tokedit.editor.run import EditCounts, EditResult, edit_dataset
 from tokedit.editor.sources import TableSource
 from tokedit.editor.splice import Renderer
-from tokedit.editor.step import edit_batch, model_source
+from tokedit.editor.step import edit_batch, model_source, one_pass_options
 from tokedit.engines.options import RunOptions
 from tokedit.engines.step import Stats
 from tokedit.errors import InputError, arg
@@ -342,51 +348,19 @@ def edit(
     A list of texts gives :class:`Edits`; any other iterable an iterator of :class:`Edit`.
     Byte for byte what ``tokedit edit`` writes for the same texts, ids and seed.
     """
-    options = build_edit_options(options, kwargs)
-    windows = ("max_length", "overlap", "batch_tokens", "bos")
-    if score_options is not None or any(k in kwargs for k in windows):
-        score_options = take(kwargs, ScoreOptions, score_options, exclude=("top_k", "candidates_min_p"))  # fmt: skip
-    refuse_unknown(kwargs, "edit", extra=(*windows, "preset", "p", *EditRule.__dataclass_fields__, "seed", "output_column", "provenance"))  # fmt: skip
-    if len(options.ps) != 1:
-        raise InputError(
-            f"{arg('p', options.ps)}: edit() takes one threshold",
-            remedy="call edit() once per threshold (from the same scores), or edit a "
-            "directory with edit_dataset for a sweep",
-        )
+    options, score_options = edit_options(options, score_options, kwargs)
     if (scores is None) == (prior is None):
         raise InputError(
             f"pass either {arg('scores')} (from Prior.score of the same texts) or "
             f"{arg('prior')} (score and edit in one pass)",
             remedy="e.g. edit(texts, scores=prior.score(texts)) or edit(texts, prior=prior)",
         )
-    p = options.ps[0]
     if scores is not None:
-        if not isinstance(scores, Scores):
-            raise InputError(
-                f"{arg('scores')} is a {type(scores).__name__}, not the Scores of Prior.score",
-                remedy="pass scores=prior.score(texts) (a list of texts)",
-            )
-        tok = scores.prior.tokenizer
-        from tokedit.editor.options import resolve_rule
-
-        rule = resolve_rule(options, scores.options.top_k, scores_mode=True)
-        check_candidates_cover(scores.options.candidates_min_p, options.ps, "this Scores object")
-        source = TableSource(scores.table, rule, banned_mask(tok), options.seed, p)
-        if ids is None:
-            ids = scores.table.column(ID).to_pylist()
+        tok, rule, source = _from_scores(scores, options)
+        ids = scores.table.column(ID).to_pylist() if ids is None else ids
     else:
-        tok = prior.tokenizer
-        rule = resolve_model_rule(options, prior.model_options.backend)
-        full_rows = prior.model_options.backend == "hf"
-        so = replace(
-            score_options or prior.defaults,
-            top_k=0 if full_rows else rule.top_k,
-            candidates_min_p=1.0 if full_rows else p,
-        ).resolved(prior.positions)
-        source = model_source(
-            prior.backend, tok, prior.model_options.backend, so, rule, options.seed, p
-        )
-    options = replace(options, rule=rule)
+        tok, rule, source = _one_pass(prior, options, score_options)
+    options, p = replace(options, rule=rule), options.ps[0]
     renderer = Renderer(tok)
     tables = (
         _edited_table(source, renderer, b, p, options) for b in _batches(texts, ids, batch_rows)
@@ -399,6 +373,47 @@ def edit(
         counts.add(c)
     table = pa.concat_tables([t for t, _ in done]) if done else _empty_edits(options)
     return Edits(table, EditCounts.from_dict(counts.to_dict()), options)
+
+
+WINDOW_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")  # one pass: edit() takes them
+
+
+def edit_options(options, score_options, kwargs) -> tuple[EditOptions, ScoreOptions | None]:
+    """The edit options (one threshold) and the one-pass windows of edit()'s arguments."""
+    options = build_edit_options(options, kwargs)
+    if score_options is not None or any(k in kwargs for k in WINDOW_FIELDS):
+        score_options = take(kwargs, ScoreOptions, score_options, exclude=("top_k", "candidates_min_p"))  # fmt: skip
+    refuse_unknown(kwargs, "edit", extra=(*WINDOW_FIELDS, *EDIT_KEYWORDS))
+    if len(options.ps) != 1:
+        raise InputError(
+            f"{arg('p', options.ps)}: edit() takes one threshold",
+            remedy="call edit() once per threshold (from the same scores), or edit a "
+            "directory with edit_dataset for a sweep",
+        )
+    return options, score_options
+
+
+def _from_scores(scores: Scores, options: EditOptions):
+    """The tokenizer, the rule and the draws' source of an edit from ``scores``."""
+    if not isinstance(scores, Scores):
+        raise InputError(
+            f"{arg('scores')} is a {type(scores).__name__}, not the Scores of Prior.score",
+            remedy="pass scores=prior.score(texts) (a list of texts)",
+        )
+    tok = scores.prior.tokenizer
+    rule = resolve_rule(options, scores.options.top_k, scores_mode=True)
+    check_candidates_cover(scores.options.candidates_min_p, options.ps, "this Scores object")
+    source = TableSource(scores.table, rule, banned_mask(tok), options.seed, options.ps[0])
+    return tok, rule, source
+
+
+def _one_pass(prior: Prior, options: EditOptions, score_options: ScoreOptions | None):
+    """The tokenizer, the rule and the draws' source of an edit in one pass with ``prior``."""
+    backend, p = prior.model_options.backend, options.ps[0]
+    rule = resolve_model_rule(options, backend)
+    so = one_pass_options(score_options or prior.defaults, rule, backend, p)
+    so = so.resolved(prior.positions)
+    return prior.tokenizer, rule, model_source(prior.backend, prior.tokenizer, backend, so, rule, options.seed, p)  # fmt: skip
 
 
 def _edited_table(source, renderer, batch: RowBatch, p: float, options: EditOptions):

@@ -25,7 +25,7 @@ from tokedit.editor.options import (
     resolve_rule,
 )
 from tokedit.editor.rules import EditRule
-from tokedit.editor.step import ShardEditor, load_checked_tokenizer
+from tokedit.editor.step import ShardEditor, load_checked_tokenizer, one_pass_options
 from tokedit.engines.options import RunOptions
 from tokedit.engines.runner import run_step, token_bar
 from tokedit.errors import InputError, arg
@@ -209,11 +209,8 @@ def plan_from_model(
     model_options = model_options or ModelOptions()
     tok = load_tokenizer(model, model_options.revision)
     rule = resolve_model_rule(options, model_options.backend)
-    full_rows = model_options.backend == "hf"
-    score_options = replace(
-        score_options or ScoreOptions(),
-        top_k=0 if full_rows else rule.top_k,
-        candidates_min_p=1.0 if full_rows else min(options.ps),
+    score_options = one_pass_options(
+        score_options or ScoreOptions(), rule, model_options.backend, min(options.ps)
     ).resolved(model_positions(model, model_options.revision))
     identity = {
         "mode": "model",

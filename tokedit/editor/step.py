@@ -4,7 +4,7 @@ one output shard per threshold, return the shard's manifest entry."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pyarrow as pa
 
@@ -50,6 +50,17 @@ def load_checked_tokenizer(source: str, revision: str | None, expected_hash, sco
             remedy=f"pass {arg('tokenizer')} with the scoring model's tokenizer, or rescore",
         )
     return tok
+
+
+def one_pass_options(so: ScoreOptions, rule, backend: str, p_min: float) -> ScoreOptions:
+    """The scorer's options when editing in one pass: no stored candidates with ``hf`` (the
+    draws come from full rows), the rule's top-k down to the lowest threshold with ``vllm``."""
+    full_rows = backend == "hf"
+    return replace(
+        so,
+        top_k=0 if full_rows else rule.top_k,
+        candidates_min_p=1.0 if full_rows else p_min,
+    )
 
 
 def model_source(engine, tok, backend: str, so: ScoreOptions, rule, seed: int, p_min: float):

@@ -7,11 +7,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from tokedit.api import Prior, load_prior
-from tokedit.config import take
-from tokedit.editor.options import build_edit_options
-from tokedit.errors import InputError, arg
-from tokedit.scoring.options import ModelOptions, ScoreOptions
+from tokedit.api import Prior, edit_options, load_prior
+from tokedit.scoring.options import ModelOptions
 
 WINDOW_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")
 
@@ -62,17 +59,9 @@ class PriorConfig:
 
 def check_edit_kwargs(kwargs: dict, where: str) -> dict:
     """``kwargs`` if :func:`tokedit.edit` takes them with a prior (one threshold), else the
-    same error it would raise, here where the pipeline is built rather than in a worker."""
-    rest = dict(kwargs)
-    options = build_edit_options(None, rest)
-    take(rest, ScoreOptions, None, exclude=("top_k", "candidates_min_p"))
-    if rest:
-        raise TypeError(
-            f"{where}() got unexpected keyword argument(s) {', '.join(map(repr, sorted(rest)))}"
-        )
-    if len(options.ps) != 1:
-        raise InputError(
-            f"{arg('p', options.ps)}: {where} edits with one threshold",
-            remedy="one step (or map) per threshold",
-        )
+    error it would raise, here where the pipeline is built rather than in a worker."""
+    try:
+        edit_options(None, None, dict(kwargs))
+    except TypeError as e:
+        raise TypeError(str(e).replace("edit()", f"{where}()", 1)) from None
     return dict(kwargs)
