@@ -29,11 +29,11 @@ from datatrove.data import Document, DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 
 from tokedit.api import edit
+from tokedit.errors import InputError, arg
 from tokedit.integrations._common import PriorConfig, check_edit_kwargs
+from tokedit.io import DEFAULT_BATCH_ROWS  # as tokedit edit: the same batches, the same bytes
 from tokedit.io.scores_dir import MEAN_LOGPROB, PPL
 from tokedit.scoring.options import ModelOptions
-
-DEFAULT_BATCH_ROWS = 64  # documents per forward pass group; texts are windowed inside
 
 
 def _batches(data: DocumentsPipeline, size: int) -> Iterator[list[Document]]:
@@ -55,7 +55,10 @@ class _PriorStep(PipelineStep):
     ):
         super().__init__()
         if batch_rows < 1:
-            raise ValueError(f"batch_rows={batch_rows} must be >= 1")
+            raise InputError(
+                f"{arg('batch_rows', batch_rows)} must be >= 1",
+                remedy=f"e.g. {arg('batch_rows', DEFAULT_BATCH_ROWS)}",
+            )
         self.prior = PriorConfig(
             str(model), device=device, dtype=dtype, backend=backend, revision=revision
         )
