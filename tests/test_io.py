@@ -175,9 +175,9 @@ def test_manifest_resume_refuse_and_overwrite(tmp_path, mixed_dir):
         return {"outputs": [shard.with_suffix(".txt").replace("/", "_")], "rows": 5}
 
     m = Manifest(tmp_path / "out", "score", {"k": 1})
-    assert run_shards(shards[:2], m, process, log=lambda _: None) == {"processed": 2, "skipped": 0}
+    assert run_shards(shards[:2], m, process) == {"processed": 2, "skipped": 0}
     m = Manifest(tmp_path / "out", "score", {"k": 1})
-    assert run_shards(shards, m, process, log=lambda _: None) == {"processed": 2, "skipped": 2}
+    assert run_shards(shards, m, process) == {"processed": 2, "skipped": 2}
     assert calls == [s.rel for s in shards]
     assert sorted(read_manifest(tmp_path / "out")["shards"]) == [s.rel for s in shards]
     with pytest.raises(OutputError, match=r"other options \(k: 1 -> 2\)"):

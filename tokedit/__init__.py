@@ -8,10 +8,17 @@ The Python API (docs/python.md)::
     edits = tokedit.edit(texts, prior=prior, p=0.99)
 
 Everything named in ``__all__`` is imported on first use, so ``import tokedit`` stays light
-(no torch until a prior is loaded).
+(no torch until a prior is loaded). Stage messages ("resumed: ...") are logged under the
+``tokedit`` logger, which has only a ``NullHandler`` until you configure logging.
 """
 
+import logging
+
 __version__ = "0.1.0"
+
+# Stage messages are logged under "tokedit" (tokedit.engines.runner, ...); a library stays
+# silent until its user (or the CLI, tokedit.cli.options.configure_logging) adds a handler.
+logging.getLogger(__name__).addHandler(logging.NullHandler())
 
 _EXPORTS = {
     "load_prior": "tokedit.api",

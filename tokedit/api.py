@@ -445,12 +445,13 @@ class ReportResult:
 def report(dirs: Sequence[str], out_dir: str, *, options: ReportOptions | None = None, log=None, **kwargs) -> ReportResult:  # fmt: skip
     """Distribution report of dataset, scores or edited directories into ``out_dir``
     (``report.json`` and ``report.html``); options as ``options`` or by keyword (the fields
-    of :class:`~tokedit.analysis.report.ReportOptions`)."""
+    of :class:`~tokedit.analysis.report.ReportOptions`). Its stages are logged (INFO,
+    ``tokedit.analysis.report``), or passed to ``log(message)`` if given."""
     options = take(kwargs, ReportOptions, options)
     refuse_unknown(kwargs, "report", ReportOptions)
     if isinstance(dirs, str):
         dirs = [dirs]
-    result = run_report(list(dirs), out_dir, options, log or (lambda m: None))
+    result = run_report(list(dirs), out_dir, options, log)
     return ReportResult(json=str(result["json"]), html=str(result["html"]), report=result["report"])
 
 

@@ -10,6 +10,7 @@ memory holds the distinct n-grams of two corpora at most.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -36,6 +37,8 @@ from tokedit.errors import InputError, arg
 from tokedit.io.manifest import read_manifest
 from tokedit.io.storage import RemotePath, as_path
 from tokedit.io.write import upload_tree, write_json
+
+logger = logging.getLogger(__name__)
 
 DIVERGENCE_N = (1, 2)
 
@@ -298,7 +301,7 @@ def _edit_preview(source: CorpusSource, options: ReportOptions, tokenizers) -> d
 def build_report(dirs: list[str], options: ReportOptions | None = None, log=None) -> dict:
     """Read every directory once and compute the report (a JSON-able dict)."""
     options = options or ReportOptions()
-    log = log or (lambda m: None)
+    log = log or logger.info
     if not dirs:
         raise InputError("no corpus given", remedy="pass one or more directories")
     for t in options.target_edit_rates:

@@ -8,6 +8,7 @@ import click
 from tokedit import __version__
 from tokedit.cli.edit import edit
 from tokedit.cli.experiment import experiment
+from tokedit.cli.options import configure_logging
 from tokedit.cli.prior import demo, demo_data, prior
 from tokedit.cli.report import report
 from tokedit.cli.score import score
@@ -25,7 +26,10 @@ def main():
       tokedit score DATA --model PRIOR --out SCORES     per-token log-probs of a prior LM
       tokedit edit  DATA --scores SCORES --out EDITED   resample over-confident tokens
       tokedit report SCORES EDITED --out REPORT        distribution report (JSON + HTML)
+
+    Stage messages go to stderr (-q: warnings only, -v: debug too); results to stdout.
     """
+    configure_logging()  # INFO; a command's -q / -v sets it again
 
 
 for command in (score, edit, train, prior, demo_data, demo, report, experiment):

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from tokedit.cli.options import friendly_errors, quiet_option, storage_option
+from tokedit.cli.options import friendly_errors, log_options, storage_option
 from tokedit.experiments.presets import PRESETS as EXPERIMENT_PRESETS
 
 
@@ -39,7 +39,7 @@ def _experiment_options(fn):
                 help="Override: optimizer steps per training run.",
             ),
             click.option("--seed", type=int, default=0, show_default=True),
-            quiet_option,
+            log_options,
             storage_option,  # DATA may be an fsspec URL; --out is a local directory
         ]
     ):
@@ -96,8 +96,7 @@ def recursive(
         generation=generation,
     )
     require_local(out_dir, "out_dir")
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    result = run_recursive(data_dir, out_dir, p, seed=seed, with_toedit=not no_toedit, log=log)
+    result = run_recursive(data_dir, out_dir, p, seed=seed, with_toedit=not no_toedit)
     click.echo(format_summary(result))
     click.echo(f"wrote {out_dir}/recursive.json and recursive.html ({result['seconds']:.0f}s)")
 
@@ -114,9 +113,8 @@ def mixture(data_dir, out_dir, preset, steps, seed, quiet, base):
     from tokedit.io.storage import require_local
 
     require_local(out_dir, "out_dir")
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
     p = get_preset(preset, steps=steps, base=base)
-    result = run_mixture(data_dir, out_dir, p, seed=seed, log=log)
+    result = run_mixture(data_dir, out_dir, p, seed=seed)
     click.echo(format_summary(result))
     click.echo(f"wrote {out_dir}/mixture.json and mixture.html ({result['seconds']:.0f}s)")
 

@@ -4,6 +4,7 @@ turning of library errors into messages in the terms of the command line."""
 from __future__ import annotations
 
 import functools
+import logging
 import sys
 
 import click
@@ -55,7 +56,80 @@ def collect(name: str, factory, keys: tuple[str, ...]):
     return apply
 
 
-quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+class _StderrHandler(logging.StreamHandler):
+    """A ``StreamHandler`` on whatever ``sys.stderr`` is when a record is emitted (click's
+    test runner swaps it per invocation)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _PlainFormatter(logging.Formatter):
+    """``%(message)s``; a warning or error as ``warning: ...`` / ``error: ...``."""
+
+    def __init__(self):
+        super().__init__("%(message)s")
+
+    def format(self, record):
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
+    """The CLI's one logging set-up: the ``tokedit`` logger's messages on stderr, plain, at
+    INFO (``-q``: WARNING, ``-v``: DEBUG). Called again (the group, then a command with
+    ``-q``/``-v``) it replaces its handler; it is removed when the command's click context
+    closes, so a command run in-process (tests) leaves the library's logging as it found it."""
+    logger = logging.getLogger("tokedit")
+    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(h)
+    handler = _StderrHandler()
+    handler.setFormatter(_PlainFormatter())
+    logger.addHandler(handler)
+    logger.setLevel(logging.WARNING if quiet else logging.DEBUG if verbose else logging.INFO)
+    logger.propagate = False  # printed once, whatever the root logger has
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and not ctx.find_root().meta.get("tokedit.logging"):
+        root = ctx.find_root()
+        root.meta["tokedit.logging"] = True
+        root.call_on_close(_unconfigure_logging)
+
+
+def _unconfigure_logging() -> None:
+    logger = logging.getLogger("tokedit")
+    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
+        logger.removeHandler(h)
+    logger.setLevel(logging.NOTSET)
+    logger.propagate = True
+
+
+def log_options(fn):
+    """``-q/--quiet`` and ``-v/--verbose``: configure logging (:func:`configure_logging`)
+    before the command runs; the command still receives ``quiet`` (progress bars off)."""
+
+    @click.option(
+        "--quiet",
+        "-q",
+        is_flag=True,
+        help="No progress bar and no stage messages (warnings and errors only).",
+    )
+    @click.option(
+        "--verbose", "-v", is_flag=True, help="Also debug messages (resolved options, shards)."
+    )
+    @functools.wraps(fn)
+    def wrapper(*args, quiet, verbose, **kwargs):
+        configure_logging(quiet, verbose)
+        return fn(*args, quiet=quiet, **kwargs)
+
+    return wrapper
 
 
 def _set_storage_options(ctx, param, value):
@@ -168,7 +242,7 @@ run_options = options(
         show_default=True,
         help="Rows read (and scored, edited) at a time; bounds the memory.",
     ),
-    quiet_option,
+    log_options,
     storage_option,
     collect("run", _run_options, RUN_FLAGS),
 )

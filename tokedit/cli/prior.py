@@ -6,7 +6,7 @@ import json
 
 import click
 
-from tokedit.cli.options import friendly_errors, quiet_option
+from tokedit.cli.options import friendly_errors, log_options
 
 
 @click.group()
@@ -45,7 +45,7 @@ def prior_fetch(name, out_dir):
     """
     from tokedit.scoring.priors import fetch_prior
 
-    result = fetch_prior(name, out_dir, log=lambda m: click.echo(m, err=True))
+    result = fetch_prior(name, out_dir)
     click.echo(f"licence: {result['licence']}", err=True)
     click.echo(f"source: {result['source']}", err=True)
     click.echo(result["model_dir"])
@@ -95,7 +95,7 @@ def demo_data(out_dir, shards):
     show_default=True,
     help="--prior scratch: training time budget.",
 )
-@quiet_option
+@log_options
 @friendly_errors
 def demo(out_dir, prior, train_seconds, quiet):
     """Run the whole pipeline on the embedded demo corpus (Shakespeare).

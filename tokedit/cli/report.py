@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tokedit.cli.options import friendly_errors, input_options, storage_option
+from tokedit.cli.options import friendly_errors, input_options, log_options, storage_option
 
 
 @click.command()
@@ -103,7 +103,7 @@ from tokedit.cli.options import friendly_errors, input_options, storage_option
     default=None,
     help="Edit preview: --drop-below.",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress lines.")
+@log_options
 @storage_option
 @friendly_errors
 def report(
@@ -161,5 +161,4 @@ def report(
             "drop_below": preview_drop_below,
         },
     )
-    log = (lambda m: None) if quiet else (lambda m: click.echo(m, err=True))
-    click.echo(format_report_summary(run_report(list(dirs), out_dir, options, log)))
+    click.echo(format_report_summary(run_report(list(dirs), out_dir, options)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from tokedit.cli.options import friendly_errors, input_options, quiet_option, storage_option
+from tokedit.cli.options import friendly_errors, input_options, log_options, storage_option
 from tokedit.training.prior import PRESETS as MODEL_SIZES
 
 
@@ -74,7 +74,7 @@ from tokedit.training.prior import PRESETS as MODEL_SIZES
     "--time-budget", type=float, default=None, help="Stop after this many seconds of training."
 )
 @click.option("--seed", type=int, default=0, show_default=True)
-@quiet_option
+@log_options
 @storage_option
 @friendly_errors
 def train(

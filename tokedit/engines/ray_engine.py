@@ -35,7 +35,6 @@ import json
 import logging
 import os
 import socket
-import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -44,6 +43,8 @@ from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.storage import ENV_OPTIONS, as_path, set_storage_options
 from tokedit.io.write import remove_stale_temp_files
+
+logger = logging.getLogger(__name__)
 
 INSTALL_HINT = "pip install 'tokedit[ray]'   (installs ray[data])"
 
@@ -226,7 +227,6 @@ def run_shards_ray(
     on_entry: Callable[[str, dict], None] | None = None,
     on_info: Callable[[dict], None] | None = None,
     progress: bool = True,
-    log: Callable[[str], None] | None = None,
 ) -> dict[str, int]:
     """The Ray twin of :func:`tokedit.engines.runner.run_shards`: same contract, same counts.
 
@@ -239,7 +239,6 @@ def run_shards_ray(
     (default: this process's, see :func:`default_resources`). Nothing started here outlives
     the call (see the module docstring).
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
     if num_actors is not None and num_actors < 1:
         raise InputError(
             f"{arg('ray_actors', num_actors)} must be >= 1", remedy=f"e.g. {arg('ray_actors', 4)}"
@@ -267,11 +266,13 @@ def run_shards_ray(
                 threads=actor_threads,
                 on_entry=on_entry,
                 on_info=on_info,
-                log=log,
             )
     if skipped:
-        log(
-            f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
+        logger.info(
+            "resumed: %d shard(s) already complete in %s, %d processed now",
+            skipped,
+            manifest.out_dir,
+            done,
         )
     return {"processed": done, "skipped": skipped}
 
@@ -287,7 +288,6 @@ def _run_pool(
     threads: int | None,
     on_entry: Callable[[str, dict], None] | None,
     on_info: Callable[[dict], None] | None,
-    log: Callable[[str], None],
 ) -> int:
     """Run ``fn`` on every shard with ``size`` actors busy; record each entry as it arrives.
 
@@ -340,7 +340,7 @@ def _run_pool(
             if queue and not error:
                 submit(actor)
     finally:
-        _stop_pool(ray, actors, log)
+        _stop_pool(ray, actors)
         if running:  # killed mid-shard: their temp files are stale now
             remove_stale_temp_files(manifest.out_dir)
     if error:
@@ -348,7 +348,7 @@ def _run_pool(
     return done
 
 
-def _stop_pool(ray: Any, actors: list, log: Callable[[str], None]) -> None:
+def _stop_pool(ray: Any, actors: list) -> None:
     """Kill the actors (and the calls they run) and wait until Ray reports them dead."""
     for actor in actors:
         ray.kill(actor, no_restart=True)
@@ -356,9 +356,11 @@ def _stop_pool(ray: Any, actors: list, log: Callable[[str], None]) -> None:
     pings = [actor.__ray_ready__.options(max_task_retries=0).remote() for actor in actors]
     dead, alive = ray.wait(pings, num_returns=len(pings), timeout=STOP_TIMEOUT_S)
     if alive:
-        log(
-            f"warning: {len(alive)} Ray actor(s) of this run did not stop within "
-            f"{STOP_TIMEOUT_S:g} s of being killed; Ray ends them when the cluster notices"
+        logger.warning(
+            "%d Ray actor(s) of this run did not stop within %g s of being killed; "
+            "Ray ends them when the cluster notices",
+            len(alive),
+            STOP_TIMEOUT_S,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import Callable
 from typing import Any
@@ -12,22 +13,22 @@ from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
 from tokedit.io.write import remove_stale_temp_files
 
+logger = logging.getLogger(__name__)
+
 
 def run_shards(
     shards: list[Shard],
     manifest: Manifest,
     process_shard: Callable[[Shard], dict[str, Any]],
-    *,
-    log=None,
 ) -> dict[str, int]:
     """Process every shard not yet complete in ``manifest``; return counts.
 
     ``process_shard`` writes the shard's outputs atomically and returns its manifest entry,
     which must list the files it wrote under ``"outputs"`` (paths relative to the output
     directory). The entry is recorded only after the files are in place, so a crash at any
-    point leaves either a complete shard or none.
+    point leaves either a complete shard or none. A resumed run logs (INFO, this module's
+    logger) how many shards were already complete.
     """
-    log = log or (lambda msg: print(msg, file=sys.stderr))
     remove_stale_temp_files(manifest.out_dir)
     done = skipped = 0
     for shard in shards:
@@ -38,8 +39,11 @@ def run_shards(
         manifest.mark_complete(shard.rel, entry)
         done += 1
     if skipped:
-        log(
-            f"resumed: {skipped} shard(s) already complete in {manifest.out_dir}, {done} processed now"
+        logger.info(
+            "resumed: %d shard(s) already complete in %s, %d processed now",
+            skipped,
+            manifest.out_dir,
+            done,
         )
     return {"processed": done, "skipped": skipped}
 
@@ -61,6 +65,15 @@ def run_step(
     into the manifest.
     """
     run = run or RunOptions()
+    logger.debug(
+        "%d shard(s) in this slice (%d of %d), %d already complete; engine %s, %d rows a batch",
+        len(shards),
+        run.shard_index,
+        run.num_shards,
+        sum(manifest.is_complete(s.rel) for s in shards),
+        run.engine,
+        run.batch_rows,
+    )
 
     def record_info(info: dict) -> None:
         if info:
@@ -103,14 +116,15 @@ def run_step(
 
 
 def token_bar(desc: str, enabled: bool = True):
-    """The progress bar of a sharded run: tokens done and tokens/s, on stderr."""
+    """The progress bar of a sharded run: tokens done and tokens/s, on stderr when it is a
+    terminal (a person watches); never with ``enabled`` False (``progress=False``, ``-q``)."""
     from tqdm.auto import tqdm
 
     return tqdm(
         desc=desc,
         unit="tok",
         unit_scale=True,
-        disable=not enabled,
+        disable=None if enabled else True,  # None: off unless stderr is a TTY
         file=sys.stderr,
         dynamic_ncols=True,
         mininterval=1.0,

@@ -4,7 +4,7 @@ corpus the arms never trained on."""
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -26,6 +26,8 @@ from tokedit.experiments.models import (
 )
 from tokedit.experiments.presets import ExperimentPreset
 from tokedit.experiments.report import write_mixture_report
+
+logger = logging.getLogger(__name__)
 
 # Generic openings for the synthetic corpus: no text of the human documents is a prompt.
 GENERIC_PROMPTS = ("The", "And", "I", "It", "In", "But", "When", "There", "We", "A", "He", "What")
@@ -53,7 +55,7 @@ def run_mixture(
     random ``f`` share of the human documents replaced by synthetic ones; toedit. Each arm
     trains the same initial model for ``steps``.
     """
-    log = log or (lambda m: print(m, file=sys.stderr))
+    log = log or logger.info  # a caller may still route the stage lines (log=)
     quiet_transformers()
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -92,7 +94,7 @@ def run_mixture(
             **train_run(init, prior_dir, human, preset, seed, steps=preset.prior_steps),
         }
     else:  # a pretrained generator, as ToEdit's synthetic corpus comes from a strong LLM
-        prior_dir, prior_info = resolve_base(out / "prior", [], preset, seed, log)
+        prior_dir, prior_info = resolve_base(out / "prior", [], preset, seed)
     prior, tok = load(prior_dir)
     prompts = [GENERIC_PROMPTS[i % len(GENERIC_PROMPTS)] for i in range(len(human))]
     synthetic = prompted(prior, tok, prompts, preset.doc_tokens, preset, seed)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
 
 import numpy as np
 
 from tokedit.experiments.data import read_dataset, write_dataset
 from tokedit.experiments.presets import ExperimentPreset
+
+logger = logging.getLogger(__name__)
 
 
 def make_init(out_dir: Path, tokenizer_texts: list[str], preset: ExperimentPreset, seed: int):
@@ -143,7 +146,7 @@ def prompted(model, tokenizer, prompts: list[str], length: int, preset, seed: in
 
 
 def resolve_base(
-    out_dir: Path, base_texts: list[str], preset: ExperimentPreset, seed: int, log
+    out_dir: Path, base_texts: list[str], preset: ExperimentPreset, seed: int
 ) -> tuple[Path, dict]:
     """The pretrained model generation 0 fine-tunes. ``preset.base == "scratch"``: a tokenizer
     and a ``preset.model``-sized model pretrained on ``base_texts`` for ``base_steps``, made
@@ -177,11 +180,13 @@ def resolve_base(
     }
     record = out_dir / "base.json"
     if record.is_file() and json.loads(record.read_text()).get("recipe") == recipe:
-        log(f"reusing the base model in {out_dir}")
+        logger.info("reusing the base model in %s", out_dir)
         return out_dir / "model", json.loads(record.read_text())
     init = out_dir / "init"
     make_init(init, base_texts, preset, seed)
-    log(f"pretraining the base model ({preset.base_steps} steps on {len(base_texts)} documents)")
+    logger.info(
+        "pretraining the base model (%d steps on %d documents)", preset.base_steps, len(base_texts)
+    )
     train = train_run(
         init,
         out_dir / "model",

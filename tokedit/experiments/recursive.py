@@ -5,7 +5,7 @@ wrote (beam search as ForTIFAI's ``generate.py`` by default) plus a fresh real s
 
 from __future__ import annotations
 
-import sys
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -39,6 +39,8 @@ from tokedit.experiments.models import (
 )
 from tokedit.experiments.presets import ExperimentPreset
 from tokedit.experiments.report import write_recursive_report
+
+logger = logging.getLogger(__name__)
 
 
 def recursive_arms(gammas, with_toedit: bool) -> list[dict]:
@@ -96,7 +98,7 @@ def run_recursive(
     its model on held-out real text, the probe and the knowledge test, and the data it
     produced; then the generation at which each failure line is first crossed.
     """
-    log = log or (lambda m: print(m, file=sys.stderr))
+    log = log or logger.info  # a caller may still route the stage lines (log=)
     quiet_transformers()
     t_start = time.perf_counter()
     out = Path(out_dir)
@@ -105,7 +107,7 @@ def run_recursive(
     n_base = preset.base_docs if preset.base == "scratch" else 0
     held_raw, rest_raw = held_out_and_train(data_dir, preset, seed, n_base + (G + 1) * N)
     base_raw, slices_raw = rest_raw[:n_base], rest_raw[n_base:]
-    base_dir, base_info = resolve_base(out / "base", base_raw, preset, seed, log)
+    base_dir, base_info = resolve_base(out / "base", base_raw, preset, seed)
     base_model, tokenizer = load(base_dir)
     n_params = sum(p.numel() for p in base_model.parameters())
     from tokedit.io.texts import truncate_to_tokens

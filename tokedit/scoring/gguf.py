@@ -20,12 +20,15 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
 
 from tokedit.errors import InputError, arg
 from tokedit.io.storage import file_sha256 as sha256_of_file
+
+logger = logging.getLogger(__name__)
 
 PRIOR_INFO = "tokedit-prior.json"
 PROBE_TEXT = "Shall I compare thee to a summer's day? Thou art more lovely and more temperate."
@@ -142,7 +145,7 @@ def convert_gguf(
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log = log or (lambda m: None)
+    log = log or logger.info
     gguf_path, dest = Path(gguf_path).resolve(), Path(dest)
     try:
         import gguf  # noqa: F401  (transformers needs it; say so before it fails deep inside)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import subprocess
@@ -24,6 +25,8 @@ from pathlib import Path
 
 from tokedit.errors import InputError, arg
 from tokedit.scoring.gguf import PRIOR_INFO, cache_dir, convert_gguf, file_sha256, read_prior_info
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,9 +89,10 @@ def fetch_prior(name: str, out: str | os.PathLike | None = None, *, log=None) ->
     """Fetch, verify and convert the prior ``name`` into ``out`` (default: the cache).
 
     Returns ``{"model_dir", "source", "already": bool, "licence"}``. Idempotent: a complete
-    directory is returned as it is.
+    directory is returned as it is. Stage messages (which source, the conversion) are logged
+    (INFO, ``tokedit.scoring.*``), or passed to ``log`` if given.
     """
-    log = log or (lambda m: None)
+    given_log, log = log, log or logger.info
     spec = get_prior(name)
     target = prior_dir(name, out)
     if is_fetched(spec, target):
@@ -108,7 +112,7 @@ def fetch_prior(name: str, out: str | os.PathLike | None = None, *, log=None) ->
             _copy_licence(spec, chunks, target)
         finally:
             cleanup()
-    convert_gguf(gguf_path, target, sha256=spec.sha256, log=log)
+    convert_gguf(gguf_path, target, sha256=spec.sha256, log=given_log)
     return {"model_dir": str(target), "source": source, "already": False, "licence": spec.licence}
 
 

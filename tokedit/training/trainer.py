@@ -8,8 +8,8 @@ trainer. Held-out perplexity is measured with plain cross entropy whatever the l
 from __future__ import annotations
 
 import json
+import logging
 import math
-import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterable
@@ -23,6 +23,8 @@ from transformers import TrainerCallback
 from tokedit.errors import InputError, arg
 from tokedit.io.read import read_ok_texts
 from tokedit.training.tce import per_token_cross_entropy
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 
@@ -219,13 +221,14 @@ def train_model(
     """Train (from scratch, or continue ``model_path``) and save to ``out_dir``; returns a summary.
 
     The documents are read from ``data_dir``, or given as ``texts`` (then ``data_dir`` is None).
+    Stage messages are logged (INFO, this module's logger), or passed to ``log`` if given.
     """
     from transformers import Trainer, TrainingArguments
 
     from tokedit.training.prior import PRESETS, build_model, train_tokenizer
 
     config = config or TrainConfig()
-    log = log or (lambda m: print(m, file=sys.stderr))
+    log = log or logger.info
     if from_scratch == (model_path is not None):
         raise InputError(
             f"pass exactly one of {arg('model_path')} (continue training) and "
