@@ -69,10 +69,12 @@ def edit_again(corpus_dir, tiny_scores, out, *flags):
 
 
 def test_the_cli_prints_stage_messages_by_default(corpus_dir, tiny_scores, cli_edited):
-    """Catches: the CLI not configuring a handler (the message lost), or debug on by default."""
+    """Catches: the CLI not configuring a handler (the message lost), debug on by default,
+    or a progress bar drawn where no person watches (stderr not a TTY)."""
     r = edit_again(corpus_dir, tiny_scores, cli_edited)
     assert RESUMED in r.stderr and RESUMED not in r.stdout
     assert DEBUG_LINE not in r.stderr
+    assert "tok/s" not in r.stderr, r.stderr  # no progress bar: stderr is no terminal here
 
 
 def test_quiet_silences_stage_messages(corpus_dir, tiny_scores, cli_edited):
