@@ -103,12 +103,17 @@ def test_two_actors_writing_concurrently(tmp_path, ray_local, data, local_out, t
             np.testing.assert_allclose(np.array(x, float), np.array(y, float), atol=1e-5)
 
 
+def without_quiet(args: list[str]) -> list[str]:
+    return [a for a in args if a != "-q"]
+
+
 def test_engines_resume_each_other(tmp_path, ray_local, data, local_out, tiny_prior):
     out = tmp_path / "scores"
     half = invoke(*score_args(data, out, tiny_prior, "--num-shards", "2", "--shard-index", "0"))
     assert half.returncode == 0, half.stderr
     assert len(manifest_shards(out)) == 2
-    rest = invoke(*score_args(data, out, tiny_prior, "--engine", "ray"))
+    # Without -q: -q leaves warnings only, and the "resumed" stage message is INFO.
+    rest = invoke(*without_quiet(score_args(data, out, tiny_prior, "--engine", "ray")))
     assert rest.returncode == 0, rest.stderr
     assert "resumed: 2 shard(s) already complete" in rest.stderr
     assert "2 shard(s) already done" in rest.stdout
@@ -275,7 +280,7 @@ def test_edit_engines_resume_each_other(tmp_path, ray_local, data, local_out, lo
     half = invoke(*edit_args(data, out, *args, "--num-shards", "2", "--shard-index", "1"))
     assert half.returncode == 0, half.stderr
     assert len(manifest_shards(out)) == 2
-    rest = invoke(*edit_args(data, out, *args, "--engine", "ray"))
+    rest = invoke(*without_quiet(edit_args(data, out, *args, "--engine", "ray")))
     assert rest.returncode == 0, rest.stderr
     assert "resumed: 2 shard(s) already complete" in rest.stderr
     assert output_files(out) == output_files(local_edit)

@@ -122,7 +122,10 @@ def log_options(fn):
         help="No progress bar and no stage messages (warnings and errors only).",
     )
     @click.option(
-        "--verbose", "-v", is_flag=True, help="Also debug messages (resolved options, shards)."
+        "--verbose",
+        "-v",
+        is_flag=True,
+        help="Also debug messages (e.g. the shards selected and how they run).",
     )
     @functools.wraps(fn)
     def wrapper(*args, quiet, verbose, **kwargs):
