@@ -186,15 +186,14 @@ def compare_scores(got: Path, want: Path, tol: float = LOGPROB_TOL) -> dict:
     wm = json.loads((want / ".tokedit/manifest.json").read_text())
     assert comparable_manifest(gm) == comparable_manifest(wm), "the scores manifests differ"
     edge = np.log(CANDIDATES_MIN_P)
-    max_delta, compared, tied = 0.0, 0, 0
+    max_delta, compared, tied, summaries = 0.0, 0, 0, []
     for rel in sorted(wm["shards"]):
         for out in wm["shards"][rel]["outputs"]:
             a, b = pq.read_table(got / out).to_pydict(), pq.read_table(want / out).to_pydict()
             assert a.keys() == b.keys(), out
             for col in ("id", "status", "n_tokens", "token_ids", "offsets", "text_fingerprint"):
                 assert a[col] == b[col], f"{out}: {col} differs"
-            for col in ("mean_logprob", "ppl"):
-                np.testing.assert_allclose(a[col], b[col], rtol=tol, err_msg=f"{out}: {col}")
+            summaries.append((out, a["mean_logprob"], b["mean_logprob"], a["ppl"], b["ppl"]))
             rows = zip(a["logprob"], b["logprob"], a["topk_ids"], b["topk_ids"],
                        a["topk_logprobs"], b["topk_logprobs"], strict=True)  # fmt: skip
             for x, y, kx, ky, cx, cy in rows:
@@ -223,6 +222,9 @@ def compare_scores(got: Path, want: Path, tol: float = LOGPROB_TOL) -> dict:
                         f"{out}: candidate ids at {i}"
                     )
     assert max_delta <= tol, f"log-probs differ by {max_delta:.3g} > {tol:g}"
+    for out, mean_a, mean_b, ppl_a, ppl_b in summaries:  # ppl = exp(-mean): relative
+        np.testing.assert_allclose(mean_a, mean_b, rtol=0, atol=tol, err_msg=f"{out}: mean")
+        np.testing.assert_allclose(ppl_a, ppl_b, rtol=tol, err_msg=f"{out}: ppl")
     assert compared > 0
     return {"max_delta": max_delta, "compared": compared, "tied": tied}
 
