@@ -33,7 +33,6 @@ from tokedit.errors import InputError, arg
 from tokedit.integrations._common import PriorConfig, check_edit_kwargs
 from tokedit.io import DEFAULT_BATCH_ROWS  # as tokedit edit: the same batches, the same bytes
 from tokedit.io.scores_dir import MEAN_LOGPROB, PPL
-from tokedit.scoring.options import ModelOptions
 
 
 def _batches(data: DocumentsPipeline, size: int) -> Iterator[list[Document]]:
@@ -43,32 +42,30 @@ def _batches(data: DocumentsPipeline, size: int) -> Iterator[list[Document]]:
 
 
 class _PriorStep(PipelineStep):
-    def __init__(
-        self,
-        model: str,
-        *,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-        device: str = ModelOptions.device,
-        dtype: str = ModelOptions.dtype,
-        backend: str = ModelOptions.backend,
-        revision: str | None = ModelOptions.revision,
-    ):
+    """A step with a prior (loaded once per task, on its first batch) that reads
+    ``batch_rows`` documents at a time. ``kwargs``: the prior's ``device``, ``dtype``,
+    ``backend`` and ``revision``; what is left is the step's own (``self.options``)."""
+
+    def __init__(self, model: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, **kwargs):
         super().__init__()
         if batch_rows < 1:
             raise InputError(
                 f"{arg('batch_rows', batch_rows)} must be >= 1",
                 remedy=f"e.g. {arg('batch_rows', DEFAULT_BATCH_ROWS)}",
             )
-        self.prior = PriorConfig(
-            str(model), device=device, dtype=dtype, backend=backend, revision=revision
-        )
+        prior = {
+            k: kwargs.pop(k) for k in ("device", "dtype", "backend", "revision") if k in kwargs
+        }
+        self.prior = PriorConfig(str(model), **prior)
         self.batch_rows = batch_rows
+        self.options = kwargs
 
 
 class ToEditStep(_PriorStep):
     """Token-Level Editing of every document's text (``tokedit.edit`` with a prior).
 
-    ``edit_kwargs``: those of :func:`tokedit.edit` (``preset``, ``p``, ``top_k``,
+    Keywords: the prior's ``device``, ``dtype``, ``backend``, ``revision``, and those of
+    :func:`tokedit.edit` (``preset``, ``p``, ``top_k``,
     ``temperature``, ``drop_below``, ``seed``, ``max_length``, ``overlap``, ...).
     ``output_column``: keep ``Document.text`` and put the edited text in that metadata key.
     ``provenance=False``: no ``tokedit_*`` metadata (the stats are kept).
@@ -79,26 +76,9 @@ class ToEditStep(_PriorStep):
     name = "✂️ tokedit"
     type = "🔧 - ToEdit"
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-        device: str = ModelOptions.device,
-        dtype: str = ModelOptions.dtype,
-        backend: str = ModelOptions.backend,
-        revision: str | None = ModelOptions.revision,
-        **edit_kwargs,
-    ):
-        super().__init__(
-            model,
-            batch_rows=batch_rows,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            revision=revision,
-        )
-        self.edit_kwargs = check_edit_kwargs(edit_kwargs, "ToEditStep")
+    def __init__(self, model: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, **kwargs):
+        super().__init__(model, batch_rows=batch_rows, **kwargs)
+        self.edit_kwargs = check_edit_kwargs(self.options, "ToEditStep")
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         prior = None
@@ -146,32 +126,15 @@ class ToEditScoreStep(_PriorStep):
     name = "📏 tokedit score"
     type = "📊 - STATS"
 
-    def __init__(
-        self,
-        model: str,
-        *,
-        batch_rows: int = DEFAULT_BATCH_ROWS,
-        device: str = ModelOptions.device,
-        dtype: str = ModelOptions.dtype,
-        backend: str = ModelOptions.backend,
-        revision: str | None = ModelOptions.revision,
-        **score_kwargs,
-    ):
-        super().__init__(
-            model,
-            batch_rows=batch_rows,
-            device=device,
-            dtype=dtype,
-            backend=backend,
-            revision=revision,
-        )
-        unknown = set(score_kwargs) - {"max_length", "overlap", "batch_tokens", "bos"}
+    def __init__(self, model: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, **kwargs):
+        super().__init__(model, batch_rows=batch_rows, **kwargs)
+        unknown = set(self.options) - {"max_length", "overlap", "batch_tokens", "bos"}
         if unknown:
             raise TypeError(
                 f"ToEditScoreStep() got unexpected keyword argument(s) {sorted(unknown)}"
             )
         # top_k=0: no candidates kept, only the log-probs of the actual tokens
-        self.score_kwargs = {"top_k": 0, **score_kwargs}
+        self.score_kwargs = {"top_k": 0, **self.options}
 
     def run(self, data: DocumentsPipeline, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         prior = None
