@@ -59,7 +59,12 @@ from tokedit.io.scores_dir import (
     TOPK_LOGPROBS,
     check_candidates_cover,
 )
-from tokedit.scoring.options import ModelOptions, ScoreOptions
+from tokedit.scoring.options import (
+    ONE_PASS_FIELDS,
+    ModelOptions,
+    ScoreOptions,
+    one_pass_score_options,
+)
 from tokedit.scoring.run import DEFAULT_PREFETCH, ScoreResult, load_backend, score_dataset
 from tokedit.scoring.scorer import Scorer, scored_tables
 
@@ -375,15 +380,11 @@ def edit(
     return Edits(table, EditCounts.from_dict(counts.to_dict()), options)
 
 
-WINDOW_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")  # one pass: edit() takes them
-
-
 def edit_options(options, score_options, kwargs) -> tuple[EditOptions, ScoreOptions | None]:
     """The edit options (one threshold) and the one-pass windows of edit()'s arguments."""
     options = build_edit_options(options, kwargs)
-    if score_options is not None or any(k in kwargs for k in WINDOW_FIELDS):
-        score_options = take(kwargs, ScoreOptions, score_options, exclude=("top_k", "candidates_min_p"))  # fmt: skip
-    refuse_unknown(kwargs, "edit", extra=(*WINDOW_FIELDS, *EDIT_KEYWORDS))
+    score_options = one_pass_score_options(score_options, kwargs)
+    refuse_unknown(kwargs, "edit", extra=(*ONE_PASS_FIELDS, *EDIT_KEYWORDS))
     if len(options.ps) != 1:
         raise InputError(
             f"{arg('p', options.ps)}: edit() takes one threshold",

@@ -88,9 +88,7 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
     INFO (``-q``: WARNING, ``-v``: DEBUG). Called again (the group, then a command with
     ``-q``/``-v``) it replaces its handler; it is removed when the command's click context
     closes, so a command run in-process (tests) leaves the library's logging as it found it."""
-    logger = logging.getLogger("tokedit")
-    for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
-        logger.removeHandler(h)
+    logger = _without_stderr_handler()
     handler = _StderrHandler()
     handler.setFormatter(_PlainFormatter())
     logger.addHandler(handler)
@@ -103,10 +101,16 @@ def configure_logging(quiet: bool = False, verbose: bool = False) -> None:
         root.call_on_close(_unconfigure_logging)
 
 
-def _unconfigure_logging() -> None:
+def _without_stderr_handler() -> logging.Logger:
+    """The ``tokedit`` logger, without the handler :func:`configure_logging` adds."""
     logger = logging.getLogger("tokedit")
     for h in [h for h in logger.handlers if isinstance(h, _StderrHandler)]:
         logger.removeHandler(h)
+    return logger
+
+
+def _unconfigure_logging() -> None:
+    logger = _without_stderr_handler()
     logger.setLevel(logging.NOTSET)
     logger.propagate = True
 

@@ -35,7 +35,13 @@ from tokedit.io.read import STATUS_OK
 from tokedit.io.scores_dir import load_scores_manifest, scores_fingerprint
 from tokedit.io.shards import discover_shards
 from tokedit.io.storage import as_path
-from tokedit.scoring.options import ModelOptions, ScoreOptions
+from tokedit.scoring.options import (
+    MODEL_FIELDS,
+    ONE_PASS_FIELDS,
+    ModelOptions,
+    ScoreOptions,
+    one_pass_score_options,
+)
 from tokedit.scoring.run import check_unique_outputs
 from tokedit.scoring.scorer import bos_prepended
 
@@ -326,23 +332,17 @@ def edit_dataset(
     after the other in this process; ``engine="ray"`` runs the same :class:`ShardEditor` in
     a pool of Ray actors. Both write the same bytes and manifest entries.
     """
-    window_fields = ("top_k", "candidates_min_p")  # set by the rule in one-pass mode
     options = build_edit_options(options, kwargs)
-    if model_options is not None or any(
-        k in kwargs for k in ("backend", "device", "dtype", "revision")
-    ):
+    if model_options is not None or any(k in kwargs for k in MODEL_FIELDS):
         model_options = take(kwargs, ModelOptions, model_options)
-    if score_options is not None or any(
-        k in kwargs for k in ("max_length", "overlap", "batch_tokens", "bos")
-    ):
-        score_options = take(kwargs, ScoreOptions, score_options, exclude=window_fields)
+    score_options = one_pass_score_options(score_options, kwargs)
     run = take(kwargs, RunOptions, run)
     refuse_unknown(
         kwargs,
         "edit_dataset",
         ModelOptions,
         RunOptions,
-        extra=EDIT_KEYWORDS + ("max_length", "overlap", "batch_tokens", "bos"),
+        extra=EDIT_KEYWORDS + ONE_PASS_FIELDS,
     )
     if (scores_dir is None) == (model is None):
         raise InputError(

@@ -10,8 +10,6 @@ from dataclasses import dataclass
 from tokedit.api import Prior, edit_options, load_prior
 from tokedit.scoring.options import ModelOptions
 
-WINDOW_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")
-
 # one prior per (model, device, dtype, backend, revision) and process: a map worker, a
 # datatrove task or a forked process loads it on first use and keeps it for every batch
 _PRIORS: dict[PriorConfig, Prior] = {}

@@ -33,6 +33,7 @@ from tokedit.errors import InputError, arg
 from tokedit.integrations._common import PriorConfig, check_edit_kwargs
 from tokedit.io import DEFAULT_BATCH_ROWS  # as tokedit edit: the same batches, the same bytes
 from tokedit.io.scores_dir import MEAN_LOGPROB, PPL
+from tokedit.scoring.options import MODEL_FIELDS, ONE_PASS_FIELDS
 
 
 def _batches(data: DocumentsPipeline, size: int) -> Iterator[list[Document]]:
@@ -53,9 +54,7 @@ class _PriorStep(PipelineStep):
                 f"{arg('batch_rows', batch_rows)} must be >= 1",
                 remedy=f"e.g. {arg('batch_rows', DEFAULT_BATCH_ROWS)}",
             )
-        prior = {
-            k: kwargs.pop(k) for k in ("device", "dtype", "backend", "revision") if k in kwargs
-        }
+        prior = {k: kwargs.pop(k) for k in MODEL_FIELDS if k in kwargs}
         self.prior = PriorConfig(str(model), **prior)
         self.batch_rows = batch_rows
         self.options = kwargs
@@ -128,7 +127,7 @@ class ToEditScoreStep(_PriorStep):
 
     def __init__(self, model: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, **kwargs):
         super().__init__(model, batch_rows=batch_rows, **kwargs)
-        unknown = set(self.options) - {"max_length", "overlap", "batch_tokens", "bos"}
+        unknown = set(self.options) - set(ONE_PASS_FIELDS)
         if unknown:
             raise TypeError(
                 f"ToEditScoreStep() got unexpected keyword argument(s) {sorted(unknown)}"

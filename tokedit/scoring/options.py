@@ -9,8 +9,9 @@ fields as keyword arguments, and the scores manifest records what they resolve t
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 
+from tokedit.config import take
 from tokedit.errors import InputError, arg
 
 DEFAULT_MAX_LEN = 1024  # window length when the model has more positions (or says none)
@@ -88,3 +89,17 @@ class ScoreOptions:
             )
         overlap = self.overlap if self.overlap is not None else max(1, max_len // 8)
         return replace(self, max_length=max_len, overlap=overlap)
+
+
+MODEL_FIELDS = tuple(f.name for f in fields(ModelOptions))
+# The fields of ScoreOptions an edit in one pass takes: its rule sets top_k and
+# candidates_min_p.
+ONE_PASS_FIELDS = ("max_length", "overlap", "batch_tokens", "bos")
+
+
+def one_pass_score_options(given: ScoreOptions | None, kwargs: dict) -> ScoreOptions | None:
+    """``given`` with the :data:`ONE_PASS_FIELDS` of ``kwargs`` replaced (and removed from
+    ``kwargs``); None when neither is given (then the scores' BOS choice is not checked)."""
+    if given is None and not any(k in kwargs for k in ONE_PASS_FIELDS):
+        return None
+    return take(kwargs, ScoreOptions, given, exclude=("top_k", "candidates_min_p"))
