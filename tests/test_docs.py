@@ -3,13 +3,15 @@ relative links and anchors that resolve, in the README and in every page of docs
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+RESULTS = ROOT / "docs" / "results"
 SETUP = """# tokedit
 
 ```bash
@@ -37,7 +39,7 @@ def anchors(page: Path) -> set[str]:
 def test_readme_is_short_and_opens_with_the_set_up_commands():
     text = (ROOT / "README.md").read_text()
     assert text.startswith(SETUP)
-    assert len(text.splitlines()) <= 250
+    assert len(text.splitlines()) <= 75  # a screen and a half
     assert "docs/README.md" in text
 
 
@@ -70,3 +72,26 @@ def test_every_test_the_reliability_page_names_exists():
         if not re.search(pattern, source, flags=re.MULTILINE):
             missing.append(f"{module}::{name}")
     assert not missing, missing
+
+
+def test_the_results_tables_are_what_summary_prints_for_the_committed_json():
+    """docs/results/README.md: each ``<!-- summary: DIR -->`` marks a table block; its rows
+    must be rows that ``tokedit experiment summary`` prints for ``DIR/seed-*`` (the committed
+    result files), and ``DIR/summary.json`` must be what that command writes (its ``runs``,
+    the directories it was given, aside). Catches: a number edited by hand, a table left over
+    from an older run, a results directory without the data behind its table."""
+    from tokedit.experiments.seeds import format_seed_summary, read_result, summarize
+
+    page = (RESULTS / "README.md").read_text()
+    blocks = re.findall(r"<!-- summary: ([\w-]+) -->\n((?:\|.*\n)+)", page)
+    assert blocks, "no summary table marked on the results page"
+    for name, table in blocks:
+        runs = sorted((RESULTS / name).glob("seed-*"))
+        assert len(runs) >= 3, f"{name}: {len(runs)} seed directories"
+        summary = summarize([read_result(r) for r in runs], [str(r) for r in runs])
+        printed = set(format_seed_summary(summary).splitlines())
+        stray = [row for row in table.splitlines() if row not in printed]
+        assert not stray, f"{name}: rows summary does not print: {stray}"
+        stored = json.loads((RESULTS / name / "summary.json").read_text())
+        del stored["runs"], summary["runs"]
+        assert stored == json.loads(json.dumps(summary)), name
