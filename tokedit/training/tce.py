@@ -96,6 +96,21 @@ def per_token_cross_entropy(
     return ce, targets != ignore_index
 
 
+def _loss_denominator(
+    normalize: str,
+    n_real: torch.Tensor,
+    n_kept: torch.Tensor,
+    num_items_in_batch: int | torch.Tensor | None,
+) -> int | torch.Tensor:
+    """What the kept tokens' loss sum is divided by, for ``normalize`` and gradient
+    accumulation (see the module docstring)."""
+    if normalize == "real":
+        return n_real.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
+    if num_items_in_batch is None:
+        return n_kept.clamp(min=1)
+    return n_kept.clamp(min=1) * num_items_in_batch / n_real.clamp(min=1)
+
+
 def truncated_cross_entropy(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -139,12 +154,7 @@ def truncated_cross_entropy(
     total = ce.masked_fill(~kept, 0.0).sum()
     n_real = real.sum()
     n_kept = kept.sum()
-    if normalize == "real":
-        denom = n_real.clamp(min=1) if num_items_in_batch is None else num_items_in_batch
-    elif num_items_in_batch is None:
-        denom = n_kept.clamp(min=1)
-    else:
-        denom = n_kept.clamp(min=1) * num_items_in_batch / n_real.clamp(min=1)
+    denom = _loss_denominator(normalize, n_real, n_kept, num_items_in_batch)
     if torch.is_tensor(denom):
         denom = denom.to(device=total.device, dtype=total.dtype)
     loss = total / denom
