@@ -26,6 +26,47 @@ class GenerateOptions:
     seed: int = 0
 
 
+def _token_budgets(
+    encoded: list[list[int]], own: list[int], idx, options: GenerateOptions
+) -> list[int]:
+    """How many tokens each document of the batch ``idx`` gets after its prefix: up to its
+    own length, capped by ``prefix_tokens + max_new_tokens``."""
+    cap = options.prefix_tokens + options.max_new_tokens
+    return [max(0, min(own[i], cap) - min(len(encoded[i]), options.prefix_tokens)) for i in idx]
+
+
+def _left_padded(prefixes: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The prefixes as one left-padded ``[rows, width]`` id tensor and its attention mask."""
+    width = max(len(p) for p in prefixes)
+    ids = torch.full((len(prefixes), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prefixes), width), dtype=torch.long)
+    for r, p in enumerate(prefixes):
+        ids[r, width - len(p) :] = torch.tensor(p)
+        mask[r, width - len(p) :] = 1
+    return ids, mask
+
+
+def _sample_tokens(
+    model, ids: torch.Tensor, mask: torch.Tensor, new: int, pad: int, options: GenerateOptions
+) -> torch.Tensor:
+    """Exactly ``new`` sampled tokens after each row (no EOS stop), on the CPU."""
+    if new <= 0:
+        return torch.zeros((ids.shape[0], 0), dtype=torch.long)
+    device = next(model.parameters()).device
+    return model.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=True,
+        temperature=options.temperature,
+        top_p=options.top_p,
+        top_k=0,
+        max_new_tokens=new,
+        min_new_tokens=new,
+        pad_token_id=pad,
+        eos_token_id=None,
+    )[:, ids.shape[1] :].cpu()
+
+
 @torch.inference_mode()
 def generate_continuations(
     model,
@@ -41,7 +82,6 @@ def generate_continuations(
     (so a short prompt can be continued into a whole document); ``max_new_tokens`` caps both.
     """
     options = options or GenerateOptions()
-    device = next(model.parameters()).device
     encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
     own = [len(ids) for ids in encoded] if lengths is None else list(lengths)
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
@@ -56,37 +96,9 @@ def generate_continuations(
     model.eval()
     for a in range(0, len(order), options.batch_size):
         idx = order[a : a + options.batch_size]
-        prefixes = [bos + encoded[i][: options.prefix_tokens] for i in idx]
-        budgets = [
-            max(
-                0,
-                min(own[i], options.prefix_tokens + options.max_new_tokens)
-                - min(len(encoded[i]), options.prefix_tokens),
-            )
-            for i in idx
-        ]
-        width = max(len(p) for p in prefixes)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for r, p in enumerate(prefixes):
-            ids[r, width - len(p) :] = torch.tensor(p)
-            mask[r, width - len(p) :] = 1
-        new = max(budgets) if budgets else 0
-        if new > 0:
-            out = model.generate(
-                input_ids=ids.to(device),
-                attention_mask=mask.to(device),
-                do_sample=True,
-                temperature=options.temperature,
-                top_p=options.top_p,
-                top_k=0,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                pad_token_id=pad,
-                eos_token_id=None,
-            )[:, width:].cpu()
-        else:
-            out = torch.zeros((len(idx), 0), dtype=torch.long)
+        budgets = _token_budgets(encoded, own, idx, options)
+        ids, mask = _left_padded([bos + encoded[i][: options.prefix_tokens] for i in idx], pad)
+        out = _sample_tokens(model, ids, mask, max(budgets) if budgets else 0, pad, options)
         for r, i in enumerate(idx):
             continuation = out[r, : budgets[r]].tolist()
             outputs[i] = tokenizer.decode(
