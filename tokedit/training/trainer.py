@@ -204,6 +204,114 @@ class TimeBudget(TrainerCallback):
         return control
 
 
+def _check_sources(
+    data_dir: str | None, texts: list[str] | None, model_path: str | None, from_scratch: bool
+) -> None:
+    """Exactly one model source (``model_path`` or ``from_scratch``) and one text source."""
+    if from_scratch == (model_path is not None):
+        raise InputError(
+            f"pass exactly one of {arg('model_path')} (continue training) and "
+            f"{arg('from_scratch', True)}",
+            remedy=f"pass {arg('model_path')} to continue a model, or {arg('from_scratch', True)} "
+            "to train a new one",
+        )
+    if (texts is None) == (data_dir is None):
+        raise ValueError("train_model takes a data_dir or texts, not both or neither")
+
+
+def _tokenizer_and_model(
+    config: TrainConfig,
+    train_texts: list[str],
+    model_path: str | None,
+    vocab_size: int | None,
+    log: Callable[[str], None],
+):
+    """A new tokenizer and model of ``config.preset`` (no ``model_path``), else the saved ones."""
+    if model_path is not None:
+        from tokedit.scoring.hf import load_causal_lm, load_tokenizer
+
+        return load_tokenizer(model_path), load_causal_lm(model_path)
+    from tokedit.training.prior import PRESETS, build_model, train_tokenizer
+
+    vocab = vocab_size or PRESETS[config.preset]["vocab_size"]
+    log(f"training a byte-level BPE tokenizer (vocab {vocab}) on {len(train_texts)} documents")
+    tokenizer = train_tokenizer(train_texts, vocab)
+    model = build_model(
+        tokenizer,
+        config.preset,
+        seed=config.seed,
+        max_position_embeddings=max(
+            config.block_size, PRESETS[config.preset]["max_position_embeddings"]
+        ),
+    )
+    return tokenizer, model
+
+
+def _packed_held_out(tokenizer, held_texts: list[str], block_size: int):
+    """The held-out blocks and labels; empty ``[0, block_size]`` arrays when nothing is held out."""
+    if held_texts:
+        return pack_texts(tokenizer, held_texts, block_size)
+    return (np.zeros((0, block_size), np.int64),) * 2
+
+
+def _training_arguments(config: TrainConfig, output_dir: str, progress: bool):
+    """``TrainingArguments`` of a run: cosine schedule, no checkpoints, bf16 on CUDA."""
+    from transformers import TrainingArguments
+
+    use_cuda = torch.cuda.is_available()
+    return TrainingArguments(
+        output_dir=output_dir,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.grad_accum,
+        learning_rate=config.learning_rate,
+        weight_decay=config.weight_decay,
+        warmup_steps=config.warmup_steps,
+        lr_scheduler_type="cosine",
+        max_steps=config.max_steps,
+        logging_steps=max(1, config.max_steps // 10),
+        save_strategy="no",
+        report_to=[],
+        use_cpu=not use_cuda,
+        bf16=use_cuda,
+        seed=config.seed,
+        data_seed=config.seed,
+        dataloader_num_workers=0,
+        disable_tqdm=not progress,
+    )
+
+
+def _fit(model, config: TrainConfig, dataset: BlockDataset, progress: bool):
+    """Train ``model`` in place with ``transformers.Trainer``; returns its ``TrainOutput`` and
+    log history (with ``tce_masked_share`` on the TCE loss's log lines)."""
+    from transformers import Trainer
+
+    with tempfile.TemporaryDirectory() as scratch:
+        args = _training_arguments(config, scratch, progress)
+        callbacks = [TimeBudget(config.time_budget_s)] if config.time_budget_s else []
+        loss_func = make_loss_func(config)
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            compute_loss_func=loss_func,
+            callbacks=callbacks,
+        )
+        if loss_func is not None:  # TCE: log the share of masked tokens with the loss
+            from tokedit.training.tce import attach_masked_share_logging
+
+            attach_masked_share_logging(trainer, loss_func)
+        result = trainer.train()
+    return result, trainer.state.log_history
+
+
+def _save_trained(out_dir: str, model, tokenizer, summary: dict) -> None:
+    """The model, its tokenizer and ``tokedit_train.json`` (the summary) under ``out_dir``."""
+    out = Path(out_dir)
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    (out / "tokedit_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
 def train_model(
     data_dir: str | None,
     out_dir: str,
@@ -223,88 +331,21 @@ def train_model(
     The documents are read from ``data_dir``, or given as ``texts`` (then ``data_dir`` is None).
     Stage messages are logged (INFO, this module's logger), or passed to ``log`` if given.
     """
-    from transformers import Trainer, TrainingArguments
-
-    from tokedit.training.prior import PRESETS, build_model, train_tokenizer
-
     config = config or TrainConfig()
     log = log or logger.info
-    if from_scratch == (model_path is not None):
-        raise InputError(
-            f"pass exactly one of {arg('model_path')} (continue training) and "
-            f"{arg('from_scratch', True)}",
-            remedy=f"pass {arg('model_path')} to continue a model, or {arg('from_scratch', True)} "
-            "to train a new one",
-        )
-    if (texts is None) == (data_dir is None):
-        raise ValueError("train_model takes a data_dir or texts, not both or neither")
+    _check_sources(data_dir, texts, model_path, from_scratch)
     texts = texts if texts is not None else read_texts(data_dir, text_column, id_column)
     train_texts, held_texts = split_held_out(texts, config.eval_every_nth_doc)
     t0 = time.perf_counter()
-    if from_scratch:
-        vocab = vocab_size or PRESETS[config.preset]["vocab_size"]
-        log(f"training a byte-level BPE tokenizer (vocab {vocab}) on {len(train_texts)} documents")
-        tokenizer = train_tokenizer(train_texts, vocab)
-        model = build_model(
-            tokenizer,
-            config.preset,
-            seed=config.seed,
-            max_position_embeddings=max(
-                config.block_size, PRESETS[config.preset]["max_position_embeddings"]
-            ),
-        )
-    else:
-        from tokedit.scoring.hf import load_causal_lm, load_tokenizer
-
-        tokenizer = load_tokenizer(model_path)
-        model = load_causal_lm(model_path)
+    tokenizer, model = _tokenizer_and_model(config, train_texts, model_path, vocab_size, log)
     train_ids, train_labels = pack_texts(tokenizer, train_texts, config.block_size)
-    held_ids, held_labels = (
-        pack_texts(tokenizer, held_texts, config.block_size)
-        if held_texts
-        else (np.zeros((0, config.block_size), np.int64),) * 2
-    )
+    held_ids, held_labels = _packed_held_out(tokenizer, held_texts, config.block_size)
     n_params = sum(p.numel() for p in model.parameters())
     initial_sha = weights_sha(model)  # the weights this run starts from, before any step
     log(
         f"model: {n_params / 1e6:.2f}M parameters; {train_ids.size} training tokens in {len(train_ids)} blocks of {config.block_size}; {held_ids.size} held out"
     )
-
-    use_cuda = torch.cuda.is_available()
-    with tempfile.TemporaryDirectory() as scratch:
-        args = TrainingArguments(
-            output_dir=scratch,
-            per_device_train_batch_size=config.batch_size,
-            gradient_accumulation_steps=config.grad_accum,
-            learning_rate=config.learning_rate,
-            weight_decay=config.weight_decay,
-            warmup_steps=config.warmup_steps,
-            lr_scheduler_type="cosine",
-            max_steps=config.max_steps,
-            logging_steps=max(1, config.max_steps // 10),
-            save_strategy="no",
-            report_to=[],
-            use_cpu=not use_cuda,
-            bf16=use_cuda,
-            seed=config.seed,
-            data_seed=config.seed,
-            dataloader_num_workers=0,
-            disable_tqdm=not progress,
-        )
-        callbacks = [TimeBudget(config.time_budget_s)] if config.time_budget_s else []
-        loss_func = make_loss_func(config)
-        trainer = Trainer(
-            model=model,
-            args=args,
-            train_dataset=BlockDataset(train_ids, train_labels),
-            compute_loss_func=loss_func,
-            callbacks=callbacks,
-        )
-        if loss_func is not None:  # TCE: log the share of masked tokens with the loss
-            from tokedit.training.tce import attach_masked_share_logging
-
-            attach_masked_share_logging(trainer, loss_func)
-        result = trainer.train()
+    result, log_history = _fit(model, config, BlockDataset(train_ids, train_labels), progress)
     train_seconds = time.perf_counter() - t0
     held_ppl = evaluate_perplexity(model, held_ids, held_labels)
     summary = {
@@ -318,9 +359,7 @@ def train_model(
             result.global_step * config.batch_size * config.grad_accum * config.block_size
         ),
         "train_loss": float(result.training_loss),
-        "tce_masked_share": [
-            h["tce_masked_share"] for h in trainer.state.log_history if "tce_masked_share" in h
-        ],
+        "tce_masked_share": [h["tce_masked_share"] for h in log_history if "tce_masked_share" in h],
         "held_out_ppl": held_ppl,
         "seconds": train_seconds,
         "config": asdict(config),
@@ -329,8 +368,5 @@ def train_model(
         "initial_weights_sha": initial_sha,
         "data": str(data_dir) if data_dir is not None else None,
     }
-    out = Path(out_dir)
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
-    (out / "tokedit_train.json").write_text(json.dumps(summary, indent=2) + "\n")
+    _save_trained(out_dir, model, tokenizer, summary)
     return summary
