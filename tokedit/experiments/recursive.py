@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from tokedit.experiments.data import held_out_and_train, texts_sha, write_dataset
@@ -80,6 +80,241 @@ def metric_series(rows: list[dict], metric: str) -> list:
     return [r[metric] for r in rows]
 
 
+@dataclass
+class _RecursiveInputs:
+    """What every arm and generation of a recursive run share: the base, the real slices,
+    the held-out documents, the reference tables, the probe and the knowledge test."""
+
+    base_dir: Path
+    base_info: dict
+    tokenizer: object
+    n_params: int
+    held: list[str]
+    real: list[str]
+    slices: list[list[str]]
+    reference: object
+    real_counts: object
+    probe: list
+    kt: list[dict]
+
+
+def _recursive_inputs(
+    data_dir: str, out: Path, preset: ExperimentPreset, seed: int
+) -> _RecursiveInputs:
+    """Read and split the corpus, resolve the base and build the fixed evaluation sets."""
+    G, N = preset.generations, preset.docs_per_slice
+    n_base = preset.base_docs if preset.base == "scratch" else 0
+    held_raw, rest_raw = held_out_and_train(data_dir, preset, seed, n_base + (G + 1) * N)
+    base_raw, slices_raw = rest_raw[:n_base], rest_raw[n_base:]
+    base_dir, base_info = resolve_base(out / "base", base_raw, preset, seed)
+    base_model, tokenizer = load(base_dir)
+    n_params = sum(p.numel() for p in base_model.parameters())
+    from tokedit.io.texts import truncate_to_tokens
+    from tokedit.training.trainer import weights_sha
+
+    base_info["weights_sha"] = weights_sha(base_model)
+    del base_model
+    held = truncate_to_tokens(held_raw, tokenizer, preset.doc_tokens)
+    real = truncate_to_tokens(slices_raw, tokenizer, preset.doc_tokens)
+    slices = [real[k * N : (k + 1) * N] for k in range(G + 1)]
+    reference = unigram_tables(tokenizer, real + held)
+    real_counts = unigram_counts(tokenizer, real)
+    probe = make_probe(held_raw, slices_raw, preset.probe_pairs, seed)
+    kt = make_knowledge_test(real, real, preset.kt_items, seed)
+    for item in kt:
+        item["slice"] = item["doc"] // N
+    return _RecursiveInputs(
+        base_dir,
+        base_info,
+        tokenizer,
+        n_params,
+        held,
+        real,
+        slices,
+        reference,
+        real_counts,
+        probe,
+        kt,
+    )
+
+
+def _recursive_result(preset: ExperimentPreset, seed: int, inputs: _RecursiveInputs) -> dict:
+    """The run's result before any arm: the setup, the real data's metrics, the test sets."""
+    probe, kt = inputs.probe, inputs.kt
+    return {
+        "experiment": "recursive",
+        "preset": asdict(preset),
+        "seed": seed,
+        "parameters": inputs.n_params,
+        "base": inputs.base_info,
+        "real": {
+            **corpus_metrics(inputs.tokenizer, inputs.real, inputs.reference),
+            "kl_synthetic_to_real_nats": kl_nats_with_floor(inputs.real_counts, inputs.real_counts),
+        },
+        "probe": {"pairs": len(probe), "examples": [list(p) for p in probe[:3]]},
+        "knowledge_test": {"items": len(kt), "examples": kt[:3]},
+        "metric_definitions": METRIC_DEFINITIONS,
+        "arms": {},
+    }
+
+
+def _train_generation(
+    arm: dict,
+    g: int,
+    start: Path,
+    train_set: list[str],
+    out: Path,
+    result: dict,
+    preset: ExperimentPreset,
+    seed: int,
+) -> tuple[Path, dict]:
+    """Generation ``g``'s checkpoint of ``arm`` and its training summary: ``start`` fine-tuned
+    on ``train_set``, or, for the toedit arm's generation 0, the CE arm's (same data, loss
+    and seed)."""
+    model_dir = out / arm["name"] / f"gen{g}" / "model"
+    shared = out / "ce" / "gen0" / "model"
+    if g == 0 and arm["name"] == "toedit" and (shared / "config.json").is_file():
+        return shared, result["arms"]["ce"][0]["train"]
+    train = train_run(
+        start,
+        model_dir,
+        train_set,
+        preset,
+        seed,
+        arm["loss"],
+        arm["gamma"] or 0.99,
+        steps=preset.finetune_steps,
+        learning_rate=preset.finetune_learning_rate,
+        batch_size=preset.finetune_batch_size,
+        warmup_steps=preset.finetune_warmup_steps,
+    )
+    return model_dir, train
+
+
+def _produce(
+    arm: dict,
+    model,
+    tok,
+    train_set: list[str],
+    model_dir: Path,
+    work: Path,
+    preset: ExperimentPreset,
+    seed: int,
+) -> tuple[list[str], dict | None]:
+    """The data a generation writes from its training set, and the edit stats (toedit arm)."""
+    if arm["data"] == "toedit":
+        return toedit(train_set, model_dir, work, preset, seed)
+    if preset.generation == "beam":
+        return beam_generate(model, tok, train_set, preset), None
+    return regenerate(model, tok, train_set, preset, seed), None
+
+
+def _generated_metrics(
+    inputs: _RecursiveInputs,
+    produced: list[str],
+    work: Path,
+    model_dir: Path,
+    preset: ExperimentPreset,
+) -> dict:
+    """The produced data written under ``work``, and its metrics against the real data."""
+    tokenizer = inputs.tokenizer
+    data = write_dataset(work / "generated", produced)
+    return {
+        "docs": len(produced),
+        **corpus_metrics(tokenizer, produced, inputs.reference),
+        "kl_synthetic_to_real_nats": kl_nats_with_floor(
+            unigram_counts(tokenizer, produced), inputs.real_counts
+        ),
+        "hist10": probability_histogram(score(data, work / "generated-scores", model_dir, preset)),
+    }
+
+
+def _run_generation(
+    arm: dict,
+    g: int,
+    start: Path,
+    train_set: list[str],
+    inputs: _RecursiveInputs,
+    out: Path,
+    result: dict,
+    preset: ExperimentPreset,
+    seed: int,
+) -> tuple[dict, list[str], Path]:
+    """Train, evaluate and let generate one generation of an arm: its row, the data it
+    produced and its checkpoint."""
+    t0 = time.perf_counter()
+    work = out / arm["name"] / f"gen{g}"
+    model_dir, train = _train_generation(arm, g, start, train_set, out, result, preset, seed)
+    model, tok = load(model_dir)
+    kt = inputs.kt
+    test = knowledge_test(model, tok, kt)
+    seen = [s for it, s in zip(kt, test["scores"], strict=True) if it["slice"] <= g]
+    row = {
+        "generation": g,
+        "model_dir": str(model_dir.relative_to(out)),
+        "train_docs": len(train_set),
+        "train_data_sha": texts_sha(train_set),
+        "train": train,
+        "held_out_ppl": held_out_perplexity(model, tok, inputs.held, preset.block_size),
+        "probe_accuracy": probe_accuracy(inputs.probe, model_dir, work, preset),
+        "kt_accuracy": test["accuracy"],
+        "kt_accuracy_seen": kt_accuracy_of(seen),
+    }
+    produced, edit = _produce(arm, model, tok, train_set, model_dir, work, preset, seed + g)
+    if arm["data"] == "toedit":
+        row["edit"] = edit
+    row["generated"] = _generated_metrics(inputs, produced, work, model_dir, preset)
+    row["seconds"] = time.perf_counter() - t0
+    return row, produced, model_dir
+
+
+def _generation_line(name: str, g: int, row: dict) -> str:
+    """The stage line of one generation of an arm."""
+    masked = row["train"]["tce_masked_share_last"]
+    return (
+        f"  {name:>10} gen {g}: held-out ppl {row['held_out_ppl']:.2f}, KT "
+        f"{row['kt_accuracy']:.3f}, probe {row['probe_accuracy']:.3f}, KL(syn||real) "
+        f"{row['generated']['kl_synthetic_to_real_nats']:.4f} nats, distinct-2 "
+        f"{row['generated']['distinct_2']:.4f}"
+        + (f", TCE masked {masked:.3f}" if masked is not None else "")
+        + f" ({row['seconds']:.0f}s)"
+    )
+
+
+def _run_arm(
+    arm: dict,
+    inputs: _RecursiveInputs,
+    out: Path,
+    result: dict,
+    preset: ExperimentPreset,
+    seed: int,
+    log: Callable[[str], None],
+) -> list[dict]:
+    """All generations of one arm, each continuing the previous one's checkpoint on the data
+    it produced plus the next real slice."""
+    rows = []
+    train_set = inputs.slices[0]
+    start = inputs.base_dir
+    for g in range(preset.generations + 1):
+        row, produced, model_dir = _run_generation(
+            arm, g, start, train_set, inputs, out, result, preset, seed
+        )
+        rows.append(row)
+        log(_generation_line(arm["name"], g, row))
+        if g < preset.generations:
+            train_set = produced + inputs.slices[g + 1]
+            start = model_dir  # the next generation continues from this checkpoint
+    return rows
+
+
+def _times_to_failure(arms: dict[str, list[dict]], failure_lines) -> dict:
+    """For each arm and failure line, the generation at which the line is first crossed."""
+    return {
+        name: {m: time_to_failure(metric_series(rows, m), d, v) for m, d, v in failure_lines}
+        for name, rows in arms.items()
+    }
+
+
 def run_recursive(
     data_dir: str,
     out_dir: str,
@@ -103,126 +338,21 @@ def run_recursive(
     t_start = time.perf_counter()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    G, N = preset.generations, preset.docs_per_slice
-    n_base = preset.base_docs if preset.base == "scratch" else 0
-    held_raw, rest_raw = held_out_and_train(data_dir, preset, seed, n_base + (G + 1) * N)
-    base_raw, slices_raw = rest_raw[:n_base], rest_raw[n_base:]
-    base_dir, base_info = resolve_base(out / "base", base_raw, preset, seed)
-    base_model, tokenizer = load(base_dir)
-    n_params = sum(p.numel() for p in base_model.parameters())
-    from tokedit.io.texts import truncate_to_tokens
-    from tokedit.training.trainer import weights_sha
-
-    base_info["weights_sha"] = weights_sha(base_model)
-    del base_model
-    held = truncate_to_tokens(held_raw, tokenizer, preset.doc_tokens)
-    real = truncate_to_tokens(slices_raw, tokenizer, preset.doc_tokens)
-    slices = [real[k * N : (k + 1) * N] for k in range(G + 1)]
-    reference = unigram_tables(tokenizer, real + held)
-    real_counts = unigram_counts(tokenizer, real)
-    probe = make_probe(held_raw, slices_raw, preset.probe_pairs, seed)
-    kt = make_knowledge_test(real, real, preset.kt_items, seed)
-    for item in kt:
-        item["slice"] = item["doc"] // N
+    inputs = _recursive_inputs(data_dir, out, preset, seed)
     arms = recursive_arms(preset.gammas, with_toedit)
     log(
-        f"recursive: {G + 1} generations x {len(arms)} arms; {N} real docs per slice, "
-        f"{len(held)} held out, {len(probe)} probe pairs, {len(kt)} knowledge-test items; "
-        f"base {preset.base} ({n_params / 1e6:.2f}M parameters); data by {preset.generation}"
+        f"recursive: {preset.generations + 1} generations x {len(arms)} arms; "
+        f"{preset.docs_per_slice} real docs per slice, "
+        f"{len(inputs.held)} held out, {len(inputs.probe)} probe pairs, {len(inputs.kt)} "
+        f"knowledge-test items; base {preset.base} ({inputs.n_params / 1e6:.2f}M parameters); "
+        f"data by {preset.generation}"
     )
-    result: dict = {
-        "experiment": "recursive",
-        "preset": asdict(preset),
-        "seed": seed,
-        "parameters": n_params,
-        "base": base_info,
-        "real": {
-            **corpus_metrics(tokenizer, real, reference),
-            "kl_synthetic_to_real_nats": kl_nats_with_floor(real_counts, real_counts),
-        },
-        "probe": {"pairs": len(probe), "examples": [list(p) for p in probe[:3]]},
-        "knowledge_test": {"items": len(kt), "examples": kt[:3]},
-        "metric_definitions": METRIC_DEFINITIONS,
-        "arms": {},
-    }
+    result = _recursive_result(preset, seed, inputs)
     for arm in arms:
-        rows = []
-        train_set = slices[0]
-        start = base_dir
-        for g in range(G + 1):
-            t0 = time.perf_counter()
-            work = out / arm["name"] / f"gen{g}"
-            model_dir = work / "model"
-            shared = out / "ce" / "gen0" / "model"
-            if g == 0 and arm["name"] == "toedit" and (shared / "config.json").is_file():
-                # generation 0 of the toedit arm is the CE arm's (same data, loss and seed)
-                model_dir, train = shared, result["arms"]["ce"][0]["train"]
-            else:
-                train = train_run(
-                    start,
-                    model_dir,
-                    train_set,
-                    preset,
-                    seed,
-                    arm["loss"],
-                    arm["gamma"] or 0.99,
-                    steps=preset.finetune_steps,
-                    learning_rate=preset.finetune_learning_rate,
-                    batch_size=preset.finetune_batch_size,
-                    warmup_steps=preset.finetune_warmup_steps,
-                )
-            model, tok = load(model_dir)
-            test = knowledge_test(model, tok, kt)
-            seen = [s for it, s in zip(kt, test["scores"], strict=True) if it["slice"] <= g]
-            row = {
-                "generation": g,
-                "model_dir": str(model_dir.relative_to(out)),
-                "train_docs": len(train_set),
-                "train_data_sha": texts_sha(train_set),
-                "train": train,
-                "held_out_ppl": held_out_perplexity(model, tok, held, preset.block_size),
-                "probe_accuracy": probe_accuracy(probe, model_dir, work, preset),
-                "kt_accuracy": test["accuracy"],
-                "kt_accuracy_seen": kt_accuracy_of(seen),
-            }
-            if arm["data"] == "toedit":
-                produced, row["edit"] = toedit(train_set, model_dir, work, preset, seed + g)
-            elif preset.generation == "beam":
-                produced = beam_generate(model, tok, train_set, preset)
-            else:
-                produced = regenerate(model, tok, train_set, preset, seed + g)
-            data = write_dataset(work / "generated", produced)
-            row["generated"] = {
-                "docs": len(produced),
-                **corpus_metrics(tokenizer, produced, reference),
-                "kl_synthetic_to_real_nats": kl_nats_with_floor(
-                    unigram_counts(tokenizer, produced), real_counts
-                ),
-                "hist10": probability_histogram(
-                    score(data, work / "generated-scores", model_dir, preset)
-                ),
-            }
-            row["seconds"] = time.perf_counter() - t0
-            rows.append(row)
-            masked = train["tce_masked_share_last"]
-            log(
-                f"  {arm['name']:>10} gen {g}: held-out ppl {row['held_out_ppl']:.2f}, KT "
-                f"{row['kt_accuracy']:.3f}, probe {row['probe_accuracy']:.3f}, KL(syn||real) "
-                f"{row['generated']['kl_synthetic_to_real_nats']:.4f} nats, distinct-2 "
-                f"{row['generated']['distinct_2']:.4f}"
-                + (f", TCE masked {masked:.3f}" if masked is not None else "")
-                + f" ({row['seconds']:.0f}s)"
-            )
-            if g < G:
-                train_set = produced + slices[g + 1]
-                start = model_dir  # the next generation continues from this checkpoint
-        result["arms"][arm["name"]] = rows
+        result["arms"][arm["name"]] = _run_arm(arm, inputs, out, result, preset, seed, log)
     result["arm_definitions"] = arms
     result["failure_lines"] = [list(x) for x in preset.failure_lines]
-    result["time_to_failure"] = {
-        name: {m: time_to_failure(metric_series(rows, m), d, v) for m, d, v in preset.failure_lines}
-        for name, rows in result["arms"].items()
-    }
+    result["time_to_failure"] = _times_to_failure(result["arms"], preset.failure_lines)
     result["seconds"] = time.perf_counter() - t_start
     write_recursive_report(result, out)
     return result
