@@ -146,13 +146,16 @@ def main(argv=None) -> int:
             for p in sorted(local.rglob("*")):
                 if p.is_file():
                     fs.put_file(str(p), f"bench/{prefix}/{p.relative_to(local).as_posix()}")
-        storage.set_storage_options({**creds, "client_kwargs": client})
+        opts = {**creds, "client_kwargs": client}  # attached to the URLs, as --storage-options
 
         def run(kind: str, i: int) -> tuple[float, dict]:
             if kind == "local":
                 src, sc, out = str(corpus), str(scores), str(work / f"local-{i}")
             else:
-                src, sc, out = "s3://bench/corpus", "s3://bench/scores", f"s3://bench/out-{i}"
+                src, sc, out = (
+                    storage.as_path(url, opts)
+                    for url in ("s3://bench/corpus", "s3://bench/scores", f"s3://bench/out-{i}")
+                )
             t0 = time.perf_counter()
             s = edit_dataset(src, out, scores_dir=sc, options=EditOptions(ps=ps), progress=False)
             return time.perf_counter() - t0, s

@@ -32,10 +32,11 @@ from scale_helpers import (  # noqa: E402
     output_files,
     score_args,
 )
+from upath import UPath  # noqa: E402
 
 from tokedit.io import storage  # noqa: E402
 from tokedit.io.manifest import read_manifest  # noqa: E402
-from tokedit.io.storage import ENV_OPTIONS, RemotePath, as_path  # noqa: E402
+from tokedit.io.storage import as_path  # noqa: E402
 
 BUCKET = "tok"
 SCORE_EXTRA = ("--candidates-min-p", "0.3")
@@ -146,16 +147,12 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _storage_env(monkeypatch):
-    """``--storage-options`` sets an environment variable (for child processes): undo it."""
-    monkeypatch.setenv(ENV_OPTIONS, "{}")
+    """No credentials but those of the storage options: none from the environment."""
     for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent/credentials")
     monkeypatch.setenv("AWS_CONFIG_FILE", "/nonexistent/config")
-    storage._FILESYSTEMS.clear()
-    yield
-    storage._FILESYSTEMS.clear()
 
 
 @pytest.fixture(scope="module")
@@ -205,9 +202,13 @@ def local_hashes(out: Path) -> dict[str, str]:
     return {rel: hashlib.sha256(b).hexdigest() for rel, b in output_files(out).items()}
 
 
+def on_bucket(url: str, options: str):
+    """``url`` with the storage options ``options`` (JSON, as --storage-options takes them)."""
+    return as_path(url, json.loads(options))
+
+
 def remote_manifest(url: str, options: str) -> dict:
-    storage.set_storage_options(options)
-    return read_manifest(url)
+    return read_manifest(on_bucket(url, options))
 
 
 def assert_same_as_local(s3: S3, prefix: str, local: Path, options: str) -> None:
@@ -226,7 +227,7 @@ def test_urls_and_local_paths():
     assert as_path("data/x") == Path("data/x")
     assert as_path("file:///tmp/x") == Path("/tmp/x")
     p = as_path("s3://bkt/a/b/")
-    assert isinstance(p, RemotePath) and str(p) == "s3://bkt/a/b"
+    assert isinstance(p, UPath) and str(p) == "s3://bkt/a/b"
     assert str(p / "c/d.parquet") == "s3://bkt/a/b/c/d.parquet"
     assert (p / "c.parquet").name == "c.parquet" and p.parent == as_path("s3://bkt/a")
     assert str(as_path("hf://datasets/org/name/data/../x")) == "hf://datasets/org/name/x"
@@ -351,8 +352,7 @@ def test_kill_9_edit_during_publish_then_rerun(s3, reference):
 
     state = _kill_when(s3, args, "kill-edit", published_not_recorded)
     assert state["alive"] and len(_entries_in(state["keys"])) < 4, state
-    storage.set_storage_options(opts)
-    complete = read_manifest(out)["shards"] if read_manifest(out) else {}
+    complete = remote_manifest(out, opts)["shards"] if remote_manifest(out, opts) else {}
     assert len(complete) < 4  # the half-published shard is not complete for a reader
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
@@ -482,7 +482,6 @@ def test_hf_urls_through_a_local_stand_in_filesystem(reference, data, tmp_path, 
     original = _registry.get("hf")
     fsspec.register_implementation("hf", StandInHub, clobber=True)
     try:
-        storage._FILESYSTEMS.clear()
         url = "hf://datasets/org/corpus/data"
         r = invoke(*edit_args(url, reference["scores"], tmp_path / "edited"))
         assert r.returncode == 0, r.stderr
@@ -493,7 +492,6 @@ def test_hf_urls_through_a_local_stand_in_filesystem(reference, data, tmp_path, 
             fsspec.register_implementation("hf", original, clobber=True)
         else:
             _registry.pop("hf", None)
-        storage._FILESYSTEMS.clear()
 
 
 # ---------------------------------------------------------------- Ray actors on the bucket
@@ -557,8 +555,7 @@ def test_entries_of_other_options_are_refused_not_mixed(s3):
     from tokedit.errors import OutputError
     from tokedit.io.manifest import Manifest, entry_path
 
-    storage.set_storage_options(s3.options())
-    out = f"s3://{BUCKET}/mixed"
+    out = on_bucket(f"s3://{BUCKET}/mixed", s3.options())
     m = Manifest(out, "edit", {"seed": 0})
     m.mark_complete("a.parquet", {"outputs": []})
     assert read_manifest(out)["shards"] == {"a.parquet": {"outputs": []}}
@@ -583,7 +580,6 @@ def test_remote_shards_are_streamed_not_downloaded_first(s3, tmp_path, monkeypat
     rows = (json.dumps({"text": os.urandom(1024).hex()}) for _ in range(16_000))
     blob = gzip.compress(("\n".join(rows) + "\n").encode(), mtime=0)
     s3.fs.pipe_file(f"{BUCKET}/big/part.jsonl.gz", blob)
-    storage.set_storage_options(s3.options())
     opened = []
 
     def recording(path):
@@ -592,7 +588,7 @@ def test_remote_shards_are_streamed_not_downloaded_first(s3, tmp_path, monkeypat
         return f
 
     monkeypatch.setattr(read_mod, "open_read", recording)
-    (shard,) = discover_shards(f"s3://{BUCKET}/big")
+    (shard,) = discover_shards(on_bucket(f"s3://{BUCKET}/big", s3.options()))
     batches = iter_batches(shard, batch_rows=100)
     first = next(batches)
     assert len(first) == 100
@@ -619,8 +615,7 @@ def test_every_input_format_reads_the_same_from_the_bucket(s3, data, tmp_path):
     (local / ".cache" / "x.parquet").write_bytes(b"not data")
     (local / "_tmp").mkdir()
     (local / "_tmp" / "y.jsonl").write_text("{}\n")
-    storage.set_storage_options(s3.options())
-    url = s3.upload(local, "formats")
+    url = on_bucket(s3.upload(local, "formats"), s3.options())
 
     def content(root):
         shards = discover_shards(root)

@@ -35,7 +35,7 @@ from tokedit.analysis.tokenview import DEFAULT_EXAMPLE_CHARS, DEFAULT_EXAMPLES, 
 from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError, arg
 from tokedit.io.manifest import read_manifest
-from tokedit.io.storage import RemotePath, as_path
+from tokedit.io.storage import as_path, is_remote
 from tokedit.io.write import upload_tree, write_json
 
 logger = logging.getLogger(__name__)
@@ -428,7 +428,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
     from tokedit.analysis.html import render_html
 
     out = as_path(out_dir)
-    if isinstance(out, RemotePath):  # rendered locally, then each file published
+    if is_remote(out):  # rendered locally, then each file published
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="tokedit-report-") as local:

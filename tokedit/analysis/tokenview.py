@@ -288,12 +288,20 @@ def _column_values(shard, columns: Sequence[str]) -> dict[str, list]:
     return out
 
 
-def _input_shards(manifest: dict | None) -> dict[str, object]:
+def _named_dir(source, key: str):
+    """The directory ``info[key]`` of ``source``'s manifest (its input, its scores) if it is
+    one, else ``None``; a URL gets the storage options of ``source``'s own path."""
+    path = ((source.manifest or {}).get("info") or {}).get(key)
+    path = as_path(path, like=source.path) if path else None
+    return path if path is not None and path.is_dir() else None
+
+
+def _input_shards(source) -> dict[str, object]:
     """The shards of the dataset a scores / edit manifest was made from, by relative path."""
     from tokedit.io.shards import discover_shards
 
-    path = ((manifest or {}).get("info") or {}).get("input")
-    if not path or not as_path(path).is_dir():
+    path = _named_dir(source, "input")
+    if path is None:
         return {}
     try:
         return {s.rel: s for s in discover_shards(path)}
@@ -363,7 +371,7 @@ def _scores_examples(source, n, max_chars, tokenizer) -> list[dict]:
         return status == "ok" and (cols[N_TOKENS][i] or 0) > 0
 
     chosen = _global_choice(source, n, (), usable)
-    inputs = _input_shards(source.manifest)
+    inputs = _input_shards(source)
     by_input = {s.with_suffix(".parquet"): s for s in inputs.values()}
     text_column = source.options.get("text_column") or "text"
     out = []
@@ -414,9 +422,8 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
     id_column = opts.get("id_column")
     counted = (TOKEDIT_N_CHANGED, TOKEDIT_N_DELETED)
     chosen = _global_choice(source, n, counted, lambda cols, i: True)
-    inputs = _input_shards(source.manifest)
-    scores_dir = ((source.manifest or {}).get("info") or {}).get("scores")
-    scores_dir = as_path(scores_dir) if scores_dir and as_path(scores_dir).is_dir() else None
+    inputs = _input_shards(source)
+    scores_dir = _named_dir(source, "scores")
     renderer = None
     tok = tokenizer()
     if tok is not None:

@@ -139,27 +139,53 @@ def log_options(fn):
     return wrapper
 
 
-def _set_storage_options(ctx, param, value):
-    if value is not None:
-        from tokedit.errors import InputError
-        from tokedit.io.storage import set_storage_options
-
-        try:
-            set_storage_options(value)
-        except InputError as e:
-            raise click.BadParameter(e.render(FLAGS)) from None
-    return value
+# The arguments of the commands that name directories (or files) on any storage: URLs among
+# them get the storage options of --storage-options.
+STORAGE_PARAMS = ("input_dir", "out_dir", "scores_dir", "data_dir", "dirs", "reference")
 
 
-storage_option = click.option(
-    "--storage-options",
-    default=None,
-    expose_value=False,
-    is_eager=True,
-    callback=_set_storage_options,
-    metavar="JSON",
-    help='Options of the fsspec filesystem of s3:// gs:// hf:// directories, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the filesystem\'s environment variables). Never recorded. See docs/storage.md.',
-)
+def _parse_storage_options(ctx, param, value):
+    if value is None:
+        return None
+    from tokedit.errors import InputError
+    from tokedit.io.storage import parse_storage_options
+
+    try:
+        return parse_storage_options(value)
+    except InputError as e:
+        raise click.BadParameter(e.render(FLAGS)) from None
+
+
+def storage_option(fn):
+    """``--storage-options JSON``: the options are attached to the URLs among the command's
+    directory arguments (:data:`STORAGE_PARAMS`), which carry them wherever they go (the
+    paths derived from them, Ray actors); an error of their store exits 2 naming them."""
+
+    @click.option(
+        "--storage-options",
+        "storage_options",
+        default=None,
+        callback=_parse_storage_options,
+        metavar="JSON",
+        help='Options of the fsspec filesystem of s3:// gs:// hf:// directories, e.g. \'{"client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}\' (default: the filesystem\'s environment variables). Never recorded. See docs/storage.md.',
+    )
+    @functools.wraps(fn)
+    @friendly_errors
+    def wrapper(*args, storage_options, **kwargs):
+        from tokedit.io.storage import as_path, command_storage_errors, is_remote
+
+        urls = []
+        for name in STORAGE_PARAMS:
+            value = kwargs.get(name)
+            values = list(value) if isinstance(value, tuple | list) else [value]
+            paths = [as_path(v, storage_options) if is_remote(v) else v for v in values]
+            urls += [p for p in paths if is_remote(p)]
+            if value is not None:
+                kwargs[name] = type(value)(paths) if isinstance(value, tuple | list) else paths[0]
+        with command_storage_errors(urls):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def input_options(*, from_scores: bool = False, ids: bool = True):

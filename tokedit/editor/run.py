@@ -34,7 +34,7 @@ from tokedit.io.manifest import Manifest
 from tokedit.io.read import STATUS_OK
 from tokedit.io.scores_dir import load_scores_manifest, scores_fingerprint
 from tokedit.io.shards import discover_shards
-from tokedit.io.storage import as_path
+from tokedit.io.storage import as_path, portable
 from tokedit.scoring.options import (
     MODEL_FIELDS,
     ONE_PASS_FIELDS,
@@ -194,7 +194,7 @@ def plan_from_scores(
         tokenizer_revision=tok_revision,
         tokenizer_hash=thash,
         loaded_tokenizer=tok,
-        scores_dir=str(scores_path.resolve()),
+        scores_dir=portable(scores_path.resolve()),
         scores_rows={rel: e.get("rows") for rel, e in smanifest["shards"].items()},
     )
 
@@ -393,7 +393,7 @@ def edit_dataset(
     info["preset"] = options.preset
     info["overridden"] = list(options.overridden)
     manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=run.overwrite)
-    shard_editor = plan.shard_editor(str(out_path.resolve()), options, run.batch_rows)
+    shard_editor = plan.shard_editor(portable(out_path.resolve()), options, run.batch_rows)
 
     bar = token_bar("edit", run.progress)
     started = time.perf_counter()

@@ -41,7 +41,7 @@ from typing import Any
 from tokedit.errors import InputError, OutputError, TokeditError, arg
 from tokedit.io.manifest import Manifest
 from tokedit.io.shards import Shard
-from tokedit.io.storage import ENV_OPTIONS, as_path, set_storage_options
+from tokedit.io.storage import as_path, portable
 from tokedit.io.write import remove_stale_temp_files
 
 logger = logging.getLogger(__name__)
@@ -171,19 +171,14 @@ class _ShardActorBase:
 
     fn: Callable[[Shard], dict]
     threads: int | None = None  # torch intra-op threads (CPU pools)
-    # The driver's storage options (--storage-options) for s3:// ... inputs and outputs: the
-    # actors read their shards from and write them to the store themselves.
-    storage_env: str | None = None
 
     def __init__(self) -> None:
         if self.threads:
             import torch
 
             torch.set_num_threads(self.threads)
-        if self.storage_env and os.environ.get(ENV_OPTIONS) != self.storage_env:
-            set_storage_options(self.storage_env)
 
-    def run(self, root: str, rel: str, fmt: str) -> tuple[str, dict, str, dict]:
+    def run(self, root, rel: str, fmt: str) -> tuple[str, dict, str, dict]:
         shard = Shard(as_path(root), rel, fmt)
         try:
             entry = self.fn(shard)
@@ -198,7 +193,7 @@ def _actor_class(fn: Callable[[Shard], dict], threads: int | None) -> type:
     # The callable travels inside the (pickled) class rather than as a constructor argument:
     # Ray keeps the constructor arguments of a restartable actor in the object store and
     # warns about it (https://github.com/ray-project/ray/issues/53727).
-    attrs = {"fn": fn, "threads": threads, "storage_env": os.environ.get(ENV_OPTIONS)}
+    attrs = {"fn": fn, "threads": threads}
     return type("ShardActor", (_ShardActorBase,), attrs)
 
 
@@ -308,7 +303,9 @@ def _run_pool(
 
     def submit(actor: Any) -> None:
         shard = queue.pop()
-        root = str(shard.root.resolve())
+        # a URL's root travels as a UPath, with its storage options: the actors read their
+        # shards from and write them to the store themselves
+        root = portable(shard.root.resolve())
         running[actor.run.remote(root, shard.rel, shard.fmt)] = (actor, shard)
 
     try:

@@ -48,7 +48,14 @@ from urllib.parse import quote, unquote
 
 from tokedit import __version__
 from tokedit.errors import OutputError, arg
-from tokedit.io.storage import RemotePath, as_path
+from tokedit.io.storage import (
+    as_path,
+    children,
+    find,
+    is_remote,
+    read_bytes_or_none,
+    storage_errors,
+)
 from tokedit.io.write import inside, write_json
 
 META_DIR = ".tokedit"
@@ -63,7 +70,7 @@ def manifest_path(out_dir: str | os.PathLike) -> Path:
     return as_path(out_dir) / META_DIR / MANIFEST_NAME
 
 
-def entry_path(out_dir, shard_rel: str) -> RemotePath:
+def entry_path(out_dir, shard_rel: str):
     """Object stores: the completion entry of one shard, ``OUT/.tokedit/shards/<rel>.json``."""
     return as_path(out_dir) / META_DIR / ENTRIES_DIR / (quote(shard_rel, safe="") + ".json")
 
@@ -84,7 +91,7 @@ def find_manifest(out_dir: str | os.PathLike) -> Path | None:
 
 @contextlib.contextmanager
 def _locked(out_dir: Path):
-    if isinstance(out_dir, RemotePath):  # no lock on object stores: see the module docstring
+    if is_remote(out_dir):  # no lock on object stores: see the module docstring
         yield
         return
     try:
@@ -126,16 +133,17 @@ def read_manifest(
     On an object store: the header merged with the entry objects of ``.tokedit/shards/``
     (``known``: entries this process holds already, not downloaded again; ``strict=False``:
     entry objects of other options are taken too, for ``--overwrite`` to delete them)."""
-    if isinstance(as_path(out_dir), RemotePath):
-        return _read_remote_manifest(as_path(out_dir), known or {}, strict)
+    if is_remote(out_dir):
+        with storage_errors(out_dir):
+            return _read_remote_manifest(as_path(out_dir), known or {}, strict)
     path = find_manifest(out_dir)
     return None if path is None else _read_json(path)
 
 
-def _read_remote_manifest(out_dir: RemotePath, known: dict, strict: bool = True) -> dict | None:
+def _read_remote_manifest(out_dir, known: dict, strict: bool = True) -> dict | None:
     data = None
     for path in (manifest_path(out_dir), legacy_manifest_path(out_dir)):
-        raw = path.read_bytes_or_none()  # one GET, no HEAD and no listing before it
+        raw = read_bytes_or_none(path)  # one GET, no HEAD and no listing before it
         if raw is not None:
             data = _parse_json(path, raw)
             break
@@ -162,7 +170,7 @@ def _options_tag(manifest: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _remote_entries(out_dir: RemotePath, known: dict, tag: str | None) -> dict[str, dict]:
+def _remote_entries(out_dir, known: dict, tag: str | None) -> dict[str, dict]:
     """The completion entries of ``OUT/.tokedit/shards/`` (object stores), by shard; those
     in ``known`` are taken from there (an entry object is written once per shard).
 
@@ -171,7 +179,7 @@ def _remote_entries(out_dir: RemotePath, known: dict, tag: str | None) -> dict[s
     and each read back its own header) is refused rather than mixed in."""
     entries = {}
     folder = out_dir / META_DIR / ENTRIES_DIR
-    for name in folder.find():
+    for name in find(folder):
         if "/" in name or not name.endswith(".json"):
             continue
         rel = unquote(name[: -len(".json")])
@@ -226,8 +234,8 @@ class Manifest:
         self.path = manifest_path(self.out_dir)
         self.command = command
         self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
-        with _locked(self.out_dir):
-            if not isinstance(self.out_dir, RemotePath):  # see docs/storage.md
+        with storage_errors(self.out_dir), _locked(self.out_dir):
+            if not is_remote(self.out_dir):  # see docs/storage.md
                 _migrate_legacy(self.out_dir)
             existing = read_manifest(self.out_dir, strict=not overwrite)
             if existing is None:  # a directory tokedit has never written to
@@ -253,7 +261,7 @@ class Manifest:
                     "shards": {},
                 }
                 write_json(self.path, self.data)
-                if isinstance(self.out_dir, RemotePath):
+                if is_remote(self.out_dir):
                     # No lock: a concurrent process may have created the header at the same
                     # time. The last upload wins; both read it back, and the loser of a race
                     # between other options refuses here.
@@ -284,11 +292,11 @@ class Manifest:
     def _remove_outputs(self, existing: dict) -> None:
         """Delete what the earlier run wrote: its outputs, then the directories (``p=…/``,
         sub-directories of shards) that they leave empty, then its manifest."""
-        if isinstance(self.out_dir, RemotePath):
+        if is_remote(self.out_dir):
             for entry in existing.get("shards", {}).values():
                 for rel in entry.get("outputs", []):
                     inside(self.out_dir, rel, named_by=str(self.path)).unlink(missing_ok=True)
-            for rel in (self.out_dir / META_DIR / ENTRIES_DIR).find():
+            for rel in find(self.out_dir / META_DIR / ENTRIES_DIR):
                 (self.out_dir / META_DIR / ENTRIES_DIR / rel).unlink(missing_ok=True)
             self.path.unlink(missing_ok=True)
             legacy_manifest_path(self.out_dir).unlink(missing_ok=True)
@@ -315,18 +323,20 @@ class Manifest:
     def is_complete(self, shard_rel: str) -> bool:
         """True when the shard has an entry and all its output files exist."""
         entry = self.data["shards"].get(shard_rel)
-        return entry is not None and all(
-            inside(self.out_dir, rel, named_by=str(self.path)).is_file()
-            for rel in entry.get("outputs", [])
-        )
+        with storage_errors(self.out_dir):
+            return entry is not None and all(
+                inside(self.out_dir, rel, named_by=str(self.path)).is_file()
+                for rel in entry.get("outputs", [])
+            )
 
     def mark_complete(self, shard_rel: str, entry: dict[str, Any]) -> None:
         """Record a finished shard (after its files were renamed into place)."""
-        if isinstance(self.out_dir, RemotePath):
+        if is_remote(self.out_dir):
             entry = json.loads(json.dumps(entry))
             obj = {"shard": shard_rel, "entry": entry, "options_tag": _options_tag(self.data)}
             blob = json.dumps(obj, indent=2, sort_keys=True)
-            entry_path(self.out_dir, shard_rel).write_text(blob + "\n")  # one PUT
+            with storage_errors(self.out_dir):
+                entry_path(self.out_dir, shard_rel).write_text(blob + "\n")  # one PUT
             self.data["shards"][shard_rel] = entry
             self.data["shards"] = dict(sorted(self.data["shards"].items()))
             return
@@ -341,7 +351,7 @@ class Manifest:
         """Object stores: take in the entries other processes have written since (one
         listing), so that totals computed from :attr:`shards` count them. Local
         directories are re-read under the lock at every :meth:`mark_complete` already."""
-        if isinstance(self.out_dir, RemotePath):
+        if is_remote(self.out_dir):
             self.data = read_manifest(self.out_dir, known=self.data["shards"]) or self.data
 
     def update(self, **fields: Any) -> None:
@@ -360,9 +370,13 @@ class Manifest:
 def _refuse_foreign_files(out_dir: Path) -> None:
     """A new output must not mix with files tokedit did not write: refuse a directory that
     holds visible entries but no manifest (hidden ones, such as ``.tokedit/``, are ignored)."""
-    if not isinstance(out_dir, RemotePath) and not out_dir.is_dir():
+    if is_remote(out_dir):
+        names = children(out_dir)
+    elif out_dir.is_dir():
+        names = [p.name for p in out_dir.iterdir()]
+    else:
         return
-    foreign = sorted(p.name for p in out_dir.iterdir() if not p.name.startswith("."))
+    foreign = sorted(n for n in names if not n.startswith("."))
     if foreign:
         shown = ", ".join(foreign[:3]) + (" ..." if len(foreign) > 3 else "")
         raise OutputError(

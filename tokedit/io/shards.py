@@ -15,7 +15,7 @@ from pathlib import Path
 
 from tokedit.errors import InputError, arg, first_few
 from tokedit.io.manifest import MANIFEST_NAME
-from tokedit.io.storage import RemotePath, as_path
+from tokedit.io.storage import as_path, find, is_remote, storage_errors
 
 # Longest suffix first: ".jsonl.gz" must win over ".gz".
 FORMATS = {
@@ -33,9 +33,9 @@ IGNORED_NAMES = {MANIFEST_NAME, "README.md", "README", ".gitattributes", "LICENS
 @dataclass(frozen=True)
 class Shard:
     """One input file. ``rel`` is its POSIX path relative to the dataset root (a local
-    :class:`Path` or a :class:`~tokedit.io.storage.RemotePath`)."""
+    :class:`Path`, or a ``UPath`` carrying its storage options)."""
 
-    root: Path | RemotePath
+    root: Path  # or a UPath
     rel: str
     fmt: str
 
@@ -84,8 +84,9 @@ def discover_shards(
     (naming it), so that nothing in the directory is silently left out.
     """
     root = as_path(root)
-    if isinstance(root, RemotePath):
-        return _select(_discover_remote(root), num_shards, shard_index)
+    if is_remote(root):
+        with storage_errors(root):
+            return _select(_discover_remote(root), num_shards, shard_index)
     if root.is_file() and shard_format(root.name):
         return _select(
             [Shard(root.parent, root.name, shard_format(root.name))], num_shards, shard_index
@@ -140,10 +141,10 @@ def _checked(root, shards: list[Shard], unknown: list[str]) -> list[Shard]:
     return shards
 
 
-def _discover_remote(root: RemotePath) -> list[Shard]:
+def _discover_remote(root) -> list[Shard]:
     """:func:`discover_shards` on an object store: one listing of the prefix, the same rules
     as on disk (hidden and ``_`` directories skipped, ``save_to_disk`` folders recognised)."""
-    keys = root.find()
+    keys = find(root)
     if not keys:
         if root.is_file() and shard_format(root.name):
             return [Shard(root.parent, root.name, shard_format(root.name))]

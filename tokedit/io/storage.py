@@ -1,19 +1,21 @@
-"""Where files live: local paths, or any fsspec URL (``s3://``, ``gs://``, ``hf://``, ...).
+"""Where files live: local paths, or any fsspec URL (``s3://``, ``gs://``, ``hf://``,
+``memory://``...).
 
-This module is the one place that knows about remote storage. Everything else works on
-"path-likes": a local :class:`pathlib.Path` (the fast path, unchanged: ``open``, memory
-maps, ``os.replace``, ``fcntl``) or a :class:`RemotePath`, which offers the small part of
-the ``Path`` API tokedit uses (``/``, ``name``, ``parent``, ``is_file``, ``read_text``,
-``iterdir``, ``rglob``, ``unlink``...) on top of an fsspec filesystem.
+Everything else works on "path-likes": a local :class:`pathlib.Path` (the fast path,
+unchanged: ``open``, memory maps, ``os.replace``, ``fcntl``) or a
+:class:`upath.UPath` (universal_pathlib) for a URL, which offers the ``Path`` API on top of an
+fsspec filesystem. This module holds only what fsspec and UPath lack:
 
-* :func:`as_path` turns a command-line argument into one or the other. ``file://`` URLs and
-  plain paths are local.
-* Storage options (credentials, endpoints, timeouts) come from ``--storage-options JSON``
-  (:func:`set_storage_options`) or the filesystem's usual environment variables
+* :func:`as_path` turns an argument into one or the other (``file://`` URLs and plain paths
+  are local), and attaches storage options to a URL.
+* Storage options (credentials, endpoints, timeouts) travel WITH the path: a UPath carries
+  them (``p.storage_options``), every path derived from it (``p / "x"``, ``p.parent``) has
+  them, and they are pickled with it (Ray actors get them with the shards they are sent).
+  The command line's ``--storage-options JSON`` attaches them to the command's directory
+  arguments; without them the filesystem's own environment variables apply
   (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``, ``GOOGLE_APPLICATION_CREDENTIALS``,
-  ``HF_TOKEN``...). They travel to worker processes (``--num-shards`` tasks started by the
-  user get them from their own command line; Ray actors through the environment variable
-  ``TOKEDIT_STORAGE_OPTIONS``) and are never written into a manifest.
+  ``HF_TOKEN``...). ``str(path)`` never shows them, so they are never written into a manifest.
+* Listings (:func:`find`, :func:`children`) are fresh: another process may have written since.
 * Reads stream: :func:`open_read` returns a buffered, range-reading fsspec file.
 * Writes are published (:func:`publish`): the bytes go to a hidden temporary key
   ``.NAME.PID-HOST.tmp`` beside the destination in one upload, are copied to the
@@ -21,33 +23,36 @@ the ``Path`` API tokedit uses (``/``, ``name``, ``parent``, ``is_file``, ``read_
   deleted. Object stores have no rename; a reader never sees a partial object, and a shard
   is complete only once its manifest entry exists (see :mod:`tokedit.io.manifest`).
 * Errors of the store (no bucket, no credentials, access denied, an endpoint that does not
-  answer) become an :class:`~tokedit.errors.InputError` that names the URL (exit 2).
+  answer) become an :class:`~tokedit.errors.InputError` that names the URL (exit 2):
+  :func:`storage_errors` around tokedit's own calls, :func:`command_storage_errors` around a
+  whole command.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fnmatch
+import copy
 import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 from tokedit.errors import InputError, arg
 
-ENV_OPTIONS = "TOKEDIT_STORAGE_OPTIONS"
 # Examples of storage options in messages (JSON, as --storage-options takes them).
 KEY_SECRET = '{"key": "...", "secret": "..."}'
 ANON = '{"anon": true}'
 TIMEOUTS = '{"config_kwargs": {"connect_timeout": S, "read_timeout": S}}'
+PER_PROTOCOL = '\'{"s3": {...}, "hf": {...}}\''
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
+_LOCAL_SCHEMES = (None, "file", "local")
+_S3 = ("s3", "s3a")
 
 # A bounded wait for an endpoint that does not answer: botocore's defaults are 60 s per
-# connection attempt and per read, retried; these apply unless --storage-options sets them.
+# connection attempt and per read, retried; these apply unless the storage options set them.
 S3_DEFAULTS: dict[str, Any] = {
     "config_kwargs": {
         "connect_timeout": 10,
@@ -56,29 +61,48 @@ S3_DEFAULTS: dict[str, Any] = {
     }
 }
 # s3fs retries some errors itself (connection errors among them), with back-off; the
-# "retries" key of the s3 storage options sets how many times.
+# "retries" key of the s3 storage options sets how many times (s3fs has no such argument:
+# tokedit sets it on the filesystem, see _filesystem).
 S3_RETRIES = 3
+# Protocols whose name may key per-protocol options ({"s3": {...}, "gs": {...}}).
+_KNOWN_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "hf", "az", "abfs", "memory", "http", "https"}
+# Packages whose exceptions are the store's (see command_storage_errors).
+_STORE_MODULES = {"fsspec", "s3fs", "botocore", "aiobotocore", "aiohttp", "gcsfs", "upath"}
+_STORE_MODULES |= {"huggingface_hub", "adlfs", "google"}
 
 
 def scheme_of(p: Any) -> str | None:
     """The URL scheme of ``p`` (``s3``, ``gs``, ``hf``...), or ``None`` for a local path."""
-    if isinstance(p, RemotePath):
-        return p.protocol
-    if isinstance(p, (str, os.PathLike)):
-        m = _SCHEME.match(os.fspath(p)) if isinstance(p, str) else None
+    if _is_upath(p):
+        return p.protocol or None
+    if isinstance(p, str):
+        m = _SCHEME.match(p)
         return m.group(1).lower() if m else None
     return None
 
 
 def is_remote(p: Any) -> bool:
-    """True for a :class:`RemotePath` or a URL of any scheme but ``file``."""
-    return isinstance(p, RemotePath) or scheme_of(p) not in (None, "file", "local")
+    """True for a URL (a string or a UPath) of any scheme but ``file``."""
+    return scheme_of(p) not in _LOCAL_SCHEMES
 
 
-def as_path(p: Any) -> Path | RemotePath:
-    """A local :class:`Path` for plain paths and ``file://`` URLs, else a :class:`RemotePath`."""
-    if isinstance(p, RemotePath):
-        return p
+def _is_upath(p: Any) -> bool:
+    from upath import UPath
+
+    return isinstance(p, UPath)
+
+
+def as_path(p: Any, storage_options: dict | None = None, *, like: Any = None):
+    """A local :class:`Path` for plain paths and ``file://`` URLs, else a ``UPath``.
+
+    A UPath is returned as it is. A URL string gets ``storage_options`` (one object for
+    every protocol, or ``{"s3": {...}, "gs": {...}}``), or, with ``like`` (a path on the same
+    filesystem, e.g. the directory whose manifest named the URL), the options of ``like``;
+    ``s3://`` URLs get tokedit's timeouts and retries (:data:`S3_DEFAULTS`) under them."""
+    if _is_upath(p):
+        if scheme_of(p) in _LOCAL_SCHEMES:
+            return Path(p.path)
+        return _filesystem_ready(p)
     if isinstance(p, Path):
         return p
     s = os.fspath(p)
@@ -87,7 +111,39 @@ def as_path(p: Any) -> Path | RemotePath:
         return Path(s)
     if scheme in ("file", "local"):
         return Path(s.split("://", 1)[1] or "/")
-    return RemotePath(s)
+    if like is not None and scheme_of(like) == scheme and _is_upath(like):
+        options = dict(like.storage_options)
+    else:
+        options = options_for(scheme, storage_options or {})
+    from upath import UPath
+
+    with _filesystem_errors(scheme):
+        return _filesystem_ready(UPath(_normalized(s, scheme), **options))
+
+
+def _normalized(url: str, scheme: str) -> str:
+    """``url`` without empty, ``.`` and ``..`` parts; refused if it holds a password."""
+    rest = url.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0]
+    if "@" in netloc and ":" in netloc.split("@", 1)[0]:
+        raise InputError(
+            f"{scheme}://…@{netloc.split('@', 1)[1]}: the URL holds a password",
+            remedy=f"pass credentials with {arg('storage_options')} or the environment, never in "
+            "the URL (URLs are recorded in manifests)",
+        )
+    out: list[str] = []
+    for part in rest.split("/"):
+        if part == ".." and len(out) > 1:
+            out.pop()
+        elif part not in ("", ".", ".."):
+            out.append(part)
+    return f"{scheme}://" + "/".join(out)
+
+
+def portable(path: Any):
+    """The form of ``path`` a per-shard step carries to its workers (processes, Ray actors):
+    the string of a local path, the UPath itself (with its storage options) for a URL."""
+    return path if is_remote(path) else str(path)
 
 
 def require_local(path: Any, name: str) -> None:
@@ -104,18 +160,8 @@ def require_local(path: Any, name: str) -> None:
 # ----------------------------------------------------------------------------- options
 
 
-def set_storage_options(options: dict | str | None) -> None:
-    """Use ``options`` (a dict or a JSON object) for every filesystem this process and its
-    children (Ray actors, subprocesses) open. ``None`` leaves the current ones."""
-    if options is None:
-        return
-    if isinstance(options, str):
-        options = parse_storage_options(options)
-    os.environ[ENV_OPTIONS] = json.dumps(options)
-    _FILESYSTEMS.clear()
-
-
 def parse_storage_options(text: str) -> dict:
+    """The storage options of ``--storage-options JSON``: a JSON object."""
     try:
         value = json.loads(text)
     except json.JSONDecodeError as e:
@@ -131,63 +177,60 @@ def parse_storage_options(text: str) -> dict:
     return value
 
 
-def storage_options(protocol: str) -> dict:
-    """The options for ``protocol``: the JSON of ``TOKEDIT_STORAGE_OPTIONS``, either one
-    object for every protocol or ``{"s3": {...}, "gs": {...}}``, over tokedit's defaults."""
-    raw = os.environ.get(ENV_OPTIONS)
-    given = parse_storage_options(raw) if raw else {}
+def options_for(protocol: str, given: dict) -> dict:
+    """The options for ``protocol`` out of ``given`` (either one object for every protocol
+    or ``{"s3": {...}, "gs": {...}}``), over tokedit's defaults for ``s3``."""
     if protocol in given and isinstance(given[protocol], dict):
         given = given[protocol]
     elif any(isinstance(v, dict) and k in _KNOWN_PROTOCOLS for k, v in given.items()):
         given = {}  # per-protocol options, none of them for this one
-    if protocol in ("s3", "s3a"):
-        merged = json.loads(json.dumps(S3_DEFAULTS))
-        for k, v in given.items():
-            if isinstance(v, dict) and isinstance(merged.get(k), dict):
-                merged[k] = {**merged[k], **v}
-            else:
-                merged[k] = v
-        return merged
-    return dict(given)
+    if protocol not in _S3:
+        return copy.deepcopy(given)
+    merged = {**copy.deepcopy(S3_DEFAULTS), "retries": S3_RETRIES}
+    for k, v in given.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = {**merged[k], **v}
+        else:
+            merged[k] = copy.deepcopy(v)
+    return merged
 
 
-_KNOWN_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "hf", "az", "abfs", "memory", "http", "https"}
-_FILESYSTEMS: dict[tuple[str, str], Any] = {}
+@contextlib.contextmanager
+def _filesystem_errors(protocol: str) -> Iterator[None]:
+    """A filesystem that cannot be made: a missing package, an unknown protocol."""
+    try:
+        yield
+    except ImportError as e:
+        raise InputError(
+            f"{protocol}:// URLs need a filesystem package that cannot be imported ({e})",
+            remedy="pip install 'tokedit[s3]' (s3fs) for s3://, gcsfs for gs://, huggingface_hub for hf://",
+        ) from e
+    except TypeError as e:  # an option this filesystem's constructor does not take
+        raise InputError(
+            f"{protocol}:// filesystem refuses the storage options ({e})",
+            remedy=f"check {arg('storage_options')}; give options per protocol when URLs of "
+            f"several kinds are used: {PER_PROTOCOL}",
+        ) from e
+    except ValueError as e:  # unknown protocol
+        raise InputError(
+            f"{protocol}:// is not a filesystem fsspec knows ({e})",
+            remedy="use a local path or a URL such as s3://bucket/prefix, gs://..., hf://datasets/org/name",
+        ) from e
 
 
-def filesystem(protocol: str):
-    """The fsspec filesystem of ``protocol`` with the current storage options (cached)."""
-    raw = os.environ.get(ENV_OPTIONS, "")
-    key = (protocol, raw)
-    fs = _FILESYSTEMS.get(key)
-    if fs is None:
-        try:
-            import fsspec
-
-            options = storage_options(protocol)
-            # s3fs retries some errors itself (not a constructor argument): "retries" sets it.
-            retries = options.pop("retries", S3_RETRIES) if protocol in ("s3", "s3a") else None
-            fs = fsspec.filesystem(protocol, **options)
-        except ImportError as e:
-            raise InputError(
-                f"{protocol}:// URLs need a filesystem package that cannot be imported ({e})",
-                remedy="pip install 'tokedit[s3]' (s3fs) for s3://, gcsfs for gs://, huggingface_hub for hf://",
-            ) from e
-        except TypeError as e:  # an option this filesystem does not take
-            raise InputError(
-                f"{protocol}:// filesystem refuses the storage options ({e})",
-                remedy=f"check {arg('storage_options')} / ${ENV_OPTIONS}; give options per "
-                'protocol when URLs of several kinds are used: \'{"s3": {...}, "hf": {...}}\'',
-            ) from e
-        except ValueError as e:  # unknown protocol
-            raise InputError(
-                f"{protocol}:// is not a filesystem fsspec knows ({e})",
-                remedy="use a local path or a URL such as s3://bucket/prefix, gs://..., hf://datasets/org/name",
-            ) from e
-        if retries is not None:
-            fs.retries = int(retries)
-        _FILESYSTEMS[key] = fs
-    return fs
+def _filesystem_ready(p):
+    """``p``, whose filesystem is made on first use; an ``s3://`` one now: s3fs takes no
+    ``retries`` argument (it would pass it on to botocore's session, which refuses it), so
+    it is taken out of the filesystem's keywords and set as its retry count. The paths
+    derived from ``p`` share its filesystem."""
+    if p.protocol not in _S3:
+        return p
+    with _filesystem_errors(p.protocol):
+        fs = p.fs
+    kwargs = getattr(fs, "kwargs", None)
+    if isinstance(kwargs, dict) and "retries" in kwargs:
+        fs.retries = int(kwargs.pop("retries"))
+    return p
 
 
 # ----------------------------------------------------------------------------- errors
@@ -206,52 +249,89 @@ def describe_error(e: BaseException, url: str) -> InputError | None:
     tokedit handles itself (a missing object, for example)."""
     names = {cls.__name__ for err in _chain(e) for cls in type(err).__mro__}
     text = " ".join(str(err) for err in _chain(e))
-    bucket = _bucket(url)
-    if isinstance(e, TypeError) and "unexpected keyword argument" in text:
-        return InputError(
+    for matches, describe in _DESCRIPTIONS:
+        if matches(e, names, text):
+            return describe(e, url)
+    return None
+
+
+def _no_package(e, names, text) -> bool:
+    return "ImportError" in names
+
+
+def _refused_options(e, names, text) -> bool:
+    return isinstance(e, TypeError) and "unexpected keyword argument" in text
+
+
+def _no_credentials(e, names, text) -> bool:
+    return "NoCredentialsError" in names or "Unable to locate credentials" in text
+
+
+def _no_bucket(e, names, text) -> bool:
+    return "NoSuchBucket" in text or "bucket does not exist" in text
+
+
+def _no_answer(e, names, text) -> bool:
+    timeouts = {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
+    timeouts |= {"ConnectionError", "TimeoutError", "ClientConnectorError", "ServerTimeoutError"}
+    return bool(names & timeouts) or "Connect timeout" in text
+
+
+def _denied(e, names, text) -> bool:
+    words = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")
+    return "PermissionError" in names or any(w in text for w in words)
+
+
+_DESCRIPTIONS = (
+    (
+        _no_package,
+        lambda e, url: InputError(
+            f"{url}: this URL needs a filesystem package that cannot be imported ({_first_line(e)})",
+            remedy="pip install 'tokedit[s3]' (s3fs) for s3://, gcsfs for gs://, huggingface_hub for hf://",
+        ),
+    ),
+    (
+        _refused_options,
+        lambda e, url: InputError(
             f"{url}: the {url.split('://', 1)[0]}:// filesystem refuses the storage options ({e})",
-            remedy=f"check {arg('storage_options')} / ${ENV_OPTIONS}; give options per "
-            'protocol when URLs of several kinds are used: \'{"s3": {...}, "hf": {...}}\'',
-        )
-    if "NoCredentialsError" in names or "Unable to locate credentials" in text:
-        return InputError(
+            remedy=f"check {arg('storage_options')}; give options per protocol when URLs of "
+            f"several kinds are used: {PER_PROTOCOL}",
+        ),
+    ),
+    (
+        _no_credentials,
+        lambda e, url: InputError(
             f"{url}: no credentials found for this storage",
             remedy="set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (or AWS_PROFILE), or pass "
             f"{arg('storage_options', KEY_SECRET)} (or {arg('storage_options', ANON)} for a "
             "public bucket)",
-        )
-    if (
-        "NoSuchBucket" in text
-        or "bucket does not exist" in text
-        or "specified bucket does not exist" in text
-    ):
-        return InputError(
-            f"{url}: the bucket {bucket!r} does not exist",
-            remedy=f"check the bucket name in the URL (and the endpoint_url of {arg('storage_options')}), "
-            "or create the bucket",
-        )
-    if (
-        names & {"EndpointConnectionError", "ConnectTimeoutError", "ReadTimeoutError"}
-        or names & {"ConnectionError", "TimeoutError", "ClientConnectorError", "ServerTimeoutError"}
-        or "Connect timeout" in text
-    ):
-        return InputError(
+        ),
+    ),
+    (
+        _no_bucket,
+        lambda e, url: InputError(
+            f"{url}: the bucket {_bucket(url)!r} does not exist",
+            remedy="check the bucket name in the URL (and the endpoint_url of "
+            f"{arg('storage_options')}), or create the bucket",
+        ),
+    ),
+    (
+        _no_answer,
+        lambda e, url: InputError(
             f"{url}: the storage endpoint does not answer ({_first_line(e)})",
             remedy="check the endpoint_url and the network; "
             f"{arg('storage_options', TIMEOUTS)} bounds the wait",
-        )
-    if (
-        "PermissionError" in names
-        or "AccessDenied" in text
-        or "InvalidAccessKeyId" in text
-        or "SignatureDoesNotMatch" in text
-        or "Forbidden" in text
-    ):
-        return InputError(
+        ),
+    ),
+    (
+        _denied,
+        lambda e, url: InputError(
             f"{url}: access denied ({_first_line(e)})",
-            remedy="check that the credentials are valid and may list, read and write this bucket and prefix",
-        )
-    return None
+            remedy="check that the credentials are valid and may list, read and write this "
+            "bucket and prefix",
+        ),
+    ),
+)
 
 
 def _first_line(e: BaseException) -> str:
@@ -264,261 +344,128 @@ def _bucket(url: str) -> str:
 
 
 @contextlib.contextmanager
-def storage_errors(url: str) -> Iterator[None]:
-    """Turn errors of the store into an :class:`InputError` naming ``url``; let the rest
-    (a missing object, an error tokedit reports itself) through unchanged."""
+def storage_errors(path: Any) -> Iterator[None]:
+    """Turn errors of the store into an :class:`InputError` naming ``path``; let the rest
+    (a missing object, an error tokedit reports itself, any error on a local path) through
+    unchanged."""
+    if not is_remote(path):
+        yield
+        return
     try:
         yield
     except InputError:
         raise
     except Exception as e:
-        described = describe_error(e, url)
+        described = describe_error(e, str(path))
         if described is None:
             raise
         raise described from e
 
 
-# ----------------------------------------------------------------------------- RemotePath
+def _raised_by_store(e: BaseException) -> bool:
+    """Whether ``e`` (or an exception it chains) was raised inside a filesystem package."""
+    for err in _chain(e):
+        tb = err.__traceback__
+        while tb is not None:
+            module = tb.tb_frame.f_globals.get("__name__", "")
+            if module.split(".", 1)[0] in _STORE_MODULES:
+                return True
+            tb = tb.tb_next
+    return False
 
 
-class RemotePath:
-    """A file or "directory" (key prefix) on an fsspec filesystem, with the few ``Path``
-    methods tokedit calls. Immutable; compares and hashes by URL."""
+@contextlib.contextmanager
+def command_storage_errors(urls: Sequence[Any]) -> Iterator[None]:
+    """Around a whole command: an error raised by the store of one of ``urls`` (the
+    command's URL arguments) that no inner :func:`storage_errors` translated becomes an
+    :class:`InputError` naming them."""
+    try:
+        yield
+    except InputError:
+        raise
+    except Exception as e:
+        described = None
+        if urls and _raised_by_store(e):
+            described = describe_error(e, ", ".join(str(u) for u in urls))
+        if described is None:
+            raise
+        raise described from e
 
-    __slots__ = ("url",)
 
-    def __init__(self, url: str):
-        scheme = scheme_of(url)
-        if scheme is None:
-            raise ValueError(f"not a URL: {url!r}")
-        rest = url.split("://", 1)[1]
-        netloc = rest.split("/", 1)[0]
-        if "@" in netloc and ":" in netloc.split("@", 1)[0]:
-            raise InputError(
-                f"{scheme}://…@{netloc.split('@', 1)[1]}: the URL holds a password",
-                remedy=f"pass credentials with {arg('storage_options')} or the environment, never in "
-                "the URL "
-                "(URLs are recorded in manifests)",
-            )
-        parts = [p for p in rest.split("/") if p not in ("", ".")]
-        out: list[str] = []
-        for p in parts:
-            if p == ".." and len(out) > 1:
-                out.pop()
-            elif p != "..":
-                out.append(p)
-        object.__setattr__(self, "url", f"{scheme}://" + "/".join(out))
+# ----------------------------------------------------------------------------- listings
 
-    def __setattr__(self, name, value):  # pragma: no cover - immutability guard
-        raise AttributeError("RemotePath is immutable")
 
-    def __reduce__(self):
-        return (RemotePath, (self.url,))
+def _key(p) -> str:
+    """The path ``p``'s filesystem takes (``bucket/prefix/name`` for s3)."""
+    return type(p.fs)._strip_protocol(p.path)
 
-    # -- pure path operations
-    @property
-    def protocol(self) -> str:
-        return self.url.split("://", 1)[0].lower()
 
-    @property
-    def fs(self):
-        return filesystem(self.protocol)
+def _missing(e: FileNotFoundError, p) -> bool:
+    """A missing object, not an error of the store dressed as one (no bucket)."""
+    return describe_error(e, str(p)) is None
 
-    @property
-    def key(self) -> str:
-        """The path the filesystem takes (``bucket/prefix/name`` for s3)."""
-        return self.fs._strip_protocol(self.url)
 
-    def __str__(self) -> str:
-        return self.url
+def find(p) -> list[str]:
+    """Every object under the prefix ``p``, as POSIX paths relative to it, sorted; ``[]``
+    for none. A fresh listing (another process may have written since the last one)."""
+    with storage_errors(p):
+        p.fs.invalidate_cache(_key(p))
+        try:
+            keys = p.fs.find(_key(p))
+        except FileNotFoundError as e:
+            if not _missing(e, p):
+                raise
+            return []
+    base = _key(p).rstrip("/") + "/"
+    return sorted(k[len(base) :] for k in keys if k.startswith(base))
 
-    def __repr__(self) -> str:
-        return f"RemotePath({self.url!r})"
 
-    def __eq__(self, other) -> bool:
-        return isinstance(other, RemotePath) and other.url == self.url
+def children(p) -> list[str]:
+    """The names directly under the prefix ``p`` (objects and sub-prefixes), sorted; ``[]``
+    for none. A fresh listing."""
+    with storage_errors(p):
+        p.fs.invalidate_cache(_key(p))
+        try:
+            names = p.fs.ls(_key(p), detail=False)
+        except (FileNotFoundError, NotADirectoryError) as e:
+            if isinstance(e, FileNotFoundError) and not _missing(e, p):
+                raise
+            return []
+    base = _key(p).rstrip("/")
+    return sorted({n.rstrip("/").rsplit("/", 1)[-1] for n in names if n.rstrip("/") != base})
 
-    def __hash__(self) -> int:
-        return hash(self.url)
 
-    def __lt__(self, other) -> bool:
-        return str(self) < str(other)
-
-    def __truediv__(self, other) -> RemotePath:
-        rel = os.fspath(other) if not isinstance(other, str) else other
-        rel = rel.replace(os.sep, "/").strip("/")
-        return self if rel in ("", ".") else RemotePath(self.url + "/" + rel)
-
-    @property
-    def _rest(self) -> str:
-        return self.url.split("://", 1)[1]
-
-    @property
-    def name(self) -> str:
-        return self._rest.rsplit("/", 1)[-1] if "/" in self._rest else ""
-
-    @property
-    def parent(self) -> RemotePath:
-        if "/" not in self._rest:
-            return self
-        return RemotePath(f"{self.protocol}://{self._rest.rsplit('/', 1)[0]}")
-
-    @property
-    def parents(self) -> list[RemotePath]:
-        out, p = [], self
-        while p.parent != p:
-            p = p.parent
-            out.append(p)
-        return out
-
-    def with_name(self, name: str) -> RemotePath:
-        return self.parent / name
-
-    def resolve(self, strict: bool = False) -> RemotePath:
-        return self
-
-    absolute = resolve
-
-    def as_posix(self) -> str:
-        return self.url
-
-    def relative_to(self, other) -> Path:
-        base = str(other).rstrip("/") + "/"
-        if not self.url.startswith(base):
-            raise ValueError(f"{self.url} is not under {other}")
-        return Path(self.url[len(base) :])
-
-    # -- filesystem operations (errors of the store name the URL)
-    def _info(self) -> dict | None:
-        with storage_errors(self.url):
-            try:
-                return self.fs.info(self.key)
-            except FileNotFoundError as e:
-                if describe_error(e, self.url) is not None:
-                    raise
-                return None
-
-    def exists(self) -> bool:
-        return self._info() is not None
-
-    def is_file(self) -> bool:
-        info = self._info()
-        return info is not None and info.get("type") == "file"
-
-    def is_dir(self) -> bool:
-        info = self._info()
-        return info is not None and info.get("type") == "directory"
-
-    def is_symlink(self) -> bool:
-        return False
-
-    def stat(self):
-        info = self._info()
-        if info is None:
-            raise FileNotFoundError(self.url)
-        return SimpleNamespace(st_size=int(info.get("size") or 0))
-
-    def open(self, mode: str = "rb", **kwargs):
-        with storage_errors(self.url):
-            return self.fs.open(self.key, mode, **kwargs)
-
-    @property
-    def _cat_kwargs(self) -> dict:
-        # s3fs asks for the size (a HEAD, and a listing when missing) before a GET unless
-        # told to read in one request: small objects (manifests) are read in one GET.
-        return {"max_concurrency": 1} if self.protocol in ("s3", "s3a") else {}
-
-    def read_bytes(self) -> bytes:
-        with storage_errors(self.url):
-            return self.fs.cat_file(self.key, **self._cat_kwargs)
-
-    def read_bytes_or_none(self) -> bytes | None:
-        """The object's bytes, or ``None`` if there is no such object (one GET)."""
-        with storage_errors(self.url):
-            try:
-                return self.fs.cat_file(self.key, **self._cat_kwargs)
-            except FileNotFoundError as e:
-                if describe_error(e, self.url) is not None:
-                    raise
-                return None
-
-    def read_text(self, encoding: str = "utf-8") -> str:
-        return self.read_bytes().decode(encoding)
-
-    def write_bytes(self, data: bytes) -> None:
-        """One upload (a single PUT: all or nothing on an object store)."""
-        with storage_errors(self.url):
-            self.fs.pipe_file(self.key, data)
-
-    def write_text(self, text: str, encoding: str = "utf-8") -> None:
-        self.write_bytes(text.encode(encoding))
-
-    def unlink(self, missing_ok: bool = False) -> None:
-        with storage_errors(self.url):
-            try:
-                self.fs.rm_file(self.key)
-            except FileNotFoundError:
-                if not missing_ok:
-                    raise
-
-    def mkdir(self, parents: bool = False, exist_ok: bool = False) -> None:
-        """Object stores have no directories: a prefix exists once a key is under it."""
-
-    def rmdir(self) -> None:
-        """Nothing to remove (see :meth:`mkdir`)."""
-
-    def iterdir(self) -> Iterator[RemotePath]:
-        with storage_errors(self.url):
-            self.fs.invalidate_cache(self.key)
-            try:
-                names = self.fs.ls(self.key, detail=False)
-            except FileNotFoundError as e:
-                if describe_error(e, self.url) is not None:
-                    raise
-                return
-        base = self.key.rstrip("/")
-        for name in sorted(names):
-            name = name.rstrip("/")
-            if name != base:
-                yield self / name.rsplit("/", 1)[-1]
-
-    def find(self) -> list[str]:
-        """Every object under this prefix, as POSIX paths relative to it, sorted. A fresh
-        listing (another process may have written since the last one)."""
-        with storage_errors(self.url):
-            self.fs.invalidate_cache(self.key)
-            try:
-                keys = self.fs.find(self.key)
-            except FileNotFoundError as e:
-                if describe_error(e, self.url) is not None:
-                    raise
-                return []
-        base = self.key.rstrip("/") + "/"
-        return sorted(k[len(base) :] for k in keys if k.startswith(base))
-
-    def rglob(self, pattern: str) -> Iterator[RemotePath]:
-        for rel in self.find():
-            if fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern):
-                yield self / rel
+def read_bytes_or_none(p) -> bytes | None:
+    """The object's bytes, or ``None`` if there is no such object (one GET: s3fs asks for
+    the size, a HEAD, before a GET unless told to read in one request)."""
+    kwargs = {"max_concurrency": 1} if p.protocol in _S3 else {}
+    with storage_errors(p):
+        try:
+            return p.fs.cat_file(_key(p), **kwargs)
+        except FileNotFoundError as e:
+            if not _missing(e, p):
+                raise
+            return None
 
 
 # ----------------------------------------------------------------------------- reads
+
+_READAHEAD = {"cache_type": "readahead", "block_size": 8 << 20}
 
 
 def open_read(path):
     """A binary stream of ``path``: a local file, or a buffered range-reading remote file
     (nothing is downloaded before the first bytes are used)."""
-    if isinstance(path, RemotePath):
-        return path.open("rb", cache_type="readahead", block_size=8 << 20)
+    if is_remote(path):
+        with storage_errors(path):
+            return path.open("rb", **_READAHEAD)
     return open(path, "rb")
 
 
 def arrow_source(path):
     """What pyarrow readers take for ``path``: the local path itself (pyarrow's own fast
     reads), or a seekable remote file read in ranges."""
-    if isinstance(path, RemotePath):
-        return path.open("rb", cache_type="readahead", block_size=8 << 20)
-    return path
+    return open_read(path) if is_remote(path) else path
 
 
 @contextlib.contextmanager
@@ -526,8 +473,8 @@ def open_arrow_stream_input(path):
     """An Arrow input stream: a memory map locally, a streamed remote file otherwise."""
     import pyarrow as pa
 
-    if isinstance(path, RemotePath):
-        with path.open("rb", cache_type="readahead", block_size=8 << 20) as f:
+    if is_remote(path):
+        with open_read(path) as f:
             yield pa.PythonFile(f, mode="r")
     else:
         with pa.memory_map(str(path)) as source:
@@ -548,7 +495,7 @@ def spool_dir() -> Path:
     return d
 
 
-def publish(local: Path, dest: RemotePath, temp_name: str) -> None:
+def publish(local: Path, dest, temp_name: str) -> None:
     """Upload ``local`` to the hidden key ``temp_name`` beside ``dest``, copy it to ``dest``
     on the store (all or nothing), then delete the temporary key.
 
@@ -561,24 +508,24 @@ def publish(local: Path, dest: RemotePath, temp_name: str) -> None:
     with open(local, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    with storage_errors(str(dest)):
+    with storage_errors(dest):
         fs = dest.fs
-        fs.put_file(str(local), tmp.key)
-        fs.cp_file(tmp.key, dest.key)  # a server-side copy (s3: CopyObject)
+        fs.put_file(str(local), _key(tmp))
+        fs.cp_file(_key(tmp), _key(dest))  # a server-side copy (s3: CopyObject)
         with contextlib.suppress(FileNotFoundError):
-            fs.rm_file(tmp.key)
-    _PUBLISHED_SHA256[dest.url] = h.hexdigest()
+            fs.rm_file(_key(tmp))
+    _PUBLISHED_SHA256[str(dest)] = h.hexdigest()
 
 
 def file_sha256(path) -> str:
     """SHA-256 of a file's bytes; for an object this process has just published, the hash
     of the bytes it uploaded (no second download)."""
-    if isinstance(path, RemotePath) or is_remote(path):
+    if is_remote(path):
         p = as_path(path)
-        known = _PUBLISHED_SHA256.get(p.url)
+        known = _PUBLISHED_SHA256.get(str(p))
         if known is not None:
             return known
-        stream = p.open("rb", block_size=8 << 20)
+        stream = open_read(p)
     else:
         stream = open(path, "rb")
     h = hashlib.sha256()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import decimal
+import fnmatch
 import gzip
 import hashlib
 import json
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import OutputError, arg
-from tokedit.io.storage import RemotePath, as_path, publish, spool_dir
+from tokedit.io.storage import as_path, find, is_remote, publish, spool_dir, storage_errors
 
 TMP_SUFFIX = ".tmp"
 # Temp names carry the writer's pid and a tag of its host: processes on several machines
@@ -44,7 +45,7 @@ def inside(out_dir: str | os.PathLike, rel: str, *, named_by: str = "tokedit") -
             f"copied from elsewhere, delete it (or choose another {arg('out_dir')})",
         )
     path = root / str(rel)
-    if not isinstance(root, RemotePath):
+    if not is_remote(root):
         real_root = Path(root).resolve()
         real = Path(path).resolve()
         if real != real_root and real_root not in real.parents:
@@ -80,12 +81,12 @@ def temp_owner(tmp: Path) -> tuple[int, str | None] | None:
 def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path; on success fsync it and rename it to ``dest``.
 
-    For a ``dest`` on an object store (:class:`~tokedit.io.storage.RemotePath`) the
+    For a ``dest`` on an object store (a URL: :func:`~tokedit.io.storage.is_remote`) the
     temporary path is a local spool file, published on success by an upload to a hidden
     temporary key and a copy on the store (:func:`tokedit.io.storage.publish`).
     """
     dest = as_path(dest)
-    if isinstance(dest, RemotePath):
+    if is_remote(dest):
         with _remote_atomic_path(dest) as tmp:
             yield tmp
         return
@@ -114,8 +115,8 @@ def atomic_path(dest: str | os.PathLike) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def _remote_atomic_path(dest: RemotePath) -> Iterator[Path]:
-    key = hashlib.sha256(dest.url.encode()).hexdigest()[:12]
+def _remote_atomic_path(dest) -> Iterator[Path]:
+    key = hashlib.sha256(str(dest).encode()).hexdigest()[:12]
     tmp = spool_dir() / temp_name_for(f"{key}-{dest.name}")
     try:
         yield tmp
@@ -144,8 +145,9 @@ def _write_errors(dest: Path) -> Iterator[None]:
 
 def write_json(dest: str | os.PathLike, data: dict) -> None:
     dest = as_path(dest)
-    if isinstance(dest, RemotePath):  # one PUT: an object appears whole or not at all
-        dest.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
+    if is_remote(dest):  # one PUT: an object appears whole or not at all
+        with storage_errors(dest):
+            dest.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
         return
     with atomic_path(dest) as tmp:
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
@@ -274,16 +276,22 @@ def remove_stale_temp_files(out_dir: Path) -> int:
     """
     removed = 0
     root = as_path(out_dir)
-    found = list(root.rglob(f".*{TMP_SUFFIX}"))
-    if isinstance(root, RemotePath):  # and the local spool files of dead writers
-        found += list(spool_dir().glob(f".*{TMP_SUFFIX}"))
+    pattern = f".*{TMP_SUFFIX}"
+    if is_remote(root):  # and the local spool files of dead writers
+        found = [
+            root / rel for rel in find(root) if fnmatch.fnmatch(rel.rsplit("/", 1)[-1], pattern)
+        ]
+        found += list(spool_dir().glob(pattern))
+    else:
+        found = list(root.rglob(pattern))
     for tmp in found:
         owner = temp_owner(tmp)
         if owner is None or owner[1] not in (None, HOST_TAG):
             continue
         pid = owner[0]
         if pid != os.getpid() and not _alive(pid):
-            tmp.unlink(missing_ok=True)
+            with storage_errors(tmp):
+                tmp.unlink(missing_ok=True)
             removed += 1
     return removed
 
@@ -298,7 +306,7 @@ def _alive(pid: int) -> bool:
     return True
 
 
-def upload_tree(local_dir: Path, dest: RemotePath) -> None:
+def upload_tree(local_dir: Path, dest) -> None:
     """Publish every file under ``local_dir`` to the same relative key under ``dest``
     (reports: JSON, HTML, PNG), each through :func:`publish`."""
     for f in sorted(p for p in Path(local_dir).rglob("*") if p.is_file()):

@@ -15,7 +15,7 @@ from tokedit.io.manifest import Manifest
 from tokedit.io.read import DEFAULT_BATCH_ROWS, iter_documents
 from tokedit.io.scores_dir import SCORES_SCHEMA, scores_rel
 from tokedit.io.shards import Shard, discover_shards
-from tokedit.io.storage import as_path, file_sha256
+from tokedit.io.storage import as_path, file_sha256, portable
 from tokedit.io.write import ParquetShardWriter, inside
 from tokedit.scoring.options import ModelOptions, ScoreOptions
 from tokedit.scoring.scorer import Scorer, scored_tables
@@ -159,7 +159,7 @@ def score_dataset(
         overwrite=run.overwrite,
     )
     shard_scorer = ShardScorer(
-        str(as_path(out_dir).resolve()),
+        portable(as_path(out_dir).resolve()),
         model,
         options,
         text_column=text_column,
