@@ -40,14 +40,17 @@ def cache_dir() -> Path:
 
 
 @functools.lru_cache(maxsize=64)
-def _sha256_at(path: str, size: int, mtime_ns: int) -> str:
+def _sha256_at(path: str, state: tuple[int, ...]) -> str:
     return sha256_of_file(path)
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 of a file, computed once per (path, size, mtime) in this process."""
+    """sha256 of a file, computed once per state of the file in this process: its size,
+    mtime, inode and ctime (every write and every ``os.utime`` moves the ctime, so bytes
+    rewritten with the old size and mtime put back are hashed again)."""
     st = os.stat(path)
-    return _sha256_at(str(Path(path).resolve()), st.st_size, st.st_mtime_ns)
+    state = (st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
+    return _sha256_at(str(Path(path).resolve()), state)
 
 
 def read_prior_info(model_dir: str | os.PathLike) -> dict | None:
