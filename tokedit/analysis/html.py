@@ -53,7 +53,8 @@ def new_figure(width: float, height: float, ncols: int = 1):
 def _save(fig, out: Path, name: str) -> str:
     rel = f"{PLOTS_DIR}/{name}.png"
     fig.tight_layout()
-    fig.savefig(out / rel, dpi=110)
+    with atomic_path(out / rel) as tmp:  # a kill mid-write leaves no partial plot
+        fig.savefig(tmp, dpi=110, format="png")
     return rel
 
 

@@ -36,7 +36,7 @@ from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError, arg
 from tokedit.io.manifest import read_manifest
 from tokedit.io.storage import as_path, is_remote
-from tokedit.io.write import upload_tree, write_json
+from tokedit.io.write import remove_stale_temp_files, upload_tree, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -436,6 +436,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
             upload_tree(Path(local), out)
         return {"json": str(out / "report.json"), "html": str(out / "report.html")}
     out.mkdir(parents=True, exist_ok=True)
+    remove_stale_temp_files(out)  # those of a report killed while writing here
     write_json(out / "report.json", report)
     html = render_html(report, out)
     return {"json": str(out / "report.json"), "html": str(html)}
