@@ -11,9 +11,13 @@ import gzip
 import hashlib
 import json
 import os
+import random
+import signal
 import socket
+import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -22,7 +26,7 @@ import zstandard
 from click.testing import CliRunner
 
 from tokedit.cli import main
-from tokedit.io.manifest import read_manifest
+from tokedit.io.manifest import find_manifest, read_manifest
 from tokedit.io.texts import split_documents
 
 FORMATS = ("parquet", "jsonl", "jsonl.gz", "jsonl.zst")
@@ -185,3 +189,79 @@ def independent_weights_sha(model_dir) -> str:
         h.update(name.encode())
         h.update(model.state_dict()[name].to(torch.float32).numpy().tobytes())
     return h.hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- kills at points of a run's progress
+
+
+def recorded_in(out: Path):
+    """A probe of a local run's progress: the shards the manifest of ``out`` records now."""
+    return lambda: set(manifest_shards(out)) if find_manifest(out) is not None else set()
+
+
+def progress_timeline(args: list[str], progress, env: dict | None = None) -> list[float]:
+    """Run the CLI to its end in its own process, polling ``progress()`` (what the run has
+    done so far: the shards its manifest records, the files it wrote); the seconds after the
+    start at which it had done 1, 2, ... of them."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    times: list[float] = []
+    while proc.poll() is None:
+        times += [time.perf_counter() - t0] * (len(progress()) - len(times))
+        time.sleep(0.005)
+    err = proc.stderr.read().decode()
+    assert proc.returncode == 0, err
+    return times + [time.perf_counter() - t0] * (len(progress()) - len(times))
+
+
+def seeded_point(seed: int, timeline: list[float]) -> tuple[int, float]:
+    """A kill point drawn from ``seed``: once ``k`` of the ``n`` steps of ``timeline`` are
+    done (1 <= k < n), then a delay up to the median time of a step, so that the kill lands
+    between two steps or within one."""
+    rng = random.Random(seed)
+    steps = [b - a for a, b in zip(timeline[:-1], timeline[1:], strict=True)]
+    return rng.randint(1, len(timeline) - 1), rng.uniform(0.0, statistics.median(steps))
+
+
+def kill_at(
+    args: list[str], progress, after: int, delay: float = 0.0, then=None, env: dict | None = None
+) -> set[str] | None:
+    """Start the CLI in its own process; once ``progress()`` holds ``after`` items (and
+    ``then()`` holds, if given), wait ``delay`` s, stop the process (SIGSTOP: it writes nothing
+    more), read ``progress()`` and ``kill -9`` it. What it had done when it was stopped, or
+    None when it ended before (or, stopped, ``then()`` no longer held)."""
+    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    try:
+        deadline = time.time() + 240
+        while len(progress()) < after or (then is not None and not then()):
+            if proc.poll() is not None:
+                assert proc.returncode == 0, proc.stderr.read().decode()
+                return None
+            assert time.time() < deadline, "the run never reached the kill point"
+            time.sleep(0.005 if then is None else 0.001)
+        time.sleep(delay)
+        os.kill(proc.pid, signal.SIGSTOP)
+        if proc.poll() is not None or (then is not None and not then()):
+            return None  # ended, or past the state ``then`` waited for: not that point
+        return progress()
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def kill_mid_run(args, progress, names, point, reset, then=None, env=None) -> str:
+    """:func:`kill_at` at ``point`` (``(after, delay)``, see :func:`seeded_point`), again
+    with the delay halved after ``reset()`` (the output removed) when the run ended, missed
+    ``then`` or had done all of ``names`` first (4 tries); then, at the kill, at least one
+    of ``names`` is done and one is not."""
+    after, delay = point
+    for _ in range(4):
+        done = kill_at(args, progress, after, delay, then, env)
+        if done is not None and set(names) - done:
+            break
+        reset()
+        delay /= 2
+    assert done is not None, f"each run ended or missed the point after {after} + {delay:.2f} s"
+    todo = sorted(set(names) - done)
+    assert done and todo, f"killed with {sorted(done)} done and {todo} not: nothing was tested"
+    return f"killed after {after} + {delay:.2f} s with {sorted(done)} done and {todo} not"

@@ -1,12 +1,14 @@
-"""Crash suite: ``kill -9`` at random points, then the same command again, gives the bytes of
-an uninterrupted run with no duplicate, missing, partial or temporary file; an output that
+"""Crash suite: ``kill -9`` mid-run, then the same command again, gives the bytes of an
+uninterrupted run with no duplicate, missing, partial or temporary file; an output that
 cannot be written is a clear error.
 
-Kill points are drawn from seeded generators over the measured timeline of an
-uninterrupted run (start-up, then the shards), so they land during start-up, mid-shard or
-between shards; every case must end in the same bytes. A kill must land while shards remain
-to be written: a run that finished (or recorded its last shard) first tested nothing, so it
-is retried earlier and, if it never lands in time, the test fails.
+Kill points come from the run's own progress: a seeded point is "once k of the n shards are
+recorded in the manifest" (1 <= k < n) plus a seeded delay up to the measured time of one
+shard, so the kill lands between shards or within one. The run is stopped (SIGSTOP) at that
+point and its manifest read: at least one shard must be recorded and one not, or the kill
+tested nothing (the delay is halved and the run retried; after 3 tries the test fails).
+Then ``kill -9``, the same command again, and the bytes compared with the uninterrupted run.
+``tokedit report`` has no shards: its progress is the files it has written.
 """
 
 from __future__ import annotations
@@ -28,16 +30,20 @@ from scale_helpers import (
     edit_args,
     free_port,
     invoke,
+    kill_mid_run,
     manifest_shards,
     mixed_corpus,
     output_files,
     pid_alive,
+    progress_timeline,
+    recorded_in,
     run_cli,
     score_args,
+    seeded_point,
     temp_files,
 )
+from test_golden import normalized
 
-from tokedit.io.manifest import find_manifest
 from tokedit.io.write import HOST_TAG, remove_stale_temp_files, temp_owner, temp_path_for
 
 SCORE_EXTRA = ("--candidates-min-p", "0.3")  # candidates wherever an edit at p=0.5 needs them
@@ -52,81 +58,32 @@ def data(tmp_path_factory, plays):
     return mixed_corpus(tmp_path_factory.mktemp("crash-data"), plays, chars_per_shard=24_000)
 
 
-def timed_run(args: list[str], out: Path) -> tuple[float, float]:
-    """Run the CLI to the end; seconds until its manifest appeared and until it exited."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    started = None
-    while proc.poll() is None:
-        if started is None and find_manifest(out) is not None:
-            started = time.perf_counter() - t0
-        time.sleep(0.005)
-    assert proc.returncode == 0, proc.stderr.read()
-    return started, time.perf_counter() - t0
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory, data, tiny_prior):
-    """Uninterrupted score and edit runs (separate processes), with their timelines."""
+    """Uninterrupted score, edit and report runs (separate processes), with the times at
+    which each shard (each report file) was done."""
     root = tmp_path_factory.mktemp("crash-ref")
-    score = timed_run(score_args(data, root / "scores", tiny_prior, *SCORE_EXTRA), root / "scores")
-    edit = timed_run(edit_cmd(data, root / "scores", root / "edited"), root / "edited")
-    assert manifest_shards(root / "edited")["part-0.parquet"]["p"]["0.5"]["changed"] > 0
-    return {"scores": root / "scores", "edited": root / "edited", "score": score, "edit": edit}
+    scores, edited, report = root / "scores", root / "edited", root / "report"
+    score = progress_timeline(score_args(data, scores, tiny_prior, *SCORE_EXTRA), recorded_in(scores))  # fmt: skip
+    edit = progress_timeline(edit_cmd(data, scores, edited), recorded_in(edited))
+    assert manifest_shards(edited)["part-0.parquet"]["p"]["0.5"]["changed"] > 0
+    report_times = progress_timeline(report_cmd(data, scores, edited, report), files_in(report))
+    print("timelines: score", score, "edit", edit, "report", report_times)
+    return {"scores": scores, "edited": edited, "report": report, "score": score, "edit": edit,
+            "report_times": report_times}  # fmt: skip
 
 
-def kill_point(seed: int) -> float:
-    """A seeded point of a run: below 0, a share of the start-up before the manifest exists
-    (-0.1: at 90 % of it); from 0, a share of the time from the manifest to the end."""
-    return random.Random(seed).uniform(-0.15, 0.8)
+def report_cmd(data: Path, scores: Path, edited: Path, out: Path) -> list[str]:
+    return ["report", str(data), str(scores), str(edited), "--out", str(out), "-q"]
 
 
-def kill_after(args: list[str], out: Path, point: float, timeline, shards: int) -> str | None:
-    """Start the CLI and ``kill -9`` it at ``point`` of the reference ``timeline`` (seconds
-    until its manifest appeared, until it exited), the second part timed from this run's own
-    manifest, so a slower start-up does not move the kill out of the run. Describe the state
-    it left, or None when the kill came too late: the run had ended or recorded all
-    ``shards``."""
-    started, total = timeline
-    proc = subprocess.Popen(
-        cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    try:
-        if point < 0:
-            proc.wait(timeout=(1 + point) * started)
-        else:
-            deadline = time.time() + 120
-            while find_manifest(out) is None and proc.poll() is None and time.time() < deadline:
-                time.sleep(0.005)
-            proc.wait(timeout=point * (total - started))
-        return None  # finished before the kill
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-    where = f"{point:+.2f} of the run"
-    if find_manifest(out) is None:
-        return f"killed at {where}, before the manifest existed"
-    recorded = len(manifest_shards(out))
-    if recorded >= shards:
-        return None
-    return (
-        f"killed at {where} with {recorded} of {shards} shard(s) recorded and "
-        f"{len(temp_files(out))} temp file(s) left"
-    )
-
-
-def kill_during_run(args: list[str], out: Path, seed: int, timeline, shards: int) -> str:
-    """:func:`kill_after` at the seeded point, retried at half its time (the machine may run
-    faster than when the reference was timed) until the kill lands while shards remain;
-    fails after 4 tries."""
-    point = kill_point(seed)
-    for _ in range(4):
-        state = kill_after(args, out, point, timeline, shards)
-        if state is not None:
-            return state
-        shutil.rmtree(out)
-        point = point / 2 if point > 0 else (1 + point) / 2 - 1  # half the time
-    pytest.fail("every kill came after the run had written all its shards: nothing was tested")
+def files_in(out: Path):
+    """A probe of a report's progress: the files it has written (no hidden or temp file)."""
+    return lambda: {
+        p.relative_to(out).as_posix()
+        for p in out.rglob("*")
+        if p.is_file() and not any(part.startswith(".") for part in p.relative_to(out).parts)
+    }
 
 
 def assert_same_as(out: Path, ref: Path) -> None:
@@ -135,58 +92,65 @@ def assert_same_as(out: Path, ref: Path) -> None:
     assert not temp_files(out)
 
 
+def assert_whole(out: Path, ref: Path) -> None:
+    """Every data file a killed run left is the uninterrupted run's (no partial shard)."""
+    want = output_files(ref)
+    left = output_files(out)
+    assert {rel: left[rel] == want.get(rel) for rel in left} == dict.fromkeys(left, True)
+
+
+def kill_then_rerun(args, out: Path, ref: Path, point) -> None:
+    """``kill -9`` at ``point`` with shards recorded and others not, rerun, compare with ``ref``."""
+    names = list(manifest_shards(ref))
+    print(kill_mid_run(args, recorded_in(out), names, point, lambda: shutil.rmtree(out)))
+    assert_whole(out, ref)
+    r = invoke(*args)
+    assert r.returncode == 0, r.stderr
+    assert_same_as(out, ref)
+
+
 @pytest.mark.parametrize("seed", [0, 1])
-def test_kill_9_score_at_a_random_point_then_rerun(tmp_path, seed, data, reference, tiny_prior):
+def test_kill_9_score_after_a_seeded_shard_then_rerun(tmp_path, seed, data, reference, tiny_prior):
     out = tmp_path / "scores"
     args = score_args(data, out, tiny_prior, *SCORE_EXTRA)
-    shards = len(manifest_shards(reference["scores"]))
-    print(kill_during_run(args, out, seed, reference["score"], shards))
-    r = invoke(*args)
-    assert r.returncode == 0, r.stderr
-    assert_same_as(out, reference["scores"])
+    kill_then_rerun(args, out, reference["scores"], seeded_point(seed, reference["score"]))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_kill_9_edit_at_a_random_point_then_rerun(tmp_path, seed, data, reference):
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_kill_9_edit_after_a_seeded_shard_then_rerun(tmp_path, seed, data, reference):
     out = tmp_path / "edited"
     args = edit_cmd(data, reference["scores"], out)
-    shards = len(manifest_shards(reference["edited"]))
-    print(kill_during_run(args, out, 100 + seed, reference["edit"], shards))
+    kill_then_rerun(args, out, reference["edited"], seeded_point(100 + seed, reference["edit"]))
+
+
+def report_files(out: Path) -> dict[str, bytes]:
+    """The report's files; JSON and HTML without their run times and version (as the golden
+    test compares them), PNGs as they are (one matplotlib here)."""
+    return {
+        rel: (out / rel).read_bytes() if rel.endswith(".png") else normalized(out / rel, out)
+        for rel in sorted(files_in(out)())
+    }
+
+
+@pytest.mark.parametrize("seed, point", [(0, "file written"), (1, "file being written")])
+def test_kill_9_report_after_a_seeded_file_then_rerun(tmp_path, seed, point, data, reference):
+    """``tokedit report`` has no shards: its progress is the files it has written
+    (``report.json``, then each plot, then ``report.html``). Killed once ``k`` of them exist
+    (k seeded) -- at once, or while the next one is being written (a temp file exists) --
+    every file left is whole, and the rerun gives the uninterrupted run's files."""
+    out = tmp_path / "report"
+    args = report_cmd(data, reference["scores"], reference["edited"], out)
+    want = report_files(reference["report"])
+    after = random.Random(seed).randint(1, len(want) - 1)
+    writing = (lambda: bool(temp_files(out))) if point == "file being written" else None
+    state = kill_mid_run(args, files_in(out), list(want), (after, 0.0), lambda: shutil.rmtree(out), writing)  # fmt: skip
+    print(state)
+    left = report_files(out)
+    assert {rel: left[rel] == want[rel] for rel in left} == dict.fromkeys(left, True), state
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
-    assert_same_as(out, reference["edited"])
-
-
-def kill_after_first_shard(args: list[str], out: Path) -> int:
-    """Start the CLI and ``kill -9`` it as soon as its manifest records a shard; the number
-    of shards recorded then."""
-    proc = subprocess.Popen(
-        cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None:
-        if find_manifest(out) is not None and manifest_shards(out):
-            break
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return len(manifest_shards(out)) if find_manifest(out) is not None else 0
-
-
-def test_kill_9_edit_between_shards(tmp_path, data, reference):
-    out = tmp_path / "edited"
-    args = edit_cmd(data, reference["scores"], out)
-    shards = len(manifest_shards(reference["edited"]))
-    for _ in range(4):  # the last shards can be recorded before the kill lands: try again
-        recorded = kill_after_first_shard(args, out)
-        if recorded < shards:
-            break
-        shutil.rmtree(out)
-    print(f"killed with {recorded} of {shards} shard(s) recorded")
-    assert 1 <= recorded < shards, f"killed with {recorded} of {shards} shards recorded"
-    r = invoke(*args)
-    assert r.returncode == 0, r.stderr
-    assert_same_as(out, reference["edited"])
+    assert report_files(out) == want
+    assert not temp_files(out)
 
 
 # ---------------------------------------------------------------- Ray
@@ -237,7 +201,12 @@ def ray_cluster(tmp_path_factory):
 
 
 @pytest.mark.parametrize("command", ["score", "edit"])
-def test_kill_9_ray_driver_then_rerun(tmp_path, command, data, reference, tiny_prior, ray_cluster):
+def test_kill_9_ray_driver_after_a_seeded_shard_then_rerun(
+    tmp_path, command, data, reference, tiny_prior, ray_cluster
+):
+    """The driver records each shard as its actor returns it: killed (seeded point, as for
+    the local engine) with shards recorded and others not, Ray stops its actors, and the
+    rerun gives the local run's bytes."""
     address, env = ray_cluster
     out = tmp_path / command
     ray = ("--engine", "ray", "--ray-address", address)
@@ -245,37 +214,18 @@ def test_kill_9_ray_driver_then_rerun(tmp_path, command, data, reference, tiny_p
         args = score_args(data, out, tiny_prior, *SCORE_EXTRA, *ray)
     else:
         args = [*edit_cmd(data, reference["scores"], out), *ray]
-    # Within the first 60 % of the local run's length: a Ray run, started later, takes
-    # about as long after its first shard began (measured: 1.5-8 s left for edit, 2 s for score).
-    started, total = reference[command]
-    delay = random.Random(7).uniform(0.0, 0.6) * (total - started)
-    for attempt in range(3):  # halve the delay if the run ended first (the load fell since)
-        shutil.rmtree(out, ignore_errors=True)
-        proc = subprocess.Popen(
-            cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
-        )
-        deadline = time.time() + 180
-        while time.time() < deadline and proc.poll() is None and not started_writing(out):
-            time.sleep(0.005)  # an actor has started writing a shard
-        time.sleep(delay / 2**attempt)
-        killed_while_running = proc.poll() is None
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        # Ray stops the dead driver's actors; wait until no writer of a temp file is alive.
-        deadline = time.time() + 60
-        while time.time() < deadline and any(pid_alive(temp_owner(p)[0]) for p in temp_files(out)):
-            time.sleep(0.2)
-        if killed_while_running:
-            break
-    assert killed_while_running, "the run ended before the kill: nothing was tested"
+    ref = reference["scores" if command == "score" else "edited"]
+    point = seeded_point(7, reference[command])
+    reset = lambda: shutil.rmtree(out, ignore_errors=True)  # noqa: E731
+    print(kill_mid_run(args, recorded_in(out), list(manifest_shards(ref)), point, reset, env=env))
+    assert_whole(out, ref)
+    # Ray stops the dead driver's actors; wait until no writer of a temp file is alive.
+    deadline = time.time() + 60
+    while time.time() < deadline and any(pid_alive(temp_owner(p)[0]) for p in temp_files(out)):
+        time.sleep(0.2)
     r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stderr
-    assert_same_as(out, reference["scores" if command == "score" else "edited"])
-
-
-def started_writing(out: Path) -> bool:
-    """A shard is being written (a temp file) or already recorded in the manifest."""
-    return bool(temp_files(out)) or (find_manifest(out) is not None and bool(manifest_shards(out)))
+    assert_same_as(out, ref)
 
 
 # ---------------------------------------------------------------- unwritable output
