@@ -17,6 +17,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -204,14 +205,27 @@ def progress_timeline(args: list[str], progress, env: dict | None = None) -> lis
     done so far: the shards its manifest records, the files it wrote); the seconds after the
     start at which it had done 1, 2, ... of them."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    proc = _start(args, env)
     times: list[float] = []
     while proc.poll() is None:
         times += [time.perf_counter() - t0] * (len(progress()) - len(times))
         time.sleep(0.005)
-    err = proc.stderr.read().decode()
-    assert proc.returncode == 0, err
+    assert proc.returncode == 0, _stderr(proc)
     return times + [time.perf_counter() - t0] * (len(progress()) - len(times))
+
+
+def _start(args: list[str], env: dict | None) -> subprocess.Popen:
+    """The CLI in its own process, its stderr in a file (a pipe nobody reads could fill up
+    and block it)."""
+    err = tempfile.TemporaryFile()
+    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=err, env=env)
+    proc.err_file = err
+    return proc
+
+
+def _stderr(proc: subprocess.Popen) -> str:
+    proc.err_file.seek(0)
+    return proc.err_file.read().decode(errors="replace")
 
 
 def seeded_point(seed: int, timeline: list[float]) -> tuple[int, float]:
@@ -230,12 +244,12 @@ def kill_at(
     ``then()`` holds, if given), wait ``delay`` s, stop the process (SIGSTOP: it writes nothing
     more), read ``progress()`` and ``kill -9`` it. What it had done when it was stopped, or
     None when it ended before (or, stopped, ``then()`` no longer held)."""
-    proc = subprocess.Popen(cli_command(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)  # fmt: skip
+    proc = _start(args, env)
     try:
         deadline = time.time() + 240
         while len(progress()) < after or (then is not None and not then()):
             if proc.poll() is not None:
-                assert proc.returncode == 0, proc.stderr.read().decode()
+                assert proc.returncode == 0, _stderr(proc)
                 return None
             assert time.time() < deadline, "the run never reached the kill point"
             time.sleep(0.005 if then is None else 0.001)
