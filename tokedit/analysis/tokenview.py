@@ -92,6 +92,70 @@ def _prob(x: float) -> float | None:
     return None if x is None or math.isnan(x) else round(float(x), 6)
 
 
+def _text_groups(text: str, offsets, logprob):
+    """The token groups of :func:`token_groups` covering the whole text (text before the
+    first token, or all of it without scores, is a group of no token and no probability):
+    ``starts, ends, probs, sizes``."""
+    n_chars = len(text)
+    if offsets is None or not len(offsets):
+        return np.array([0]), np.array([n_chars]), np.array([np.nan]), np.array([0])
+    gs, ge, gp, gn, _ = token_groups(offsets, logprob, n_chars)
+    if gs[0] > 0:  # text before the first token: a gap without probability
+        gs, ge = np.r_[0, gs], np.r_[gs[0], ge]
+        gp, gn = np.r_[np.nan, gp], np.r_[0, gn]
+    return gs, ge, gp, gn
+
+
+def window_start(group_starts, edit_starts, edit_ends, max_chars: int) -> int:
+    """Where the window of a document starts (see :func:`view_segments`)."""
+    es, ee = edit_starts, edit_ends
+    if not len(es) or es[0] + (ee[0] - es[0]) <= max_chars * (1 - LEAD_SHARE):
+        return 0
+    target = es[0] - int(max_chars * LEAD_SHARE)
+    k = np.searchsorted(group_starts, target, side="right") - 1
+    start = int(group_starts[k]) if k >= 0 else 0
+    j = np.searchsorted(es, start, side="right") - 1
+    if j >= 0 and start < ee[j]:
+        start = int(es[j])
+    return start
+
+
+def _runs(gs, ge, es, ee, start: int, n_chars: int):
+    """Runs of text from ``start``: ``(lo, hi, key)`` of consecutive atomic intervals with one
+    key, the key being ``-1 - j`` inside edit ``j`` and the token group's index elsewhere."""
+    cuts = np.unique(np.r_[gs, ge, es, ee, start, n_chars])
+    cuts = cuts[(cuts >= start) & (cuts <= n_chars)]
+    lo, hi = cuts[:-1], cuts[1:]
+    j = np.searchsorted(es, lo, side="right") - 1
+    in_edit = (j >= 0) & (lo < np.r_[ee, 0][np.where(j >= 0, j, len(ee))])
+    g = np.searchsorted(gs, lo, side="right") - 1
+    key = np.where(in_edit, -1 - j, g)  # edits negative, groups >= 0
+    i = 0
+    while i < len(lo):
+        i2 = i
+        while i2 + 1 < len(lo) and key[i2 + 1] == key[i]:
+            i2 += 1
+        yield int(lo[i]), int(hi[i2]), int(key[i])
+        i = i2 + 1
+
+
+def _edit_segment(text: str, e: dict, lp) -> dict:
+    pos = int(e["pos"])
+    p = np.exp(lp[pos]) if lp is not None and 0 <= pos < len(lp) else np.nan
+    return {
+        "text": text,
+        "p": _prob(p),
+        "tokens": 1,
+        "edit": {
+            "pos": pos,
+            "orig_id": int(e["orig_id"]),
+            "new_id": int(e["new_id"]),
+            "new": e.get("new"),
+            "deleted": bool(e.get("deleted", False)),
+        },
+    }
+
+
 def view_segments(
     text: str,
     offsets: Sequence[int] | None = None,
@@ -112,83 +176,32 @@ def view_segments(
     """
     n_chars = len(text)
     edits, dropped = _valid_edits(edits, n_chars)
-    if offsets is not None and len(offsets):
-        gs, ge, gp, gn, gfirst = token_groups(offsets, logprob, n_chars)
-        if gs[0] > 0:  # text before the first token: a gap without probability
-            gs, ge = np.r_[0, gs], np.r_[gs[0], ge]
-            gp, gn, gfirst = np.r_[np.nan, gp], np.r_[0, gn], np.r_[-1, gfirst]
-    else:
-        gs, ge = np.array([0]), np.array([n_chars])
-        gp, gn, gfirst = np.array([np.nan]), np.array([0]), np.array([-1])
+    gs, ge, gp, gn = _text_groups(text, offsets, logprob)
     es = np.array([e["char_start"] for e in edits], dtype=np.int64)
     ee = np.array([e["char_end"] for e in edits], dtype=np.int64)
     lp = None
     if logprob is not None:
         lp = np.array([np.nan if x is None else float(x) for x in logprob], dtype=np.float64)
-
-    # window start
-    start = 0
-    if len(es) and es[0] + (ee[0] - es[0]) > max_chars * (1 - LEAD_SHARE):
-        target = es[0] - int(max_chars * LEAD_SHARE)
-        k = np.searchsorted(gs, target, side="right") - 1
-        start = int(gs[k]) if k >= 0 else 0
-        j = np.searchsorted(es, start, side="right") - 1
-        if j >= 0 and start < ee[j]:
-            start = int(es[j])
-    limit = start + max_chars
-
-    # atomic intervals between all boundaries, each keyed by the edit or the group it is in
-    cuts = np.unique(np.r_[gs, ge, es, ee, start, n_chars])
-    cuts = cuts[(cuts >= start) & (cuts <= n_chars)]
-    lo, hi = cuts[:-1], cuts[1:]
-    j = np.searchsorted(es, lo, side="right") - 1
-    in_edit = (j >= 0) & (lo < np.r_[ee, 0][np.where(j >= 0, j, len(ee))])
-    g = np.searchsorted(gs, lo, side="right") - 1
-    key = np.where(in_edit, -1 - j, g)  # edits negative, groups >= 0
-
+    start = window_start(gs, es, ee, max_chars)
     segments: list[dict] = []
     end = start
-    i = 0
-    while i < len(lo):
-        k = int(key[i])
-        i2 = i
-        while i2 + 1 < len(lo) and key[i2 + 1] == k:
-            i2 += 1
-        s, t = int(lo[i]), int(hi[i2])
-        if t > limit and segments:
+    for s, t, k in _runs(gs, ge, es, ee, start, n_chars):
+        if t > start + max_chars and segments:
             break
         if k < 0:
-            e = edits[-1 - k]
-            pos = int(e["pos"])
-            p = np.exp(lp[pos]) if lp is not None and 0 <= pos < len(lp) else np.nan
-            segments.append(
-                {
-                    "text": text[s:t],
-                    "p": _prob(p),
-                    "tokens": 1,
-                    "edit": {
-                        "pos": pos,
-                        "orig_id": int(e["orig_id"]),
-                        "new_id": int(e["new_id"]),
-                        "new": e.get("new"),
-                        "deleted": bool(e.get("deleted", False)),
-                    },
-                }
-            )
+            segments.append(_edit_segment(text[s:t], edits[-1 - k], lp))
         else:
             segments.append(
                 {"text": text[s:t], "p": _prob(gp[k]), "tokens": int(gn[k]), "edit": None}
             )
         end = t
-        i = i2 + 1
-    shown = sum(1 for s in segments if s["edit"] is not None)
     return {
         "chars": n_chars,
         "window": {"start": start, "end": end},
         "truncated": start > 0 or end < n_chars,
         "edits_valid": len(edits),
         "edits_invalid": dropped,
-        "edits_shown": shown,
+        "edits_shown": sum(1 for s in segments if s["edit"] is not None),
         "segments": segments,
     }
 
@@ -413,15 +426,65 @@ def _scores_examples(source, n, max_chars, tokenizer) -> list[dict]:
     return out
 
 
-def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
+def _row_edits(drow: dict, renderer) -> list[dict]:
+    """The ``tokedit_edits`` of an edited row, each with ``deleted``, and ``new`` / ``orig``
+    rendered by the prior's tokenizer (None without one)."""
+    render = renderer.render if renderer is not None else (lambda i, a: None)
+    edits = []
+    for e in drow.get(TOKEDIT_EDITS) or []:
+        e = {k: int(v) if isinstance(v, int | np.integer) else v for k, v in e.items()}
+        deleted = bool(e.get("deleted")) or e["new_id"] < 0
+        at_start = e["pos"] == 0
+        e["deleted"] = deleted
+        e["new"] = "" if deleted else render(e["new_id"], at_start)
+        e["orig"] = render(e["orig_id"], at_start)
+        edits.append(e)
+    return edits
+
+
+def _original_text(
+    source, drow: dict, shard, r: int, inputs, edits, edited: str
+) -> tuple[str | None, str | None]:
+    """The original text of an edited row and where it came from (docs/report.md, "Token
+    view"): the column beside ``--output-column``, the input row, or rebuilt from the edits."""
+    opts = source.options
+    orig_column = opts.get("text_column") if opts.get("output_column") else None
+    input_column = opts.get("text_column") or "text"
+    if orig_column and isinstance(drow.get(orig_column), str):
+        return drow[orig_column], "output_column"
+    if shard.rel in inputs:
+        try:
+            value = read_rows(inputs[shard.rel], [r], [input_column]).get(r, {}).get(input_column)
+        except Exception:
+            value = None
+        if isinstance(value, str):
+            return value, "input"
+    if edits:
+        original = reconstruct_original(edited, edits)
+        return original, "reconstructed" if original is not None else None
+    return edited, "edited"  # nothing changed: the same text
+
+
+def _shading_row(scores_dir, shard, r: int, original: str, edits) -> tuple[dict | None, str | None]:
+    """The scores row that shades an edited row, and its directory (None when it does not fit)."""
     from tokedit.io.shards import Shard
 
+    if scores_dir is None:
+        return None, None
+    sshard = Shard(scores_dir, shard.with_suffix(".parquet"), "parquet")
+    if not sshard.path.is_file():
+        return None, None
+    cand = read_rows(sshard, [r], [TOKEN_IDS, OFFSETS, LOGPROB]).get(r)
+    if not _scores_row_ok(cand, original, edits):
+        return None, None
+    return cand, str(scores_dir)
+
+
+def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
     opts = source.options
-    column = source.text_column
     orig_column = opts.get("text_column") if opts.get("output_column") else None
     id_column = opts.get("id_column")
-    counted = (TOKEDIT_N_CHANGED, TOKEDIT_N_DELETED)
-    chosen = _global_choice(source, n, counted, lambda cols, i: True)
+    chosen = _global_choice(source, n, (TOKEDIT_N_CHANGED, TOKEDIT_N_DELETED), lambda c, i: True)
     inputs = _input_shards(source)
     scores_dir = _named_dir(source, "scores")
     renderer = None
@@ -430,60 +493,24 @@ def _edited_examples(source, n, max_chars, tokenizer) -> list[dict]:
         from tokedit.editor.splice import Renderer
 
         renderer = Renderer(tok)
+    cols = [source.text_column, TOKEDIT_EDITS, TOKEDIT_N_CHANGED]
+    cols += [c for c in (orig_column, id_column) if c]
     out = []
     for row, shard, r in chosen:
-        cols = [column, TOKEDIT_EDITS, TOKEDIT_N_CHANGED] + [
-            c for c in (orig_column, id_column) if c
-        ]
         drow = read_rows(shard, [r], cols).get(r) or {}
-        edited = drow.get(column)
-        if not isinstance(edited, str):
-            edited = ""
-        edits = []
-        for e in drow.get(TOKEDIT_EDITS) or []:
-            e = {k: int(v) if isinstance(v, int | np.integer) else v for k, v in e.items()}
-            deleted = bool(e.get("deleted")) or e["new_id"] < 0
-            at_start = e["pos"] == 0
-            render = renderer.render if renderer is not None else (lambda i, a: None)
-            e["deleted"] = deleted
-            e["new"] = "" if deleted else render(e["new_id"], at_start)
-            e["orig"] = render(e["orig_id"], at_start)
-            edits.append(e)
-        original, text_source = None, None
-        if orig_column and isinstance(drow.get(orig_column), str):
-            original, text_source = drow[orig_column], "output_column"
-        elif shard.rel in inputs:
-            try:
-                value = read_rows(inputs[shard.rel], [r], [opts.get("text_column") or "text"])
-                value = value.get(r, {}).get(opts.get("text_column") or "text")
-            except Exception:
-                value = None
-            if isinstance(value, str):
-                original, text_source = value, "input"
-        if original is None and edits:
-            original = reconstruct_original(edited, edits)
-            text_source = "reconstructed" if original is not None else None
-        if original is None and not edits:
-            original, text_source = edited, "edited"  # nothing changed: the same text
-        srow, scores_used = None, None
-        if original is not None and scores_dir is not None:
-            sshard = Shard(scores_dir, shard.with_suffix(".parquet"), "parquet")
-            if sshard.path.is_file():
-                cand = read_rows(sshard, [r], [TOKEN_IDS, OFFSETS, LOGPROB]).get(r)
-                if _scores_row_ok(cand, original, edits):
-                    srow, scores_used = cand, str(scores_dir)
+        edited = drow.get(source.text_column)
+        edited = edited if isinstance(edited, str) else ""
+        edits = _row_edits(drow, renderer)
+        original, text_source = _original_text(source, drow, shard, r, inputs, edits, edited)
+        srow, scores_used, verified = None, None, None
         if original is None:
             # the edits cannot be placed: the edited text alone, unshaded
             view = view_segments(edited, None, None, (), max_chars)
-            text_source, verified = "edited", None
+            text_source = "edited"
         else:
-            view = view_segments(
-                original,
-                srow[OFFSETS] if srow else None,
-                srow[LOGPROB] if srow else None,
-                edits,
-                max_chars,
-            )
+            srow, scores_used = _shading_row(scores_dir, shard, r, original, edits)
+            offsets, logprob = (srow[OFFSETS], srow[LOGPROB]) if srow else (None, None)
+            view = view_segments(original, offsets, logprob, edits, max_chars)
             verified = apply_edits(original, edits) == edited
         out.append(
             {
