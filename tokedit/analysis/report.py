@@ -14,14 +14,13 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
 from tokedit import __version__
 from tokedit.analysis.corpus import (
-    DEFAULT_BATCH_ROWS,
     KIND_EDITED,
     KIND_SCORES,
     CorpusSource,
@@ -30,8 +29,24 @@ from tokedit.analysis.corpus import (
     open_corpus,
 )
 from tokedit.analysis.ngrams import MAX_N, NgramTable, compare, concentration, rank_frequency
+from tokedit.analysis.sections import (
+    CorpusEntry,
+    Documents,
+    Edits,
+    Example,
+    NgramStats,
+    Perplexity,
+    PreviewSection,
+    Probability,
+    Report,
+    ReportOptions,
+    TailCoverage,
+    Threshold,
+    UnitsInfo,
+    from_json,
+)
 from tokedit.analysis.thresholds import advise, format_thresholds
-from tokedit.analysis.tokenview import DEFAULT_EXAMPLE_CHARS, DEFAULT_EXAMPLES, collect_examples
+from tokedit.analysis.tokenview import collect_examples
 from tokedit.analysis.units import TokenUnits, WordUnits
 from tokedit.errors import InputError, arg
 from tokedit.io.manifest import read_manifest
@@ -41,30 +56,6 @@ from tokedit.io.write import remove_stale_temp_files, upload_tree, write_json
 logger = logging.getLogger(__name__)
 
 DIVERGENCE_N = (1, 2)
-
-
-@dataclass
-class ReportOptions:
-    labels: list[str] | None = None
-    reference: str | None = None  # a directory; default: the first corpus
-    max_docs: int | None = None
-    seed: int = 0
-    target_edit_rates: tuple[float, ...] = (0.1,)
-    units: str = "auto"  # auto | tokens | words
-    tokenizer: str | None = None
-    text_column: str = "text"
-    rare_max_count: int = 2
-    smoothing_alpha: float = 0.5
-    top_ngrams: int = 20
-    batch_rows: int = DEFAULT_BATCH_ROWS
-    examples: int = DEFAULT_EXAMPLES  # token view: documents per scores / edited corpus (0: off)
-    example_chars: int = DEFAULT_EXAMPLE_CHARS  # characters shown per document at most
-    # Edit preview of scores directories: the presets, and these values when any is given
-    # (keys p, top_k, temperature, drop_below, strategy, exclude_original; None: preset's).
-    preview: bool = True
-    preview_values: dict = field(
-        default_factory=lambda: dict.fromkeys(("p", "top_k", "temperature", "drop_below"))
-    )
 
 
 # --- tokenizers -------------------------------------------------------------------------------
@@ -214,6 +205,79 @@ def _edit_decoder(source, units, options, tokenizers):
         return TokenUnits(None).unit_texts
 
 
+def section(tp, value, where: str):
+    """A section of the report from what a core computed (numpy scalars and NaN made JSON)."""
+    return from_json(tp, json_safe(value), where)
+
+
+def _probability_sections(stats: CorpusStats, options: ReportOptions):
+    """``probability``, ``thresholds`` and ``perplexity`` of a scores corpus (else None)."""
+    if stats.probs is None:
+        return None, None, None
+    src, where = stats.source, stats.source.label
+    manifest = src.manifest if src.kind == KIND_SCORES else None
+    thresholds = [
+        advise(stats.probs.suggest(t), src.path, manifest) for t in options.target_edit_rates
+    ]
+    return (
+        section(Probability, stats.probs.summary(), f"{where}: probability"),
+        section(list[Threshold], thresholds, f"{where}: thresholds"),
+        section(Perplexity, stats.ppl.summary(), f"{where}: perplexity"),
+    )
+
+
+def _ngram_sections(stats: CorpusStats, units, ref: CorpusStats, options: ReportOptions):
+    """``ngrams`` and ``tail`` (against the reference) of a corpus, per n."""
+    where = stats.source.label
+    ngrams = {
+        str(n): section(
+            NgramStats,
+            {
+                **concentration(t),
+                "top": top_ngrams(t, units, options.top_ngrams),
+                "rank_frequency": rank_frequency(t),
+            },
+            f"{where}: ngrams.{n}",
+        )
+        for n, t in stats.tables.items()
+    }
+    tail = {
+        str(n): section(
+            TailCoverage,
+            compare(
+                ref.tables[n],
+                t,
+                options.rare_max_count,
+                options.smoothing_alpha if n in DIVERGENCE_N else None,
+            ),
+            f"{where}: tail.{n}",
+        )
+        for n, t in stats.tables.items()
+    }
+    return ngrams, tail
+
+
+def _edits_section(stats: CorpusStats, units, options: ReportOptions, tokenizers) -> Edits | None:
+    """``edits`` of an edited corpus: its provenance sums, shares of the scored tokens."""
+    if stats.edits is None:
+        return None
+    src = stats.source
+    # the edit manifest's totals per threshold: {"p": {"0.99": {"scored": ..., ...}}}
+    totals = ((src.manifest or {}).get("totals") or {}).get("p", {}).get(src.edit_p) or {}
+    whole = not stats.sampled and bool(totals)
+    scored, basis = (totals.get("scored"), "manifest") if whole else (None, None)
+    if not scored and units.kind == "tokens":
+        scored, basis = stats.units, "retokenized"
+    summary = stats.edits.summary(
+        scored or None, _edit_decoder(src, units, options, tokenizers), options.top_ngrams
+    )
+    reasons = totals.get("skipped") if whole else None
+    summary["scored_tokens_basis"] = basis if scored else None
+    summary["threshold"] = float(src.edit_p) if src.edit_p else None
+    summary["skipped_reasons"] = reasons if isinstance(reasons, dict) else None
+    return section(Edits, summary, f"{src.label}: edits")
+
+
 def corpus_entry(
     stats: CorpusStats,
     units,
@@ -221,72 +285,36 @@ def corpus_entry(
     options: ReportOptions,
     tokenizers: _Tokenizers,
     seconds: float,
-) -> dict:
+) -> CorpusEntry:
+    """One corpus of the report, its token view left to :func:`_examples`."""
     src = stats.source
-    entry = {
-        "label": src.label,
-        "path": str(src.path),
-        "kind": KIND_EDITED if stats.edits is not None else src.kind,
-        "text_column": src.text_column,
-        "is_reference": stats is ref,
-        "documents": {
-            "total": stats.documents_total,
-            "used": stats.documents_used,
-            "sampled": stats.sampled,
-            "statuses": dict(sorted(stats.statuses.items())),
-        },
-        "units": stats.units,
-        "seconds": seconds,
-        "probability": None,
-        "thresholds": None,
-        "perplexity": None,
-        "edits": None,
-    }
-    if stats.probs is not None:
-        entry["probability"] = stats.probs.summary()
-        entry["thresholds"] = [
-            advise(
-                stats.probs.suggest(t), src.path, src.manifest if src.kind == KIND_SCORES else None
-            )
-            for t in options.target_edit_rates
-        ]
-        entry["perplexity"] = stats.ppl.summary()
-    entry["edit_preview"] = _edit_preview(src, options, tokenizers)
-    entry["ngrams"] = {
-        str(n): {
-            **concentration(t),
-            "top": top_ngrams(t, units, options.top_ngrams),
-            "rank_frequency": rank_frequency(t),
-        }
-        for n, t in stats.tables.items()
-    }
-    entry["tail"] = {
-        str(n): compare(
-            ref.tables[n],
-            t,
-            options.rare_max_count,
-            options.smoothing_alpha if n in DIVERGENCE_N else None,
-        )
-        for n, t in stats.tables.items()
-    }
-    if stats.edits is not None:
-        # the edit manifest's totals per threshold: {"p": {"0.99": {"scored": ..., ...}}}
-        totals = ((src.manifest or {}).get("totals") or {}).get("p", {}).get(src.edit_p) or {}
-        whole = not stats.sampled and bool(totals)
-        scored, basis = (totals.get("scored"), "manifest") if whole else (None, None)
-        if not scored and units.kind == "tokens":
-            scored, basis = stats.units, "retokenized"
-        entry["edits"] = stats.edits.summary(
-            scored or None, _edit_decoder(src, units, options, tokenizers), options.top_ngrams
-        )
-        entry["edits"]["scored_tokens_basis"] = basis if scored else None
-        entry["edits"]["threshold"] = float(src.edit_p) if src.edit_p else None
-        reasons = totals.get("skipped") if whole else None
-        entry["edits"]["skipped_reasons"] = reasons if isinstance(reasons, dict) else None
-    return entry
+    probability, thresholds, perplexity = _probability_sections(stats, options)
+    ngrams, tail = _ngram_sections(stats, units, ref, options)
+    return CorpusEntry(
+        label=src.label,
+        path=str(src.path),
+        kind=KIND_EDITED if stats.edits is not None else src.kind,
+        text_column=src.text_column,
+        is_reference=stats is ref,
+        documents=Documents(
+            total=int(stats.documents_total),
+            used=int(stats.documents_used),
+            sampled=bool(stats.sampled),
+            statuses=dict(sorted(stats.statuses.items())),
+        ),
+        units=int(stats.units),
+        seconds=seconds,
+        probability=probability,
+        thresholds=thresholds,
+        perplexity=perplexity,
+        edit_preview=_edit_preview(src, options, tokenizers),
+        ngrams=ngrams,
+        tail=tail,
+        edits=_edits_section(stats, units, options, tokenizers),
+    )
 
 
-def _edit_preview(source: CorpusSource, options: ReportOptions, tokenizers) -> dict | None:
+def _edit_preview(source: CorpusSource, options: ReportOptions, tokenizers):
     """What each edit setting would do to a scores directory (see :mod:`.preview`)."""
     if source.kind != KIND_SCORES or not options.preview:
         return None
@@ -295,15 +323,33 @@ def _edit_preview(source: CorpusSource, options: ReportOptions, tokenizers) -> d
 
     named = model_of(source)
     banned = banned_mask(tokenizers.load(*named)) if named else None
-    return preview_scores_dir(source.path, default_settings(options.preview_values), banned=banned)
+    preview = preview_scores_dir(
+        source.path, default_settings(options.preview_values), banned=banned
+    )
+    return section(PreviewSection, preview, f"{source.label}: edit_preview")
 
 
-def build_report(dirs: list[str], options: ReportOptions | None = None, log=None) -> dict:
-    """Read every directory once and compute the report (a JSON-able dict)."""
-    options = options or ReportOptions()
-    log = log or logger.info
-    if not dirs:
-        raise InputError("no corpus given", remedy="pass one or more directories")
+def _examples(source: CorpusSource, options: ReportOptions, tokenizers) -> list[Example] | None:
+    """The token-view documents of a scores or edited corpus (see :mod:`.tokenview`)."""
+
+    def tokenizer():
+        try:
+            if options.tokenizer:
+                return tokenizers.load(options.tokenizer)
+            m = model_of(source)
+            return tokenizers.load(*m) if m else None
+        except InputError:
+            return None
+
+    found = collect_examples(source, options.examples, options.example_chars, tokenizer)
+    return None if found is None else section(list[Example], found, f"{source.label}: examples")
+
+
+# --- building the report ------------------------------------------------------------------------
+
+
+def check_options(options: ReportOptions) -> None:
+    """Refuse options no report can be made with, naming the option and a remedy."""
     for t in options.target_edit_rates:
         if not 0 < t < 1:
             raise InputError(
@@ -326,88 +372,97 @@ def build_report(dirs: list[str], options: ReportOptions | None = None, log=None
             f"{arg('rare_max_count')} must be >= 1 and {arg('smoothing_alpha')} > 0",
             remedy="use the defaults",
         )
-    started = time.perf_counter()
+
+
+def open_sources(dirs: list[str], options: ReportOptions) -> tuple[list[CorpusSource], int]:
+    """The corpora of the report and the index of the reference among them (a
+    ``--reference`` that is none of ``dirs`` is added first, labelled ``reference``)."""
     labels = _labels(dirs, options.labels)
     sources = [
         open_corpus(d, lab, options.text_column) for d, lab in zip(dirs, labels, strict=True)
     ]
-    ref_index = 0
-    if options.reference is not None:
-        ref_path = as_path(options.reference).resolve()
-        matches = [i for i, s in enumerate(sources) if s.path.resolve() == ref_path]
-        if matches:
-            ref_index = matches[0]
-        else:
-            label = "reference"
-            while label in labels:
-                label = "_" + label
-            sources.insert(0, open_corpus(options.reference, label, options.text_column))
+    if options.reference is None:
+        return sources, 0
+    ref_path = as_path(options.reference).resolve()
+    matches = [i for i, s in enumerate(sources) if s.path.resolve() == ref_path]
+    if matches:
+        return sources, matches[0]
+    label = "reference"
+    while label in labels:
+        label = "_" + label
+    return [open_corpus(options.reference, label, options.text_column), *sources], 0
+
+
+def read_corpus(source: CorpusSource, units, options: ReportOptions, tokenizers, log):
+    """Stream one corpus: its :class:`CorpusStats` and the seconds it took."""
+    t0 = time.perf_counter()
+    decoder = None
+    if source.kind == KIND_SCORES and units.kind == "words":
+        decoder = _decoder_for(source, options, tokenizers)
+    stats = accumulate(
+        source,
+        units,
+        decoder=decoder,
+        max_docs=options.max_docs,
+        seed=options.seed,
+        batch_rows=options.batch_rows,
+    )
+    dt = time.perf_counter() - t0
+    log(
+        f"{source.label}: {stats.documents_used} documents"
+        + (f" (sampled of {stats.documents_total})" if stats.sampled else "")
+        + f", {stats.units} {units.kind} in {dt:.1f}s"
+    )
+    return stats, dt
+
+
+def _units_info(units, ref_stats: CorpusStats) -> UnitsInfo:
+    info = units.describe()
+    info["id_bits"] = ref_stats.tables[1].codec.bits
+    info["key_encoding"] = {str(n): t.codec.encoding for n, t in ref_stats.tables.items()}
+    return section(UnitsInfo, info, "units")
+
+
+def compute_report(dirs: list[str], options: ReportOptions | None = None, log=None) -> Report:
+    """Read every directory once and compute the report (see :mod:`.sections`)."""
+    options = options or ReportOptions()
+    log = log or logger.info
+    if not dirs:
+        raise InputError("no corpus given", remedy="pass one or more directories")
+    check_options(options)
+    started = time.perf_counter()
+    sources, ref_index = open_sources(dirs, options)
     tokenizers = _Tokenizers()
     units = resolve_units(sources, options, tokenizers)
     log(f"units: {units.kind}" + (f" ({units.source})" if getattr(units, "source", None) else ""))
-
-    def read(source: CorpusSource) -> tuple[CorpusStats, float]:
-        t0 = time.perf_counter()
-        decoder = None
-        if source.kind == KIND_SCORES and units.kind == "words":
-            decoder = _decoder_for(source, options, tokenizers)
-        stats = accumulate(
-            source,
-            units,
-            decoder=decoder,
-            max_docs=options.max_docs,
-            seed=options.seed,
-            batch_rows=options.batch_rows,
-        )
-        dt = time.perf_counter() - t0
-        log(
-            f"{source.label}: {stats.documents_used} documents"
-            + (f" (sampled of {stats.documents_total})" if stats.sampled else "")
-            + f", {stats.units} {units.kind} in {dt:.1f}s"
-        )
-        return stats, dt
-
-    def examples(source: CorpusSource) -> list[dict] | None:
-        def tokenizer():
-            try:
-                if options.tokenizer:
-                    return tokenizers.load(options.tokenizer)
-                m = model_of(source)
-                return tokenizers.load(*m) if m else None
-            except InputError:
-                return None
-
-        return collect_examples(source, options.examples, options.example_chars, tokenizer)
-
-    ref_stats, ref_seconds = read(sources[ref_index])
-    entries: list[dict | None] = [None] * len(sources)
+    ref_stats, ref_seconds = read_corpus(sources[ref_index], units, options, tokenizers, log)
+    entries: list[CorpusEntry | None] = [None] * len(sources)
     entries[ref_index] = corpus_entry(ref_stats, units, ref_stats, options, tokenizers, ref_seconds)
     for i, source in enumerate(sources):
         if i == ref_index:
             continue
-        stats, seconds = read(source)
+        stats, seconds = read_corpus(source, units, options, tokenizers, log)
         entries[i] = corpus_entry(stats, units, ref_stats, options, tokenizers, seconds)
         del stats  # only the reference's tables stay in memory
     for entry, source in zip(entries, sources, strict=True):
-        entry["examples"] = examples(source)
-    unit_info = units.describe()
-    unit_info["id_bits"] = ref_stats.tables[1].codec.bits
-    unit_info["key_encoding"] = {str(n): t.codec.encoding for n, t in ref_stats.tables.items()}
-    opts = asdict(options)
-    opts["target_edit_rates"] = list(options.target_edit_rates)
-    report = {
-        "tool": "tokedit",
-        "version": __version__,
-        "command": "report",
-        "options": opts,
-        "units": unit_info,
-        "max_n": MAX_N,
-        "reference": sources[ref_index].label,
-        "sampled": any(e["documents"]["sampled"] for e in entries),
-        "corpora": entries,
-        "seconds": time.perf_counter() - started,
-    }
-    return json_safe(report)
+        entry.examples = _examples(source, options, tokenizers)
+    return Report(
+        tool="tokedit",
+        version=__version__,
+        command="report",
+        options=section(ReportOptions, asdict(options), "options"),
+        units=_units_info(units, ref_stats),
+        max_n=MAX_N,
+        reference=sources[ref_index].label,
+        sampled=any(e.documents.sampled for e in entries),
+        corpora=entries,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def build_report(dirs: list[str], options: ReportOptions | None = None, log=None) -> dict:
+    """:func:`compute_report` as the JSON-able dict ``report.json`` holds."""
+    return compute_report(dirs, options, log).to_json()
 
 
 def json_safe(value):
@@ -423,10 +478,13 @@ def json_safe(value):
     return value
 
 
-def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
-    """Write ``report.json``, ``plots/*.png`` and ``report.html`` into ``out_dir``."""
+def write_report(report: Report | dict, out_dir: str | os.PathLike) -> dict:
+    """Write ``report.json``, ``plots/*.png`` and ``report.html`` into ``out_dir``
+    (``report``: a :class:`Report`, or the dict :func:`build_report` returns)."""
     from tokedit.analysis.html import render_html
 
+    if not isinstance(report, Report):
+        report = Report.from_json(report, "report")
     out = as_path(out_dir)
     if is_remote(out):  # rendered locally, then each file published
         import tempfile
@@ -437,7 +495,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
         return {"json": str(out / "report.json"), "html": str(out / "report.html")}
     out.mkdir(parents=True, exist_ok=True)
     remove_stale_temp_files(out)  # those of a report killed while writing here
-    write_json(out / "report.json", report)
+    write_json(out / "report.json", report.to_json())
     html = render_html(report, out)
     return {"json": str(out / "report.json"), "html": str(html)}
 
@@ -445,13 +503,16 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict:
 def run_report(
     dirs: list[str], out_dir: str, options: ReportOptions | None = None, log=None
 ) -> dict:
-    report = build_report(dirs, options, log)
+    """Compute and write a report: ``{"report": its dict, "json": path, "html": path}``."""
+    report = compute_report(dirs, options, log)
     paths = write_report(report, out_dir)
-    return {"report": report, **paths}
+    return {"report": report.to_json(), **paths}
 
 
-def load_report(out_dir: str | os.PathLike) -> dict:
-    return json.loads((as_path(out_dir) / "report.json").read_text())
+def load_report(out_dir: str | os.PathLike) -> Report:
+    """The :class:`Report` of a ``report.json`` (in ``out_dir``) that tokedit wrote."""
+    path = as_path(out_dir) / "report.json"
+    return Report.from_json(json.loads(path.read_text()), str(path))
 
 
 def format_report_summary(result: dict) -> str:
