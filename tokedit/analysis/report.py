@@ -1,8 +1,9 @@
 """``tokedit report``: distribution statistics of one or several corpora, side by side.
 
-:func:`build_report` streams every directory once and returns a JSON-able dict (every key is
-defined in ``docs/report.md``); :func:`write_report` writes ``report.json``, the PNG plots and
-``report.html``. The reference corpus (``--reference``, default the first) is read first and
+:func:`compute_report` streams every directory once and returns a
+:class:`~tokedit.analysis.sections.Report` (every key is defined in ``docs/report.md``; its
+JSON dict is :func:`build_report`'s); :func:`write_report` writes ``report.json``, the PNG
+plots and ``report.html``; :func:`load_report` reads ``report.json`` back. The reference corpus (``--reference``, default the first) is read first and
 its n-gram tables are kept; every other corpus is compared with it and then dropped, so
 memory holds the distinct n-grams of two corpora at most.
 """
