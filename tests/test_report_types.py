@@ -111,7 +111,7 @@ NASTY_TEXT = (
     "<script>alert(1)</script> says \"quotes\" and 'single' &amp; more </textarea><b>bold</b> "
     "the end of the document"
 )
-NASTY_DIR = "<svg onload=\"alert(2)\">'&amp;"  # a directory name: the default label, the path
+NASTY_DIR = '<svg onload="alert(2)">\'&amp;'  # a directory name: the default label, the path
 NASTY_SHARD = "x'<b>\"&amp;.parquet"  # gives the documents' ids "{shard}:{row}"
 NASTY_LABEL = "<script>alert('label')</script>&amp;"
 ALLOWED_TAGS = {
