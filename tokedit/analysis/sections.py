@@ -19,6 +19,7 @@ neither rounded nor converted on the way, so the bytes of ``report.json`` do not
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -384,6 +385,7 @@ class Report:
 # --- JSON ---------------------------------------------------------------------------------------
 
 
+@functools.cache
 def _hints(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -392,12 +394,12 @@ def to_json(value):
     """A section (or a list / dict / value of them) as the JSON-able value report.json holds."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {}
-        for f in dataclasses.fields(value):
-            v = getattr(value, f.name)
-            if f.metadata.get(_FLAT):
+        for name, _, flat_cls, omitted in _plan(type(value)):
+            v = getattr(value, name)
+            if flat_cls is not None:
                 out.update(to_json(v) if v is not None else {})
-            elif not (v is None and f.metadata.get(_OMITTED)):
-                out[f.name] = to_json(v)
+            elif not (v is None and omitted):
+                out[name] = to_json(v)
         return out
     if isinstance(value, dict):
         return {k: to_json(v) for k, v in value.items()}
@@ -406,12 +408,13 @@ def to_json(value):
     return value
 
 
-def _keys(cls) -> set[str]:
+@functools.cache
+def _keys(cls) -> frozenset[str]:
     """The JSON keys of a dataclass, its flat groups' keys included."""
     hints, keys = _hints(cls), set()
     for f in dataclasses.fields(cls):
         keys |= _keys(_dataclass_of(hints[f.name])) if f.metadata.get(_FLAT) else {f.name}
-    return keys
+    return frozenset(keys)
 
 
 def _dataclass_of(tp):
@@ -435,44 +438,80 @@ def _bad(where: str, what: str) -> InputError:
 
 def from_json(tp, value, where: str = "report.json"):
     """``value`` (as :func:`to_json` writes it) read back into the type ``tp``."""
-    if _is_union(tp):
-        if value is None and type(None) in typing.get_args(tp):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return from_json(inner[0], value, where) if len(inner) == 1 else value
-    if dataclasses.is_dataclass(tp):
-        return _dataclass_from_json(tp, value, where)
-    origin, args = typing.get_origin(tp), typing.get_args(tp)
-    if origin is list and args:
-        if not isinstance(value, list):
-            raise _bad(where, f"a list expected, got {type(value).__name__}")
-        return [from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(value)]
-    if origin is tuple and args:
-        if not isinstance(value, list):
-            raise _bad(where, f"a list expected, got {type(value).__name__}")
-        return tuple(from_json(args[0], v, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict and args:
-        if not isinstance(value, dict):
-            raise _bad(where, f"an object expected, got {type(value).__name__}")
-        return {k: from_json(args[1], v, f"{where}.{k}") for k, v in value.items()}
+    return _reader(tp)(value, where)
+
+
+def _same(value, where):
     return value
 
 
+def _expect(value, kind, where: str) -> None:
+    if not isinstance(value, kind):
+        what = "a list" if kind is list else "an object"
+        raise _bad(where, f"{what} expected, got {type(value).__name__}")
+
+
+@functools.cache
+def _reader(tp):
+    """A function ``(value, where) -> object`` reading JSON into ``tp`` (made once per type)."""
+    if _is_union(tp):
+        optional = type(None) in typing.get_args(tp)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        sub = _reader(inner[0]) if len(inner) == 1 else _same
+        if sub is _same:  # a value or None: read as it is
+            return _same
+        return lambda value, where: None if value is None and optional else sub(value, where)
+    if dataclasses.is_dataclass(tp):
+        return functools.partial(_dataclass_from_json, tp)
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (list, tuple) and args:
+        item, make = _reader(args[0]), origin
+
+        def read_list(value, where):
+            _expect(value, list, where)
+            if item is _same:
+                return make(value)
+            return make(item(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+        return read_list
+    if origin is dict and args:
+        item = _reader(args[1])
+
+        def read_dict(value, where):
+            _expect(value, dict, where)
+            return {k: item(v, f"{where}.{k}") for k, v in value.items()}
+
+        return read_dict
+    return _same
+
+
+@functools.cache
+def _plan(cls) -> tuple:
+    """Per field of ``cls``: (name, reader, flat dataclass or None, omitted when None)."""
+    hints = _hints(cls)
+    return tuple(
+        (
+            f.name,
+            _reader(hints[f.name]),
+            _dataclass_of(hints[f.name]) if f.metadata.get(_FLAT) else None,
+            bool(f.metadata.get(_OMITTED)),
+        )
+        for f in dataclasses.fields(cls)
+    )
+
+
 def _dataclass_from_json(cls, value, where: str):
-    if not isinstance(value, dict):
-        raise _bad(where, f"an object expected, got {type(value).__name__}")
-    unknown = sorted(set(value) - _keys(cls))
+    _expect(value, dict, where)
+    unknown = value.keys() - _keys(cls)
     if unknown:
-        raise _bad(where, f"unknown key(s) {', '.join(map(repr, unknown))}")
-    hints, kwargs = _hints(cls), {}
-    for f in dataclasses.fields(cls):
-        tp = hints[f.name]
-        if f.metadata.get(_FLAT):
-            sub = _dataclass_of(tp)
-            part = {k: value[k] for k in _keys(sub) if k in value}
-            kwargs[f.name] = _dataclass_from_json(sub, part, where) if part else None
-        elif f.name in value:
-            kwargs[f.name] = from_json(tp, value[f.name], f"{where}.{f.name}")
-        elif not f.metadata.get(_OMITTED):
-            raise _bad(where, f"missing key {f.name!r}")
+        raise _bad(where, f"unknown key(s) {', '.join(map(repr, sorted(unknown)))}")
+    kwargs = {}
+    for name, read, flat_cls, omitted in _plan(cls):
+        if flat_cls is not None:
+            part = {k: value[k] for k in _keys(flat_cls) if k in value}
+            kwargs[name] = _dataclass_from_json(flat_cls, part, where) if part else None
+        elif name in value:
+            kwargs[name] = read(value[name], f"{where}.{name}")
+        elif not omitted:
+            raise _bad(where, f"missing key {name!r}")
     return cls(**kwargs)
