@@ -168,51 +168,121 @@ def apply_draws(
 
     A position with no log-prob (the first token without BOS) is never changed or deleted.
     """
-    n_rows = len(sb)
+    above = _above(sb, draws, p)
+    dpos = _deletions(sb, above.pos, drop_below)
+    text_len = np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(sb))
+    writes = _writes(sb, above, dpos, text_len)
+    spliced = _splice_rows(texts, writes, renderer)
+    return _edited_batch(sb, above, writes, spliced, text_len, n_below=len(dpos))
+
+
+@dataclass
+class _Above:
+    """The draws of one threshold: the positions with ``P > p`` and what was drawn there."""
+
+    pos: np.ndarray  # int64 global positions
+    new: np.ndarray  # int32 drawn ids; -1: no candidate
+    rows: np.ndarray  # the row of each position
+    orig: np.ndarray  # the original token ids
+    no_candidate: np.ndarray  # bool
+    want: np.ndarray  # bool: drawn another token than the original
+
+
+def _above(sb: ScoreBatch, draws: Draws, p: float) -> _Above:
     sel = above_threshold(sb.logprob[draws.pos], p)
     pos, new = draws.pos[sel], draws.new_ids[sel]
     rows = sb.row_of(pos)
     orig = sb.token_ids[pos]
     no_candidate = new < 0
     want = ~no_candidate & (new != orig)
-    # Deletions (a position cannot be both: drop_below < p is checked by the caller, and a
-    # position above p is never deleted here).
+    return _Above(pos, new, rows, orig, no_candidate, want)
+
+
+def _deletions(sb: ScoreBatch, above_pos: np.ndarray, drop_below: float) -> np.ndarray:
+    """The positions with ``P < drop_below``. A position cannot be both deleted and redrawn:
+    ``drop_below < p`` is checked by the caller, and a position above ``p`` is never deleted."""
     dpos = np.flatnonzero(below_threshold(sb.logprob, drop_below))
-    if len(dpos) and len(pos):
-        dpos = dpos[~np.isin(dpos, pos)]
-    wpos = np.concatenate([pos[want], dpos])
-    wnew = np.concatenate([new[want], np.full(len(dpos), -1, np.int32)]).astype(np.int32)
+    if len(dpos) and len(above_pos):
+        dpos = dpos[~np.isin(dpos, above_pos)]
+    return dpos
+
+
+@dataclass
+class _Writes:
+    """The positions to splice, ascending: replacements, and deletions (``new`` -1)."""
+
+    pos: np.ndarray  # global positions
+    new: np.ndarray  # int32
+    is_del: np.ndarray  # bool
+    row: np.ndarray
+    orig: np.ndarray  # the original token ids
+    tokpos: np.ndarray  # the position in the row
+    starts: np.ndarray  # char spans in the row's text (aligned in place by the splice)
+    ends: np.ndarray
+
+
+def _writes(sb: ScoreBatch, above: _Above, dpos: np.ndarray, text_len: np.ndarray) -> _Writes:
+    """The replacements and deletions merged in position order, with their char spans."""
+    wpos = np.concatenate([above.pos[above.want], dpos])
+    wnew = np.concatenate([above.new[above.want], np.full(len(dpos), -1, np.int32)]).astype(
+        np.int32
+    )
     order = np.argsort(wpos, kind="stable")
     wpos, wnew = wpos[order], wnew[order]
-    is_del = wnew < 0
     wrow = sb.row_of(wpos)
-    worig = sb.token_ids[wpos]
     next_row_start = sb.row_offsets[wrow + 1]
-    text_len = np.fromiter((len(t) for t in texts), dtype=np.int64, count=n_rows)
-    starts = sb.starts[wpos]
     ends = np.where(
         wpos + 1 < next_row_start,
         sb.starts[np.minimum(wpos + 1, len(sb.starts) - 1)],
         text_len[wrow],
     )
-    tokpos = wpos - sb.row_offsets[wrow]
+    return _Writes(
+        pos=wpos,
+        new=wnew,
+        is_del=wnew < 0,
+        row=wrow,
+        orig=sb.token_ids[wpos],
+        tokpos=wpos - sb.row_offsets[wrow],
+        starts=sb.starts[wpos],
+        ends=ends,
+    )
 
-    # The few changed positions, one by one: verify the original span, render the new token,
-    # and splice each edited row from untouched slices and replacements in the same pass.
-    at_start = tokpos == 0
-    orig_texts = renderer.render_many(worig, at_start)
-    new_texts = [""] * len(wpos)
-    if (~is_del).any():
-        rendered = renderer.render_many(wnew[~is_del], at_start[~is_del])
-        for j, t in zip(np.flatnonzero(~is_del).tolist(), rendered, strict=True):
+
+@dataclass
+class _Spliced:
+    """The edited texts (None: row unchanged) and which writes were applied."""
+
+    texts: list[str | None]
+    accepted: np.ndarray  # bool per write
+    bad_span: np.ndarray  # bool per write: the original token's span was not found
+    skipped_render: int  # replacements that render to no text
+
+
+def _rendered(renderer: Renderer, w: _Writes) -> tuple[list, list]:
+    """The text of each write's original token, and of its replacement ("" for a deletion)."""
+    at_start = w.tokpos == 0
+    orig_texts = renderer.render_many(w.orig, at_start)
+    new_texts = [""] * len(w.pos)
+    keep = ~w.is_del
+    if keep.any():
+        rendered = renderer.render_many(w.new[keep], at_start[keep])
+        for j, t in zip(np.flatnonzero(keep).tolist(), rendered, strict=True):
             new_texts[j] = t
+    return orig_texts, new_texts
+
+
+def _splice_rows(texts: list[str], w: _Writes, renderer: Renderer) -> _Spliced:
+    """The few changed positions, one by one: verify the original span, render the new token,
+    and splice each edited row from untouched slices and replacements in the same pass."""
+    orig_texts, new_texts = _rendered(renderer, w)
+    starts, ends = w.starts, w.ends
     starts_l, ends_l = starts.tolist(), ends.tolist()
-    accepted = np.zeros(len(wpos), dtype=bool)
-    bad_span = np.zeros(len(wpos), dtype=bool)
+    accepted = np.zeros(len(w.pos), dtype=bool)
+    bad_span = np.zeros(len(w.pos), dtype=bool)
     skipped_render = 0
-    out_texts: list[str | None] = [None] * n_rows
+    out_texts: list[str | None] = [None] * len(texts)
     row, text, last, parts = -1, "", 0, []
-    for j, r in enumerate(wrow.tolist()):
+    for j, r in enumerate(w.row.tolist()):
         if r != row:
             if parts:
                 parts.append(text[last:])
@@ -244,51 +314,79 @@ def apply_draws(
     if parts:
         parts.append(text[last:])
         out_texts[row] = "".join(parts)
+    return _Spliced(out_texts, accepted, bad_span, skipped_render)
 
+
+def _edited_batch(
+    sb: ScoreBatch,
+    above: _Above,
+    w: _Writes,
+    spliced: _Spliced,
+    text_len: np.ndarray,
+    n_below: int,
+) -> EditedBatch:
+    """Per-row counts, the applied edits and the batch's counts."""
+    n_rows = len(sb)
+    accepted, is_del = spliced.accepted, w.is_del
     replaced, deleted = accepted & ~is_del, accepted & is_del
-    skipped_span = int(np.count_nonzero(bad_span & ~is_del))
-    n_changed = np.bincount(wrow[replaced], minlength=n_rows).astype(np.int32)
-    n_deleted = np.bincount(wrow[deleted], minlength=n_rows).astype(np.int32)
+    n_changed = np.bincount(w.row[replaced], minlength=n_rows).astype(np.int32)
+    n_deleted = np.bincount(w.row[deleted], minlength=n_rows).astype(np.int32)
     n_skipped = (
-        np.bincount(rows[no_candidate], minlength=n_rows)
-        + np.bincount(wrow[~accepted & ~is_del], minlength=n_rows)
+        np.bincount(above.rows[above.no_candidate], minlength=n_rows)
+        + np.bincount(w.row[~accepted & ~is_del], minlength=n_rows)
     ).astype(np.int32)
+    n_edited = n_changed + n_deleted
     edit_offsets = np.zeros(n_rows + 1, dtype=np.int32)
-    np.cumsum(n_changed + n_deleted, out=edit_offsets[1:])
+    np.cumsum(n_edited, out=edit_offsets[1:])
     edits = {
-        "pos": tokpos[accepted].astype(np.int32),
-        "char_start": starts[accepted].astype(np.int32),
-        "char_end": ends[accepted].astype(np.int32),
-        "orig_id": worig[accepted].astype(np.int32),
-        "new_id": wnew[accepted].astype(np.int32),
-    }
-    ok_rows = np.diff(sb.row_offsets) > 0
-    counts = {
-        "documents": n_rows,
-        "documents_changed": int(np.count_nonzero(n_changed + n_deleted)),
-        "tokens": int(len(sb.token_ids)),
-        "scored": int(np.count_nonzero(~np.isnan(sb.logprob))),
-        "chars": int(text_len[ok_rows].sum()),
-        "above": int(len(pos)),
-        "drawn_original": int(np.count_nonzero(~no_candidate & (new == orig))),
-        "changed": int(replaced.sum()),
-        "skipped": {
-            "span": skipped_span,
-            "render": skipped_render,
-            "no_candidate": int(no_candidate.sum()),
-        },
-        "below": int(len(dpos)),
-        "deleted": int(deleted.sum()),
-        "deleted_chars": int((ends[deleted] - starts[deleted]).sum()),
-        "delete_skipped": int(np.count_nonzero(is_del & ~accepted)),
+        "pos": w.tokpos[accepted].astype(np.int32),
+        "char_start": w.starts[accepted].astype(np.int32),
+        "char_end": w.ends[accepted].astype(np.int32),
+        "orig_id": w.orig[accepted].astype(np.int32),
+        "new_id": w.new[accepted].astype(np.int32),
     }
     return EditedBatch(
-        texts=out_texts,
-        n_above=np.bincount(rows, minlength=n_rows).astype(np.int32),
+        texts=spliced.texts,
+        n_above=np.bincount(above.rows, minlength=n_rows).astype(np.int32),
         n_changed=n_changed,
         n_skipped=n_skipped,
         n_deleted=n_deleted,
         edit_offsets=edit_offsets,
         edits=edits,
-        counts=counts,
+        counts=_batch_counts(sb, above, w, spliced, text_len, n_below, n_edited, replaced, deleted),
     )
+
+
+def _batch_counts(
+    sb: ScoreBatch,
+    above: _Above,
+    w: _Writes,
+    spliced: _Spliced,
+    text_len: np.ndarray,
+    n_below: int,
+    n_edited: np.ndarray,
+    replaced: np.ndarray,
+    deleted: np.ndarray,
+) -> dict:
+    """The batch's counts (the fields of ``EditCounts``)."""
+    accepted, is_del = spliced.accepted, w.is_del
+    ok_rows = np.diff(sb.row_offsets) > 0
+    return {
+        "documents": len(sb),
+        "documents_changed": int(np.count_nonzero(n_edited)),
+        "tokens": int(len(sb.token_ids)),
+        "scored": int(np.count_nonzero(~np.isnan(sb.logprob))),
+        "chars": int(text_len[ok_rows].sum()),
+        "above": int(len(above.pos)),
+        "drawn_original": int(np.count_nonzero(~above.no_candidate & (above.new == above.orig))),
+        "changed": int(replaced.sum()),
+        "skipped": {
+            "span": int(np.count_nonzero(spliced.bad_span & ~is_del)),
+            "render": spliced.skipped_render,
+            "no_candidate": int(above.no_candidate.sum()),
+        },
+        "below": n_below,
+        "deleted": int(deleted.sum()),
+        "deleted_chars": int((w.ends[deleted] - w.starts[deleted]).sum()),
+        "delete_skipped": int(np.count_nonzero(is_del & ~accepted)),
+    }
