@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -74,34 +75,75 @@ def run_step(
         run.engine,
         run.batch_rows,
     )
+    run_stats = step.empty_stats()
+    if run.engine == "ray":
+        counts = _run_ray(shards, manifest, step, bar, run, run_stats)
+    else:
+        counts = _run_local(shards, manifest, step, bar, tokenizer, run_stats)
+    manifest.refresh()  # shards other processes completed count in the totals
+    return counts, run_stats
+
+
+def timed_run_step(
+    desc: str,
+    shards: list[Shard],
+    manifest: Manifest,
+    step: ShardStep,
+    *,
+    run: RunOptions,
+    tokenizer=None,
+) -> tuple[dict[str, int], Stats, float]:
+    """:func:`run_step` under a :func:`token_bar` named ``desc`` (closed on every way out),
+    and the seconds it took."""
+    bar = token_bar(desc, run.progress)
+    started = time.perf_counter()
+    try:
+        counts, run_stats = run_step(shards, manifest, step, bar=bar, run=run, tokenizer=tokenizer)
+    finally:
+        bar.close()
+    return counts, run_stats, time.perf_counter() - started
+
+
+def _info_recorder(manifest: Manifest) -> Callable[[dict], None]:
+    """What records a step's ``info()`` into the manifest's ``info``."""
 
     def record_info(info: dict) -> None:
         if info:
             manifest.update(info={**manifest.data.get("info", {}), **info})
 
-    run_stats = step.empty_stats()
-    if run.engine == "ray":
-        from tokedit.engines.ray_engine import run_shards_ray
+    return record_info
 
-        def on_ray_entry(rel: str, entry: dict) -> None:
-            run_stats.add(step.entry_stats(entry))
-            bar.update(step.entry_tokens(entry))
-            bar.set_postfix(shard=rel, refresh=False)
 
-        counts = run_shards_ray(
-            shards,
-            manifest,
-            step,
-            address=run.ray_address,
-            num_actors=run.ray_actors,
-            on_entry=on_ray_entry,
-            on_info=record_info,
-            progress=run.progress,
-        )
-        manifest.refresh()  # shards other processes completed count in the totals
-        return counts, run_stats
+def _run_ray(
+    shards: list[Shard], manifest: Manifest, step: ShardStep, bar, run: RunOptions, run_stats: Stats
+) -> dict[str, int]:
+    """``--engine ray``: the bar and ``run_stats`` advance shard by shard."""
+    from tokedit.engines.ray_engine import run_shards_ray
+
+    def on_ray_entry(rel: str, entry: dict) -> None:
+        run_stats.add(step.entry_stats(entry))
+        bar.update(step.entry_tokens(entry))
+        bar.set_postfix(shard=rel, refresh=False)
+
+    return run_shards_ray(
+        shards,
+        manifest,
+        step,
+        address=run.ray_address,
+        num_actors=run.ray_actors,
+        on_entry=on_ray_entry,
+        on_info=_info_recorder(manifest),
+        progress=run.progress,
+    )
+
+
+def _run_local(
+    shards: list[Shard], manifest: Manifest, step: ShardStep, bar, tokenizer, run_stats: Stats
+) -> dict[str, int]:
+    """``--engine local``: the step loads here (unless every shard is complete), the bar
+    advances batch by batch."""
     if not all(manifest.is_complete(s.rel) for s in shards):
-        record_info(step.load(tokenizer).info())
+        _info_recorder(manifest)(step.load(tokenizer).info())
     step.on_tokens = bar.update
 
     def process(shard: Shard) -> dict:
@@ -110,9 +152,7 @@ def run_step(
         run_stats.add(step.entry_stats(entry))
         return entry
 
-    counts = run_shards(shards, manifest, process)
-    manifest.refresh()  # shards other processes completed count in the totals
-    return counts, run_stats
+    return run_shards(shards, manifest, process)
 
 
 def token_bar(desc: str, enabled: bool = True):
