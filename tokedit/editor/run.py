@@ -12,7 +12,6 @@ per threshold from one read of the input and the scores. Resume and atomicity co
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
@@ -27,7 +26,7 @@ from tokedit.editor.options import (
 from tokedit.editor.rules import EditRule
 from tokedit.editor.step import ShardEditor, load_checked_tokenizer, one_pass_options
 from tokedit.engines.options import RunOptions
-from tokedit.engines.runner import run_step, token_bar
+from tokedit.engines.runner import timed_run_step
 from tokedit.errors import InputError, arg
 from tokedit.io.edited_dir import check_output_format, p_dir, p_label, shard_output_rel
 from tokedit.io.manifest import Manifest
@@ -333,27 +332,10 @@ def edit_dataset(
     a pool of Ray actors. Both write the same bytes and manifest entries.
     """
     options = build_edit_options(options, kwargs)
-    if model_options is not None or any(k in kwargs for k in MODEL_FIELDS):
-        model_options = take(kwargs, ModelOptions, model_options)
-    score_options = one_pass_score_options(score_options, kwargs)
-    run = take(kwargs, RunOptions, run)
-    refuse_unknown(
-        kwargs,
-        "edit_dataset",
-        ModelOptions,
-        RunOptions,
-        extra=EDIT_KEYWORDS + ONE_PASS_FIELDS,
-    )
-    if (scores_dir is None) == (model is None):
-        raise InputError(
-            f"pass either {arg('scores_dir')} (edit from a scores directory) or {arg('model')} "
-            "(score and edit in one pass)",
-            remedy="e.g. `tokedit edit DATA --scores SCORES --out EDITED`",
-        )
+    model_options, score_options, run = _edit_keywords(kwargs, model_options, score_options, run)
+    _check_one_source(scores_dir, model)
     input_path, out_path = as_path(input_dir), as_path(out_dir)
-    ps = options.ps
     check_output_format(options.output_format)
-    sweep = len(ps) > 1
     all_shards = discover_shards(input_path)
     check_unique_outputs(all_shards, lambda s: shard_output_rel(s, options.output_format))
     shards = discover_shards(input_path, num_shards=run.num_shards, shard_index=run.shard_index)
@@ -366,17 +348,60 @@ def edit_dataset(
         )  # fmt: skip
     else:
         plan = plan_from_model(model, options, model_options, score_options, text_column, id_column)
-    rule, text_column, id_column, identity = (
-        plan.rule,
-        plan.text_column,
-        plan.id_column,
-        plan.identity,
-    )
     info = {"input": str(input_path.resolve()), **plan.info}
+    info["preset"] = options.preset
+    info["overridden"] = list(options.overridden)
+    manifest = Manifest(
+        out_path, "edit", _manifest_options(plan, options), info=info, overwrite=run.overwrite
+    )
+    shard_editor = plan.shard_editor(portable(out_path.resolve()), options, run.batch_rows)
+    counts, run_stats, elapsed = timed_run_step(
+        "edit", shards, manifest, shard_editor, run=run, tokenizer=plan.loaded_tokenizer
+    )
+    totals = directory_totals(manifest, shard_editor)
+    manifest.update(totals=totals)
+    return _edit_result(out_path, plan, options.ps, counts, run_stats, totals, elapsed)
 
-    manifest_options = {
-        **identity,
-        "p": list(ps),
+
+def _check_one_source(scores_dir: str | None, model: str | None) -> None:
+    """Exactly one source of tokens and candidates: a scores directory or a model."""
+    if (scores_dir is None) == (model is None):
+        raise InputError(
+            f"pass either {arg('scores_dir')} (edit from a scores directory) or {arg('model')} "
+            "(score and edit in one pass)",
+            remedy="e.g. `tokedit edit DATA --scores SCORES --out EDITED`",
+        )
+
+
+def _edit_keywords(
+    kwargs: dict,
+    model_options: ModelOptions | None,
+    score_options: ScoreOptions | None,
+    run: RunOptions | None,
+) -> tuple[ModelOptions | None, ScoreOptions | None, RunOptions]:
+    """The model, one-pass window and run options of :func:`edit_dataset`, with their fields
+    given by keyword taken from ``kwargs``; a keyword left over is refused."""
+    if model_options is not None or any(k in kwargs for k in MODEL_FIELDS):
+        model_options = take(kwargs, ModelOptions, model_options)
+    score_options = one_pass_score_options(score_options, kwargs)
+    run = take(kwargs, RunOptions, run)
+    refuse_unknown(
+        kwargs,
+        "edit_dataset",
+        ModelOptions,
+        RunOptions,
+        extra=EDIT_KEYWORDS + ONE_PASS_FIELDS,
+    )
+    return model_options, score_options, run
+
+
+def _manifest_options(plan: EditPlan, options: EditOptions) -> dict:
+    """The options an edited directory's manifest binds: the source (``plan.identity``),
+    the thresholds, the resolved rule, the seed, the columns and the output's form."""
+    rule = plan.rule
+    return {
+        **plan.identity,
+        "p": list(options.ps),
         "strategy": rule.strategy,
         "top_k": rule.top_k,
         "top_p": rule.top_p,
@@ -384,35 +409,27 @@ def edit_dataset(
         "exclude_original": rule.exclude_original,
         "drop_below": rule.drop_below,
         "seed": options.seed,
-        "text_column": text_column,
-        "id_column": id_column,
+        "text_column": plan.text_column,
+        "id_column": plan.id_column,
         "output_column": options.output_column,
         "provenance": options.provenance,
         "output_format": options.output_format,
     }
-    info["preset"] = options.preset
-    info["overridden"] = list(options.overridden)
-    manifest = Manifest(out_path, "edit", manifest_options, info=info, overwrite=run.overwrite)
-    shard_editor = plan.shard_editor(portable(out_path.resolve()), options, run.batch_rows)
 
-    bar = token_bar("edit", run.progress)
-    started = time.perf_counter()
-    try:
-        counts, run_stats = run_step(
-            shards, manifest, shard_editor, bar=bar, run=run, tokenizer=plan.loaded_tokenizer
-        )
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
-    totals = directory_totals(manifest, shard_editor)
-    manifest.update(totals=totals)
+
+def _edit_result(
+    out_path, plan: EditPlan, ps, counts: dict, run_stats, totals: dict, seconds: float
+) -> EditResult:
+    """The run's counts and the directory's totals per threshold, and where each threshold's
+    output is (``OUT/p=<p>`` in a sweep, else ``OUT``)."""
+    sweep = len(ps) > 1
     return EditResult(
         out=str(out_path),
-        mode=identity["mode"],
-        rule=rule,
+        mode=plan.identity["mode"],
+        rule=plan.rule,
         processed=counts["processed"],
         skipped=counts["skipped"],
-        seconds=elapsed,
+        seconds=seconds,
         run={k: EditCounts.from_dict(c) for k, c in run_stats["p"].items()},
         totals={k: EditCounts.from_dict(c) for k, c in totals["p"].items()},
         statuses=dict(totals["statuses"]),
