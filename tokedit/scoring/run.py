@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, fields
 
 from tokedit.config import refuse_unknown, take
 from tokedit.engines.options import RunOptions
-from tokedit.engines.runner import run_step, token_bar
+from tokedit.engines.runner import timed_run_step
 from tokedit.engines.step import ShardStep, Stats
 from tokedit.errors import InputError
 from tokedit.io.manifest import Manifest
@@ -120,42 +119,18 @@ def score_dataset(
     refuse_unknown(kwargs, "score_dataset", ScoreOptions, ModelOptions, RunOptions)
     shards = discover_shards(input_dir, num_shards=run.num_shards, shard_index=run.shard_index)
     check_unique_outputs(shards, scores_rel)
-    from tokedit.scoring.gguf import model_source
-    from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
+    from tokedit.scoring.hf import load_tokenizer, model_positions
 
-    revision = model_options.revision
-    tokenizer = load_tokenizer(model, revision)
-    positions = model_positions(model, revision)
-    options = options.resolved(positions)
+    tokenizer = load_tokenizer(model, model_options.revision)
+    options = options.resolved(model_positions(model, model_options.revision))
     checked = Scorer(None, tokenizer, options)  # checks the options before anything is written
-    manifest_options = {
-        "model": model,
-        "revision": revision,
-        "backend": model_options.backend,
-        "tokenizer_hash": tokenizer_hash(tokenizer),
-        "dtype": model_options.dtype,
-        "max_length": options.max_length,
-        "overlap": options.overlap,
-        "top_k": options.top_k,
-        "candidates_min_p": options.candidates_min_p,
-        "add_bos": checked.add_bos,  # whether a BOS was prepended (bos resolved)
-        "text_column": text_column,
-        "id_column": id_column,
-    }
-    source = model_source(model)
-    if source:  # a GGUF prior: which file, which quantization
-        manifest_options["model_source"] = source
     manifest = Manifest(
         out_dir,
         "score",
-        manifest_options,
-        # bos as asked ("auto", "always", "never"): a fact, not an option: two modes that
-        # resolve to the same add_bos write the same bytes and may resume each other.
-        info={
-            "input": str(as_path(input_dir).resolve()),
-            "batch_tokens": options.batch_tokens,
-            "bos": options.bos,
-        },
+        _manifest_options(
+            model, model_options, options, tokenizer, checked.add_bos, text_column, id_column
+        ),
+        info=_manifest_info(input_dir, options),
         overwrite=run.overwrite,
     )
     shard_scorer = ShardScorer(
@@ -168,26 +143,72 @@ def score_dataset(
         batch_rows=run.batch_rows,
         prefetch=prefetch,
     )
-    bar = token_bar("score", run.progress)
-    started = time.perf_counter()
-    try:
-        counts, run_stats = run_step(
-            shards, manifest, shard_scorer, bar=bar, run=run, tokenizer=tokenizer
-        )
-    finally:
-        bar.close()
-    elapsed = time.perf_counter() - started
+    counts, run_stats, elapsed = timed_run_step(
+        "score", shards, manifest, shard_scorer, run=run, tokenizer=tokenizer
+    )
     totals = directory_totals(manifest, shard_scorer)
     manifest.update(totals=totals)
+    return _score_result(out_dir, counts, run_stats, totals, elapsed)
+
+
+def _score_result(
+    out_dir: str, counts: dict, run_stats: Stats, totals: dict, seconds: float
+) -> ScoreResult:
     return ScoreResult(
         out=str(out_dir),
         processed=counts["processed"],
         skipped=counts["skipped"],
-        seconds=elapsed,
+        seconds=seconds,
         run=ScoreCounts.from_dict(run_stats.to_dict()),
         totals=ScoreCounts.from_dict(totals),
         shards=totals["shards"],
     )
+
+
+def _manifest_info(input_dir: str, options: ScoreOptions) -> dict:
+    """Facts a scores manifest records (not compared on resume). ``bos`` as asked ("auto",
+    "always", "never") is one: two modes that resolve to the same ``add_bos`` write the same
+    bytes and may resume each other."""
+    return {
+        "input": str(as_path(input_dir).resolve()),
+        "batch_tokens": options.batch_tokens,
+        "bos": options.bos,
+    }
+
+
+def _manifest_options(
+    model: str,
+    model_options: ModelOptions,
+    options: ScoreOptions,
+    tokenizer,
+    add_bos: bool,
+    text_column: str,
+    id_column: str | None,
+) -> dict:
+    """The options a scores directory's manifest binds: the model and its tokenizer, the
+    windows, the candidates kept, the BOS choice (resolved), the columns and, for a GGUF
+    prior, which file and which quantization."""
+    from tokedit.scoring.gguf import model_source
+    from tokedit.scoring.hf import tokenizer_hash
+
+    manifest_options = {
+        "model": model,
+        "revision": model_options.revision,
+        "backend": model_options.backend,
+        "tokenizer_hash": tokenizer_hash(tokenizer),
+        "dtype": model_options.dtype,
+        "max_length": options.max_length,
+        "overlap": options.overlap,
+        "top_k": options.top_k,
+        "candidates_min_p": options.candidates_min_p,
+        "add_bos": add_bos,  # whether a BOS was prepended (bos resolved)
+        "text_column": text_column,
+        "id_column": id_column,
+    }
+    source = model_source(model)
+    if source:  # a GGUF prior: which file, which quantization
+        manifest_options["model_source"] = source
+    return manifest_options
 
 
 def format_score_summary(s: ScoreResult) -> str:
