@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -210,28 +211,12 @@ def scored_tables(
         return
     planned: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for docs in batches:
-                item = scorer.prepare(docs)
-                while not stop.is_set():
-                    try:
-                        planned.put(item, timeout=0.1)
-                        break
-                    except queue.Full:
-                        continue
-                if stop.is_set():
-                    return
-        finally:
-            planned.put(_DONE)  # the consumer drains the queue until this thread ends
-
     # One thread reads and prepares; one assembles and writes, in submission order.
     with (
         ThreadPoolExecutor(1, thread_name_prefix="tokedit-prepare") as reader,
         ThreadPoolExecutor(1, thread_name_prefix="tokedit-write") as writer,
     ):
-        producer = reader.submit(produce)
+        producer = reader.submit(_prepare_ahead, scorer, batches, planned, stop)
         pending: collections.deque = collections.deque()
         try:
             while (item := planned.get()) is not _DONE:
@@ -243,14 +228,40 @@ def scored_tables(
                 yield pending.popleft().result()
         finally:
             stop.set()
-            while not producer.done():  # let a producer blocked on a full queue end
-                try:
-                    planned.get(timeout=0.1)
-                except queue.Empty:
-                    pass
+            _drain(planned, producer)
 
 
 _DONE = object()
+
+
+def _prepare_ahead(
+    scorer: Scorer, batches: Iterable[Documents], planned: queue.Queue, stop: threading.Event
+) -> None:
+    """The reading thread: :meth:`Scorer.prepare` of every batch into ``planned`` (bounded),
+    until the batches end or ``stop`` is set; ``_DONE`` last, on every way out."""
+    try:
+        for docs in batches:
+            item = scorer.prepare(docs)
+            while not stop.is_set():
+                try:
+                    planned.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if stop.is_set():
+                return
+    finally:
+        planned.put(_DONE)  # the consumer drains the queue until this thread ends
+
+
+def _drain(planned: queue.Queue, producer) -> None:
+    """Empty ``planned`` until the reading thread has ended (it may be blocked on a full
+    queue)."""
+    while not producer.done():
+        try:
+            planned.get(timeout=0.1)
+        except queue.Empty:
+            pass
 
 
 def build_scores_table(
@@ -259,58 +270,81 @@ def build_scores_table(
     """Assemble the scores table with flat numpy buffers and list offsets (no per-token Python)."""
     n_rows = len(docs)
     n_tok = np.zeros(n_rows, dtype=np.int64)
-    tok_parts, start_parts, lp_parts, lp_valid_parts, kid_parts, klp_parts, kcount_parts = (
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-        [],
-    )
     mean_lp = np.full(n_rows, np.nan)
+    parts: list[_DocParts] = []
     ok_set = {row: j for j, row in enumerate(ok)}
     for row in range(n_rows):
         j = ok_set.get(row)
         if j is None:
             continue
-        t = tokens[j]
-        n = len(t.token_ids)
-        n_tok[row] = n
-        scored = per_doc[j]
-        lp = np.concatenate([r.logprob for r in scored]) if scored else np.zeros(0, np.float32)
-        has = np.concatenate([r.has_topk for r in scored]) if scored else np.zeros(0, bool)
-        kid = (
-            np.concatenate([r.topk_ids for r in scored])
-            if scored
-            else np.zeros((0, top_k), np.int32)
-        )
-        klp = (
-            np.concatenate([r.topk_logprobs for r in scored])
-            if scored
-            else np.zeros((0, top_k), np.float32)
-        )
-        missing = n - len(lp)  # 1 when there is no BOS: the first token has no context
-        lp_full = np.concatenate([np.zeros(missing, np.float32), lp])
-        valid = np.concatenate([np.zeros(missing, bool), np.ones(len(lp), bool)])
-        has_full = np.concatenate([np.zeros(missing, bool), has])
-        tok_parts.append(t.token_ids)
-        start_parts.append(t.starts)
-        lp_parts.append(lp_full)
-        lp_valid_parts.append(valid)
-        kid_parts.append(kid[has])
-        klp_parts.append(klp[has])
-        kcount_parts.append(np.where(has_full, top_k, 0))
-        if len(lp):
-            mean_lp[row] = float(lp.astype(np.float64).mean())
+        doc, mean = _doc_parts(tokens[j], per_doc[j], top_k)
+        n_tok[row] = len(doc.token_ids)
+        parts.append(doc)
+        if mean is not None:
+            mean_lp[row] = mean
+    fingerprints = [
+        text_fingerprint(docs.texts[row]) if row in ok_set else None for row in range(n_rows)
+    ]
+    return _scores_table(docs, n_tok, mean_lp, _by_column(parts), fingerprints)
+
+
+class _DocParts(NamedTuple):
+    """One document's flat columns (or, as lists, every document's)."""
+
+    token_ids: np.ndarray  # int32 [n]
+    starts: np.ndarray  # int32 [n]
+    logprob: np.ndarray  # float32 [n]; 0 where there is no context
+    valid: np.ndarray  # bool [n]: has a log-prob
+    topk_ids: np.ndarray  # int32 [m, k]: the candidates of the m positions that keep them
+    topk_logprobs: np.ndarray  # float32 [m, k]
+    topk_count: np.ndarray  # [n]: candidates kept per position (k or 0)
+
+
+def _by_column(parts: list[_DocParts]) -> _DocParts:
+    """Every document's columns, one sequence per column."""
+    if not parts:
+        return _DocParts(*[()] * len(_DocParts._fields))
+    return _DocParts(*zip(*parts, strict=True))
+
+
+def _doc_parts(t: DocTokens, scored: list, top_k: int) -> tuple[_DocParts, float | None]:
+    """A document's columns from its windows' scores (in position order), and its mean
+    log-prob (None without scored tokens)."""
+    n = len(t.token_ids)
+    lp = np.concatenate([r.logprob for r in scored]) if scored else np.zeros(0, np.float32)
+    has = np.concatenate([r.has_topk for r in scored]) if scored else np.zeros(0, bool)
+    kid = np.concatenate([r.topk_ids for r in scored]) if scored else np.zeros((0, top_k), np.int32)
+    klp = (
+        np.concatenate([r.topk_logprobs for r in scored])
+        if scored
+        else np.zeros((0, top_k), np.float32)
+    )
+    missing = n - len(lp)  # 1 when there is no BOS: the first token has no context
+    lp_full = np.concatenate([np.zeros(missing, np.float32), lp])
+    valid = np.concatenate([np.zeros(missing, bool), np.ones(len(lp), bool)])
+    has_full = np.concatenate([np.zeros(missing, bool), has])
+    doc = _DocParts(
+        t.token_ids, t.starts, lp_full, valid, kid[has], klp[has], np.where(has_full, top_k, 0)
+    )
+    return doc, (float(lp.astype(np.float64).mean()) if len(lp) else None)
+
+
+def _scores_table(
+    docs: Documents,
+    n_tok: np.ndarray,
+    mean_lp: np.ndarray,
+    parts: _DocParts,
+    fingerprints: list[str | None],
+) -> pa.Table:
+    """The scores table from every document's columns (``parts``: one list per column)."""
 
     def cat(parts, dtype):
         return np.concatenate(parts).astype(dtype) if parts else np.zeros(0, dtype)
 
-    row_offsets = np.zeros(n_rows + 1, dtype=np.int32)
+    row_offsets = np.zeros(len(n_tok) + 1, dtype=np.int32)
     np.cumsum(n_tok, out=row_offsets[1:])
-    valid = cat(lp_valid_parts, bool)
-    kcount = cat(kcount_parts, np.int32)
+    valid = cat(parts.valid, bool)
+    kcount = cat(parts.topk_count, np.int32)
     inner_offsets = np.zeros(len(kcount) + 1, dtype=np.int32)
     np.cumsum(kcount, out=inner_offsets[1:])
 
@@ -318,10 +352,10 @@ def build_scores_table(
         return pa.ListArray.from_arrays(pa.array(row_offsets), values)
 
     topk_ids = pa.ListArray.from_arrays(
-        pa.array(inner_offsets), pa.array(cat(kid_parts, np.int32).reshape(-1))
+        pa.array(inner_offsets), pa.array(cat(parts.topk_ids, np.int32).reshape(-1))
     )
     topk_lps = pa.ListArray.from_arrays(
-        pa.array(inner_offsets), pa.array(cat(klp_parts, np.float32).reshape(-1))
+        pa.array(inner_offsets), pa.array(cat(parts.topk_logprobs, np.float32).reshape(-1))
     )
     mean_valid = ~np.isnan(mean_lp)
     columns = {
@@ -330,14 +364,11 @@ def build_scores_table(
         N_TOKENS: pa.array(n_tok.astype(np.int32)),
         MEAN_LOGPROB: pa.array(mean_lp, mask=~mean_valid),
         PPL: pa.array(np.exp(-np.where(mean_valid, mean_lp, 0.0)), mask=~mean_valid),
-        TOKEN_IDS: lists(pa.array(cat(tok_parts, np.int32))),
-        OFFSETS: lists(pa.array(cat(start_parts, np.int32))),
-        LOGPROB: lists(pa.array(cat(lp_parts, np.float32), mask=~valid)),
+        TOKEN_IDS: lists(pa.array(cat(parts.token_ids, np.int32))),
+        OFFSETS: lists(pa.array(cat(parts.starts, np.int32))),
+        LOGPROB: lists(pa.array(cat(parts.logprob, np.float32), mask=~valid)),
         TOPK_IDS: lists(topk_ids),
         TOPK_LOGPROBS: lists(topk_lps),
-        TEXT_FINGERPRINT: pa.array(
-            [text_fingerprint(docs.texts[row]) if row in ok_set else None for row in range(n_rows)],
-            pa.string(),
-        ),
+        TEXT_FINGERPRINT: pa.array(fingerprints, pa.string()),
     }
     return pa.Table.from_pydict(columns, schema=SCORES_SCHEMA)
