@@ -203,53 +203,17 @@ class HFBackend:
         """
         layout = batch_layout(windows, pack=self.packs)
         lengths = np.fromiter((w.length for w in windows), np.int64, len(windows))
-        width = layout.width
-        ids = np.zeros((layout.n_rows, width), dtype=np.int64)
-        for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
-            ids[r, c : c + w.length] = seqs[w.doc][w.start : w.end]
-        mask = positions = None
-        if self.packs:
-            # Position ids restart at every window (and at each row's unused tail, whose
-            # tokens attend only to each other): transformers then masks attention to
-            # blocks, one per window, also in sliding-window layers.
-            pos_np = np.tile(np.arange(width), (layout.n_rows, 1))
-            for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
-                pos_np[r, c : c + w.length] -= c
-            tail = np.zeros(layout.n_rows, dtype=np.int64)
-            np.maximum.at(tail, layout.row, layout.col + lengths)
-            for r, t in enumerate(tail.tolist()):
-                pos_np[r, t:] -= t
-            positions = self._on_device(pos_np)
-        elif bool((lengths < width).any()):
-            mask_np = np.arange(width)[None, :] < lengths[:, None]
-            mask = self._on_device(mask_np.astype(np.int64))
-        extra = {} if positions is None else {"position_ids": positions}
-        # No KV cache: nothing is generated (and transformers detects packing only without).
-        hidden = self.decoder(
-            input_ids=self._on_device(ids), attention_mask=mask, use_cache=False, **extra
-        ).last_hidden_state
-
-        # Position q of a window is predicted from the hidden state at q-1: index arrays of
-        # the scored positions, built without a loop over positions.
-        first = np.fromiter((w.score_from - w.start for w in windows), np.int64, len(windows))
-        sizes = lengths - first
-        offsets = np.zeros(len(windows) + 1, dtype=np.int64)
-        np.cumsum(sizes, out=offsets[1:])
-        q = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes) + np.repeat(first, sizes)
-        at = np.repeat(layout.row * width + layout.col, sizes) + q  # flat input index
+        ids = batch_input_ids(seqs, windows, layout)
+        hidden = self._hidden_states(ids, windows, layout, lengths)
+        # Position q of a window is predicted from the hidden state at q-1.
+        offsets, q, at = scored_index(windows, layout, lengths)
         flat = ids.reshape(-1)[at]  # the targets
         index = self._on_device(at - 1)
         targets_t = self._on_device(flat)
         h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, index)
         located = None
         if on_rows is not None:
-            doc = np.repeat(np.fromiter((w.doc for w in windows), np.int64, len(windows)), sizes)
-            starts = np.fromiter((w.start for w in windows), np.int64, len(windows))
-            pos = q + np.repeat(starts, sizes)
-
-            def located(idx, lp_rows):
-                on_rows(doc[idx], pos[idx], flat[idx], lp_rows)
-
+            located = _locate_rows(windows, np.diff(offsets), q, flat, on_rows)
         logprob, topk_ids, topk_lp, has_topk = score_positions(
             h,
             targets_t,
@@ -265,6 +229,22 @@ class HFBackend:
             WindowScores(logprob[a:b], topk_ids[a:b], topk_lp[a:b], has_topk[a:b])
             for a, b in zip(offsets[:-1], offsets[1:], strict=True)
         ]
+
+    def _hidden_states(self, ids: np.ndarray, windows, layout, lengths) -> torch.Tensor:
+        """The decoder's last hidden states of the batch ``ids``: packed rows with position ids
+        that restart at every window, padded rows with an attention mask."""
+        width = layout.width
+        mask = positions = None
+        if self.packs:
+            positions = self._on_device(packed_positions(windows, layout, lengths))
+        elif bool((lengths < width).any()):
+            mask_np = np.arange(width)[None, :] < lengths[:, None]
+            mask = self._on_device(mask_np.astype(np.int64))
+        extra = {} if positions is None else {"position_ids": positions}
+        # No KV cache: nothing is generated (and transformers detects packing only without).
+        return self.decoder(
+            input_ids=self._on_device(ids), attention_mask=mask, use_cache=False, **extra
+        ).last_hidden_state
 
     def _on_device(self, a: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(a)
@@ -282,6 +262,56 @@ class HFBackend:
         host.copy_(t, non_blocking=True)
         torch.cuda.current_stream(t.device).synchronize()
         return host.numpy().copy()  # the pinned buffer serves the next batch
+
+
+def batch_input_ids(seqs: list[np.ndarray], windows: list[Window], layout) -> np.ndarray:
+    """The batch's ``[rows, width]`` token ids: each window's tokens at its row and column."""
+    ids = np.zeros((layout.n_rows, layout.width), dtype=np.int64)
+    for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
+        ids[r, c : c + w.length] = seqs[w.doc][w.start : w.end]
+    return ids
+
+
+def packed_positions(windows: list[Window], layout, lengths: np.ndarray) -> np.ndarray:
+    """Position ids of packed rows: they restart at every window (and at each row's unused
+    tail, whose tokens attend only to each other), so transformers masks attention to blocks,
+    one per window, also in sliding-window layers."""
+    pos_np = np.tile(np.arange(layout.width), (layout.n_rows, 1))
+    for w, r, c in zip(windows, layout.row.tolist(), layout.col.tolist(), strict=True):
+        pos_np[r, c : c + w.length] -= c
+    tail = np.zeros(layout.n_rows, dtype=np.int64)
+    np.maximum.at(tail, layout.row, layout.col + lengths)
+    for r, t in enumerate(tail.tolist()):
+        pos_np[r, t:] -= t
+    return pos_np
+
+
+def scored_index(
+    windows: list[Window], layout, lengths: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scored positions of a batch, without a loop over positions: ``offsets`` [W+1] of
+    each window's into the flat result, ``q`` each one's index in its window, ``at`` its flat
+    index in the batch's ids."""
+    first = np.fromiter((w.score_from - w.start for w in windows), np.int64, len(windows))
+    sizes = lengths - first
+    offsets = np.zeros(len(windows) + 1, dtype=np.int64)
+    np.cumsum(sizes, out=offsets[1:])
+    q = np.arange(offsets[-1]) - np.repeat(offsets[:-1], sizes) + np.repeat(first, sizes)
+    at = np.repeat(layout.row * layout.width + layout.col, sizes) + q  # flat input index
+    return offsets, q, at
+
+
+def _locate_rows(windows: list[Window], sizes: np.ndarray, q: np.ndarray, flat, on_rows):
+    """``on_rows`` of :func:`score_positions` in the terms of :meth:`HFBackend.score_batch`:
+    the window's document index and the position in its ``seq``."""
+    doc = np.repeat(np.fromiter((w.doc for w in windows), np.int64, len(windows)), sizes)
+    starts = np.fromiter((w.start for w in windows), np.int64, len(windows))
+    pos = q + np.repeat(starts, sizes)
+
+    def located(idx, lp_rows):
+        on_rows(doc[idx], pos[idx], flat[idx], lp_rows)
+
+    return located
 
 
 def score_positions(
@@ -334,7 +364,12 @@ def score_positions(
             out[a:b, 1] = keep.to(torch.int32)
             out[a:b, 2 : 2 + top_k] = (values - lse[:, None]).view(torch.int32)
             out[a:b, 2 + top_k :] = idx.to(torch.int32)
-    host = to_host(out) if to_host is not None else out.cpu().numpy()
+    return unpack_scores(to_host(out) if to_host is not None else out.cpu().numpy(), top_k)
+
+
+def unpack_scores(host: np.ndarray, top_k: int):
+    """The arrays of :func:`score_positions` from its one int32 buffer (floats by their bits;
+    columns: logprob, has_topk, top-k log-probs, top-k ids); zeros where there is no top-k."""
     logprob = host[:, 0].view(np.float32)
     has_topk = host[:, 1].astype(bool)
     topk_lp = np.where(has_topk[:, None], host[:, 2 : 2 + top_k].view(np.float32), 0)
