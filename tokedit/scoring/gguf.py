@@ -145,57 +145,16 @@ def convert_gguf(
 ) -> Path:
     """Convert ``gguf_path`` into the ``save_pretrained`` directory ``dest`` (which may
     already hold the GGUF file itself) and return ``dest``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     log = log or logger.info
     gguf_path, dest = Path(gguf_path).resolve(), Path(dest)
-    try:
-        import gguf  # noqa: F401  (transformers needs it; say so before it fails deep inside)
-    except ImportError as e:
-        raise InputError(
-            f"{gguf_path}: reading GGUF files needs the 'gguf' package",
-            remedy="pip install gguf",
-        ) from e
+    _require_gguf(gguf_path)
     sha256 = sha256 or file_sha256(gguf_path)
-    dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.glob(".converting-*"):
-        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = dest / f".converting-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = _fresh_tmp(dest)
     try:
         meta = gguf_metadata(gguf_path)
         log(f"converting {gguf_path.name} ({meta['quantization']}) into {dest} (once)")
-        where, name = str(gguf_path.parent), gguf_path.name
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
-            loaded = AutoModelForCausalLM.from_pretrained(
-                where, gguf_file=name, dtype=torch.float32
-            )
-        except Exception as e:
-            raise InputError(
-                f"{gguf_path}: transformers cannot load this GGUF file: {e}",
-                remedy="check that transformers supports its architecture "
-                f"({meta['architecture']}) for GGUF, or convert it with the tools of its publisher",
-            ) from e
-        config = loaded.config
-        if hasattr(config, "quantization_config"):
-            del config.quantization_config
-        config.dtype = torch.float32
-        with torch.device("meta"):
-            plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-        plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
-        plain.tie_weights()
-        plain.eval()
-        try:
-            plain.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
-        except OSError as e:
-            raise InputError(
-                f"could not write the converted model into {dest}: {e}",
-                remedy="free disk space there (about 4 bytes per parameter) or set $TOKEDIT_CACHE elsewhere",
-            ) from e
+        tokenizer, loaded = _load_gguf(gguf_path, meta)
+        _save_converted(_dequantized(loaded), tokenizer, tmp, dest)
         diff = _probe_difference(loaded, tmp, tokenizer)
         if diff != 0.0:
             raise InputError(
@@ -204,20 +163,95 @@ def convert_gguf(
             )
         info = {
             "format": "gguf",
-            "gguf_file": name,
+            "gguf_file": gguf_path.name,
             "gguf_sha256": sha256,
             **meta,
             "probe_max_abs_logit_difference": diff,
             "converted_with": {"transformers": _version("transformers"), "gguf": _version("gguf")},
         }
-        for item in tmp.iterdir():
-            os.replace(item, dest / item.name)
-        tmp_info = dest / f".{PRIOR_INFO}.{os.getpid()}"
-        tmp_info.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp_info, dest / PRIOR_INFO)  # complete only from here on
+        _publish(tmp, dest, info)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dest
+
+
+def _require_gguf(gguf_path: Path) -> None:
+    try:
+        import gguf  # noqa: F401  (transformers needs it; say so before it fails deep inside)
+    except ImportError as e:
+        raise InputError(
+            f"{gguf_path}: reading GGUF files needs the 'gguf' package",
+            remedy="pip install gguf",
+        ) from e
+
+
+def _fresh_tmp(dest: Path) -> Path:
+    """``dest`` made, the temporary directories of dead conversions into it removed, and
+    this process's own temporary directory (empty) named."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob(".converting-*"):
+        if not _pid_alive(stale.name.rsplit("-", 1)[-1]):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = dest / f".converting-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    return tmp
+
+
+def _load_gguf(gguf_path: Path, meta: dict):
+    """The tokenizer and the (dequantized, float32) model transformers reads from the file."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where, name = str(gguf_path.parent), gguf_path.name
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
+        loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+    except Exception as e:
+        raise InputError(
+            f"{gguf_path}: transformers cannot load this GGUF file: {e}",
+            remedy="check that transformers supports its architecture "
+            f"({meta['architecture']}) for GGUF, or convert it with the tools of its publisher",
+        ) from e
+    return tokenizer, loaded
+
+
+def _dequantized(loaded):
+    """A plain float32 model of the same config (no quantization config) holding ``loaded``'s
+    weights (assigned, not copied)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    config.dtype = torch.float32
+    with torch.device("meta"):
+        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
+    plain.tie_weights()
+    plain.eval()
+    return plain
+
+
+def _save_converted(plain, tokenizer, tmp: Path, dest: Path) -> None:
+    try:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except OSError as e:
+        raise InputError(
+            f"could not write the converted model into {dest}: {e}",
+            remedy="free disk space there (about 4 bytes per parameter) or set $TOKEDIT_CACHE elsewhere",
+        ) from e
+
+
+def _publish(tmp: Path, dest: Path, info: dict) -> None:
+    """Move the converted files into ``dest``, then write its prior info: the directory is
+    complete only once that file is there."""
+    for item in tmp.iterdir():
+        os.replace(item, dest / item.name)
+    tmp_info = dest / f".{PRIOR_INFO}.{os.getpid()}"
+    tmp_info.write_text(json.dumps(info, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp_info, dest / PRIOR_INFO)  # complete only from here on
 
 
 def _probe_difference(loaded, saved_dir: Path, tokenizer) -> float:
