@@ -315,16 +315,7 @@ def _run_pool(
         while running:
             [ref], _ = ray.wait(list(running), num_returns=1)
             actor, shard = running.pop(ref)
-            try:
-                rel, entry, shard_error, info = ray.get(ref)
-            except ray.exceptions.RayError as e:
-                raise OutputError(
-                    f"{shard.path}: the Ray actor processing this shard failed "
-                    f"({type(e).__name__}: {_first_line(e)})",
-                    remedy="rerun the same command to resume (finished shards are kept); "
-                    f"if it fails again on this shard, run it with {arg('engine', 'local')} to "
-                    "see the error, or give the actors more memory",
-                ) from e
+            rel, entry, shard_error, info = _shard_result(ray, ref, shard)
             if shard_error:
                 error = error or shard_error
             else:
@@ -343,6 +334,21 @@ def _run_pool(
     if error:
         _reraise(error)
     return done
+
+
+def _shard_result(ray: Any, ref: Any, shard: Shard) -> tuple[str, dict, str, dict]:
+    """What an actor's call on ``shard`` returned (see ``_ShardActorBase.run``); an actor
+    that died is an :class:`OutputError` naming the shard."""
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as e:
+        raise OutputError(
+            f"{shard.path}: the Ray actor processing this shard failed "
+            f"({type(e).__name__}: {_first_line(e)})",
+            remedy="rerun the same command to resume (finished shards are kept); "
+            f"if it fails again on this shard, run it with {arg('engine', 'local')} to "
+            "see the error, or give the actors more memory",
+        ) from e
 
 
 def _stop_pool(ray: Any, actors: list) -> None:
