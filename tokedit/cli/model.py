@@ -45,24 +45,31 @@ def _model_flags(backend, max_length, overlap, batch_tokens, bos, no_bos, device
 MODEL_FLAGS = ("backend", "max_length", "overlap", "batch_tokens", "bos", "no_bos", "device", "dtype", "revision")  # fmt: skip
 
 
-def model_options(*, one_pass: bool = False):
-    """The options of the model that scores: ``score``'s, or (``one_pass``) ``edit --model``'s,
-    where they are ignored with ``--scores`` and ``--bos`` is checked against the scores."""
-    only = "--model only. " if one_pass else ""
-    backend_help = (
-        "--model: hf draws from full rows (any --top-k); vllm (a CUDA GPU, or vLLM's CPU build) from its top-k candidates (--top-k >= 1)."
-        if one_pass
-        else "hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]') or its CPU build (docs/gpus.md)."
-    )
-    bos_help = (
-        "--model: as for tokedit score  [default: auto]. With --scores: checked against the "
-        "BOS choice the scores were made with (refused if it differs); leave out to take the scores' one."
-        if one_pass
-        else "A BOS token before every document? auto: as the tokenizer does with its special "
+def _backend_help(one_pass: bool) -> str:
+    if one_pass:
+        return "--model: hf draws from full rows (any --top-k); vllm (a CUDA GPU, or vLLM's CPU build) from its top-k candidates (--top-k >= 1)."
+    return "hf: transformers on CPU or CUDA; vllm: vLLM on a CUDA GPU (pip install 'tokedit[vllm]') or its CPU build (docs/gpus.md)."
+
+
+def _bos_help(one_pass: bool) -> str:
+    if one_pass:
+        return (
+            "--model: as for tokedit score  [default: auto]. With --scores: checked against the "
+            "BOS choice the scores were made with (refused if it differs); leave out to take the scores' one."
+        )
+    return (
+        "A BOS token before every document? auto: as the tokenizer does with its special "
         "tokens (Llama, Gemma: yes; GPT-2 style, Qwen: no); always: whenever the tokenizer has one; "
         "never. Without a BOS the first token has no log-prob (null).  "
         f"[default: {ScoreOptions.bos}]"
     )
+
+
+def model_options(*, one_pass: bool = False):
+    """The options of the model that scores: ``score``'s, or (``one_pass``) ``edit --model``'s,
+    where they are ignored with ``--scores`` and ``--bos`` is checked against the scores."""
+    only = "--model only. " if one_pass else ""
+    backend_help, bos_help = _backend_help(one_pass), _bos_help(one_pass)
     return options(
         click.option(
             "--backend",

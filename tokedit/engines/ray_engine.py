@@ -290,8 +290,7 @@ def _run_pool(
     and are recorded (their work is kept), then the first error is raised. Any other way
     out (Ctrl-C, an error in a callback or in Ray) kills the calls still running. On every
     way out the pool is killed and its deaths waited for before this returns, and temp
-    files of killed calls are removed. Returns the number of shards recorded.
-    """
+    files of killed calls are removed. Returns the number of shards recorded."""
     actor_cls = ray.remote(max_restarts=ACTOR_RETRIES, max_task_retries=ACTOR_RETRIES, **resources)(
         _actor_class(fn, threads)
     )
@@ -303,9 +302,7 @@ def _run_pool(
 
     def submit(actor: Any) -> None:
         shard = queue.pop()
-        # a URL's root travels as a UPath, with its storage options: the actors read their
-        # shards from and write them to the store themselves
-        root = portable(shard.root.resolve())
+        root = portable(shard.root.resolve())  # a URL: a UPath with its storage options
         running[actor.run.remote(root, shard.rel, shard.fmt)] = (actor, shard)
 
     try:
