@@ -1,4 +1,5 @@
-"""The report's types: one dataclass per section of ``report.json`` (keys: docs/report.md).
+"""The report's types: one dataclass per section of ``report.json`` (keys: docs/report.md;
+where the report is made: docs/architecture.md, "The report").
 
 A section's fields are its JSON keys, in the same nesting, with two exceptions marked in the
 field's metadata so the JSON stays as docs/report.md defines it:

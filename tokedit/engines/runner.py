@@ -1,4 +1,5 @@
-"""Run a per-shard step over many shards with resume: the one loop score and edit share."""
+"""Run a per-shard step over many shards with resume: the one loop score and edit share
+(docs/architecture.md, "The per-shard step")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The per-shard step both engines run, and the one type of counts it returns.
+"""The per-shard step both engines run, and the one type of counts it returns
+(docs/architecture.md, "The per-shard step").
 
 A step (``ShardScorer``, ``ShardEditor``) is a dataclass of configuration: picklable, so a
 Ray actor receives the same step the local engine runs. What it loads (tokenizer, model,

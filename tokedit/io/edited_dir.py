@@ -1,4 +1,5 @@
-"""The edited directory format, owned here: where each shard's output goes (``p=`` sweep
+"""The edited directory format, owned here (docs/architecture.md, "One owner for each file
+format"): where each shard's output goes (``p=`` sweep
 directories, ``--output-format``), the ``tokedit_*`` provenance columns, and the writer that
 keeps each shard in its input's format.
 

@@ -1,4 +1,6 @@
-"""The manifest of an output directory: options, and one completion entry per shard.
+"""The manifest of an output directory: options, and one completion entry per shard
+(docs/architecture.md, "One owner for each file format"; on object stores, "Where object
+stores differ").
 
 A shard is complete only when its entry is in the manifest (written after the shard file
 was renamed into place). Re-running with the same options skips complete shards; re-running

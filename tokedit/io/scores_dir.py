@@ -1,4 +1,5 @@
-"""The scores directory format, owned here: the columns of a scores shard, where a shard's
+"""The scores directory format, owned here (docs/architecture.md, "One owner for each file
+format"): the columns of a scores shard, where a shard's
 scores live, the fingerprint of the text scored, and the reader that checks scores against
 the input they claim to score (manifest, row counts, ids, statuses, text lengths and hashes).
 

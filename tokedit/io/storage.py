@@ -26,6 +26,8 @@ fsspec filesystem. This module holds only what fsspec and UPath lack:
   answer) become an :class:`~tokedit.errors.InputError` that names the URL (exit 2):
   :func:`storage_errors` around tokedit's own calls, :func:`command_storage_errors` around a
   whole command.
+
+The design: docs/architecture.md, "Where object stores differ".
 """
 
 from __future__ import annotations
