@@ -265,6 +265,50 @@ def test_full_disk_is_a_clear_error_and_the_rerun_completes(tmp_path, data, refe
     assert_same_as(out, reference["scores"])
 
 
+def _assert_clear_disk_full_error(r) -> None:
+    assert r.returncode == 2, r.stderr
+    assert "cannot write" in r.stderr and "File too large" in r.stderr, r.stderr
+    assert "fix:" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_full_disk_during_edit_is_a_clear_error_and_the_rerun_completes(tmp_path, data, reference):
+    """The largest edited shard cannot be written (a file-size limit one byte under it):
+    exit 2 with the remedy, no temp file, only whole shards recorded, and the rerun gives
+    the uninterrupted run's bytes. Catches: an edited shard published before it is whole,
+    a traceback instead of the message."""
+    out = tmp_path / "edited"
+    args = edit_cmd(data, reference["scores"], out)
+    limit = max(len(b) for b in output_files(reference["edited"]).values()) - 1
+    r = subprocess.run(cli_command(*args), capture_output=True, text=True, preexec_fn=_file_size_limit(limit))  # fmt: skip
+    _assert_clear_disk_full_error(r)
+    assert not temp_files(out)
+    done = manifest_shards(out)
+    assert len(output_files(out)) == len(done) < len(manifest_shards(reference["edited"]))
+    again = invoke(*args)
+    assert again.returncode == 0, again.stderr
+    assert_same_as(out, reference["edited"])
+
+
+def test_full_disk_during_report_is_a_clear_error_and_publishes_no_partial_file(tmp_path, data, reference):  # fmt: skip
+    """The report's largest file (``report.json``, written first) cannot be written: exit 2 with the remedy, no temp file,
+    every file left whole (equal to the uninterrupted run's), and the rerun gives the
+    uninterrupted run's files. Catches: a page or plot written in place (half a file left),
+    a traceback instead of the message."""
+    out = tmp_path / "report"
+    args = report_cmd(data, reference["scores"], reference["edited"], out)
+    limit = (reference["report"] / "report.json").stat().st_size // 2  # its largest file
+    r = subprocess.run(cli_command(*args), capture_output=True, text=True, preexec_fn=_file_size_limit(limit))  # fmt: skip
+    _assert_clear_disk_full_error(r)
+    assert not temp_files(out)
+    want = report_files(reference["report"])
+    left = report_files(out) if out.is_dir() else {}
+    assert len(left) < len(want)
+    assert {rel: left[rel] == want[rel] for rel in left} == dict.fromkeys(left, True)
+    again = invoke(*args)
+    assert again.returncode == 0, again.stderr
+    assert report_files(out) == want
+
+
 # ---------------------------------------------------------------- temp files of other machines
 
 
