@@ -238,39 +238,38 @@ def seeded_point(seed: int, timeline: list[float]) -> tuple[int, float]:
 
 
 def kill_at(
-    args: list[str], progress, after: int, delay: float = 0.0, then=None, env: dict | None = None
+    args: list[str], progress, after: int, delay: float = 0.0, env: dict | None = None
 ) -> set[str] | None:
-    """Start the CLI in its own process; once ``progress()`` holds ``after`` items (and
-    ``then()`` holds, if given), wait ``delay`` s, stop the process (SIGSTOP: it writes nothing
-    more), read ``progress()`` and ``kill -9`` it. What it had done when it was stopped, or
-    None when it ended before (or, stopped, ``then()`` no longer held)."""
+    """Start the CLI in its own process; once ``progress()`` holds ``after`` items, wait
+    ``delay`` s, stop the process (SIGSTOP: it writes nothing more), read ``progress()`` and
+    ``kill -9`` it. What it had done when it was stopped, or None when it ended before."""
     proc = _start(args, env)
     try:
         deadline = time.time() + 240
-        while len(progress()) < after or (then is not None and not then()):
+        while len(progress()) < after:
             if proc.poll() is not None:
                 assert proc.returncode == 0, _stderr(proc)
                 return None
             assert time.time() < deadline, "the run never reached the kill point"
-            time.sleep(0.005 if then is None else 0.001)
+            time.sleep(0.005)
         time.sleep(delay)
         os.kill(proc.pid, signal.SIGSTOP)
-        if proc.poll() is not None or (then is not None and not then()):
-            return None  # ended, or past the state ``then`` waited for: not that point
+        if proc.poll() is not None:
+            return None  # ended before the kill
         return progress()
     finally:
         proc.kill()
         proc.wait()
 
 
-def kill_mid_run(args, progress, names, point, reset, then=None, env=None) -> str:
+def kill_mid_run(args, progress, names, point, reset, env=None) -> str:
     """:func:`kill_at` at ``point`` (``(after, delay)``, see :func:`seeded_point`), again
-    with the delay halved after ``reset()`` (the output removed) when the run ended, missed
-    ``then`` or had done all of ``names`` first (4 tries); then, at the kill, at least one
+    with the delay halved after ``reset()`` (the output removed) when the run ended or had
+    done all of ``names`` first (4 tries); then, at the kill, at least one
     of ``names`` is done and one is not."""
     after, delay = point
     for _ in range(4):
-        done = kill_at(args, progress, after, delay, then, env)
+        done = kill_at(args, progress, after, delay, env)
         if done is not None and set(names) - done:
             break
         reset()
