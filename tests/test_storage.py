@@ -392,6 +392,83 @@ def test_two_processes_share_one_output_prefix(s3, reference):
     assert merged.get("totals", ref_totals) == ref_totals
 
 
+def _edit_process(s3: S3, reference, out: str, *extra: str) -> subprocess.Popen:
+    args = edit_args(reference["data_url"], reference["scores_url"], out, *extra)
+    return subprocess.Popen(
+        cli_command(*args, "--storage-options", s3.options()),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _runs(s3: S3, prefix: str) -> list[str]:
+    return [k for k in s3.keys(prefix) if k.startswith(".tokedit/runs/")]
+
+
+def test_two_identical_runs_at_once_on_the_bucket_give_the_bytes_of_one(s3, reference):
+    procs = [_edit_process(s3, reference, f"s3://{BUCKET}/same") for _ in range(2)]
+    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
+    assert [rc for rc, _ in results] == [0, 0], results
+    assert_same_as_local(s3, "same", reference["edited"], s3.options())
+    assert _runs(s3, "same") == []
+
+
+def test_two_runs_of_other_options_at_once_on_the_bucket_one_is_refused(s3, reference, data, tmp_path):  # fmt: skip
+    """No lock on an object store: each run writes its record, then lists the others; of two
+    runs of other options started at once exactly one goes on, the other is refused naming it."""
+    other = tmp_path / "seed-7"
+    r = invoke(*edit_args(data, reference["scores"], other, "--seed", "7"))
+    assert r.returncode == 0, r.stderr
+    out = f"s3://{BUCKET}/race"
+    procs = [_edit_process(s3, reference, out), _edit_process(s3, reference, out, "--seed", "7")]
+    results = [(p.wait(timeout=300), p.stderr.read().decode()) for p in procs]
+    assert sorted(rc for rc, _ in results) == [0, 2], results
+    won = 0 if results[0][0] == 0 else 1
+    refused = results[1 - won][1]
+    named = f"another run with other options is writing here: `tokedit edit`, pid {procs[won].pid} on host {socket.gethostname()}, started "  # fmt: skip
+    assert named in refused and "Traceback" not in refused, refused
+    assert_same_as_local(s3, "race", [reference["edited"], other][won], s3.options())
+    assert _runs(s3, "race") == []
+
+
+def _record(s3: S3, prefix: str, host: str, pid: int) -> None:
+    record = {"host": host, "pid": pid, "command": "edit", "options_tag": "0" * 16,
+              "started": "2026-01-01T00:00:00.000+00:00"}  # fmt: skip
+    s3.fs.pipe_file(
+        f"{BUCKET}/{prefix}/.tokedit/runs/{host}-{pid}.json", json.dumps(record).encode()
+    )
+
+
+def test_stale_run_records_on_the_bucket(s3, reference):
+    """A killed run's record (its pid gone on this host) is taken over with a message; one
+    from another host (whose pids cannot be checked) refuses other options until
+    ``--overwrite`` takes it over, with a message."""
+    opts = s3.options()
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    _record(s3, "stale", socket.gethostname(), gone.pid)
+    r = invoke(*edit_args(reference["data_url"], reference["scores_url"], f"s3://{BUCKET}/stale"), "--storage-options", opts)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"pid {gone.pid} on host {socket.gethostname()}" in r.stderr and "was killed" in r.stderr
+    assert_same_as_local(s3, "stale", reference["edited"], opts)
+    assert _runs(s3, "stale") == []
+
+    _record(s3, "elsewhere", "another-host", 4242)
+    args = (*edit_args(reference["data_url"], reference["scores_url"], f"s3://{BUCKET}/elsewhere"), "--storage-options", opts)  # fmt: skip
+    r = invoke(*args)
+    assert r.returncode == 2, r.stderr
+    assert (
+        "pid 4242 on host another-host" in r.stderr
+        and "cannot tell whether it still runs" in r.stderr
+    )
+    assert s3.objects("elsewhere") == {}
+    r = invoke(*args, "--overwrite")
+    assert r.returncode == 0, r.stderr
+    assert "pid 4242 on host another-host" in r.stderr and "is taken over" in r.stderr
+    assert_same_as_local(s3, "elsewhere", reference["edited"], opts)
+    assert _runs(s3, "elsewhere") == []
+
+
 # ---------------------------------------------------------------- errors: exit 2, URL named
 
 

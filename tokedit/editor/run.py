@@ -354,12 +354,13 @@ def edit_dataset(
     manifest = Manifest(
         out_path, "edit", _manifest_options(plan, options), info=info, overwrite=run.overwrite
     )
-    shard_editor = plan.shard_editor(portable(out_path.resolve()), options, run.batch_rows)
-    counts, run_stats, elapsed = timed_run_step(
-        "edit", shards, manifest, shard_editor, run=run, tokenizer=plan.loaded_tokenizer
-    )
-    totals = directory_totals(manifest, shard_editor)
-    manifest.update(totals=totals)
+    with manifest:
+        shard_editor = plan.shard_editor(portable(out_path.resolve()), options, run.batch_rows)
+        counts, run_stats, elapsed = timed_run_step(
+            "edit", shards, manifest, shard_editor, run=run, tokenizer=plan.loaded_tokenizer
+        )
+        totals = directory_totals(manifest, shard_editor)
+        manifest.update(totals=totals)
     return _edit_result(out_path, plan, options.ps, counts, run_stats, totals, elapsed)
 
 

@@ -50,6 +50,7 @@ from urllib.parse import quote, unquote
 
 from tokedit import __version__
 from tokedit.errors import OutputError, arg
+from tokedit.io.runs import RUNS_DIR, claim, remove_record, this_run
 from tokedit.io.storage import (
     as_path,
     children,
@@ -236,40 +237,64 @@ class Manifest:
         self.path = manifest_path(self.out_dir)
         self.command = command
         self.options = json.loads(json.dumps(options))  # normalise tuples etc. as JSON would
+        tag = _options_tag({"command": command, "options": self.options})
+        self.run = this_run(command, tag)
+        self._runs_dir = self.out_dir / META_DIR / RUNS_DIR
         with storage_errors(self.out_dir), _locked(self.out_dir):
-            if not is_remote(self.out_dir):  # see docs/storage.md
-                _migrate_legacy(self.out_dir)
-            existing = read_manifest(self.out_dir, strict=not overwrite)
-            if existing is None:  # a directory tokedit has never written to
-                _refuse_foreign_files(self.out_dir)
-            if existing is not None and overwrite:
-                self._remove_outputs(existing)
-                existing = None
-            if existing is not None and not existing.get("shards"):
-                # Options bind only once a shard is complete: a run that failed before
-                # writing any shard (a missing text column, a wrong --id-column) must not
-                # block its corrected command. Its options are simply replaced.
-                existing = None
-            if existing is not None:
-                self._check_compatible(existing)
-                self.data = existing
-            else:
-                self.data = {
-                    "tool": "tokedit",
-                    "version": __version__,
-                    "command": command,
-                    "options": self.options,
-                    "info": info or {},
-                    "shards": {},
-                }
-                write_json(self.path, self.data)
-                if is_remote(self.out_dir):
-                    # No lock: a concurrent process may have created the header at the same
-                    # time. The last upload wins; both read it back, and the loser of a race
-                    # between other options refuses here.
-                    theirs = read_manifest(self.out_dir)
-                    if theirs is not None:
-                        self._check_compatible(theirs)
+            claim(self._runs_dir, self.run, where=self.out_dir, overwrite=overwrite)
+            try:
+                self._open(info, overwrite)
+            except BaseException:
+                remove_record(self._runs_dir, self.run)
+                raise
+
+    def _open(self, info: dict[str, Any] | None, overwrite: bool) -> None:
+        if not is_remote(self.out_dir):  # see docs/storage.md
+            _migrate_legacy(self.out_dir)
+        existing = read_manifest(self.out_dir, strict=not overwrite)
+        if existing is None:  # a directory tokedit has never written to
+            _refuse_foreign_files(self.out_dir)
+        if existing is not None and overwrite:
+            self._remove_outputs(existing)
+            existing = None
+        if existing is not None and not existing.get("shards"):
+            # Options bind only once a shard is complete: a run that failed before
+            # writing any shard (a missing text column, a wrong --id-column) must not
+            # block its corrected command. Its options are simply replaced. (A run of
+            # other options that is still writing here was refused by claim().)
+            existing = None
+        if existing is not None:
+            self._check_compatible(existing)
+            self.data = existing
+            return
+        self.data = {
+            "tool": "tokedit",
+            "version": __version__,
+            "command": self.command,
+            "options": self.options,
+            "info": info or {},
+            "shards": {},
+        }
+        write_json(self.path, self.data)
+        if is_remote(self.out_dir):
+            # No lock: a concurrent process may have created the header at the same
+            # time. The last upload wins; both read it back, and the loser of a race
+            # between other options refuses here.
+            theirs = read_manifest(self.out_dir)
+            if theirs is not None:
+                self._check_compatible(theirs)
+
+    def close(self) -> None:
+        """End this run: remove its record from ``OUT/.tokedit/runs/`` (see
+        :mod:`tokedit.io.runs`). Called by ``with Manifest(...)`` however the block ends."""
+        with storage_errors(self.out_dir):
+            remove_record(self._runs_dir, self.run)
+
+    def __enter__(self) -> Manifest:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check_compatible(self, existing: dict) -> None:
         if existing.get("command") != self.command:

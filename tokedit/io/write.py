@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from tokedit.errors import OutputError, arg
+from tokedit.io.runs import pid_alive
 from tokedit.io.storage import as_path, find, is_remote, publish, spool_dir, storage_errors
 
 TMP_SUFFIX = ".tmp"
@@ -289,21 +290,11 @@ def remove_stale_temp_files(out_dir: Path) -> int:
         if owner is None or owner[1] not in (None, HOST_TAG):
             continue
         pid = owner[0]
-        if pid != os.getpid() and not _alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             with storage_errors(tmp):
                 tmp.unlink(missing_ok=True)
             removed += 1
     return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def upload_tree(local_dir: Path, dest) -> None:

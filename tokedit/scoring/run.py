@@ -133,21 +133,22 @@ def score_dataset(
         info=_manifest_info(input_dir, options),
         overwrite=run.overwrite,
     )
-    shard_scorer = ShardScorer(
-        portable(as_path(out_dir).resolve()),
-        model,
-        options,
-        text_column=text_column,
-        id_column=id_column,
-        model_options=model_options,
-        batch_rows=run.batch_rows,
-        prefetch=prefetch,
-    )
-    counts, run_stats, elapsed = timed_run_step(
-        "score", shards, manifest, shard_scorer, run=run, tokenizer=tokenizer
-    )
-    totals = directory_totals(manifest, shard_scorer)
-    manifest.update(totals=totals)
+    with manifest:
+        shard_scorer = ShardScorer(
+            portable(as_path(out_dir).resolve()),
+            model,
+            options,
+            text_column=text_column,
+            id_column=id_column,
+            model_options=model_options,
+            batch_rows=run.batch_rows,
+            prefetch=prefetch,
+        )
+        counts, run_stats, elapsed = timed_run_step(
+            "score", shards, manifest, shard_scorer, run=run, tokenizer=tokenizer
+        )
+        totals = directory_totals(manifest, shard_scorer)
+        manifest.update(totals=totals)
     return _score_result(out_dir, counts, run_stats, totals, elapsed)
 
 
