@@ -44,6 +44,8 @@ from scale_helpers import (
 )
 from test_golden import normalized
 
+from tokedit.io.manifest import META_DIR
+from tokedit.io.runs import RUNS_DIR
 from tokedit.io.write import HOST_TAG, remove_stale_temp_files, temp_owner, temp_path_for
 
 SCORE_EXTRA = ("--candidates-min-p", "0.3")  # candidates wherever an edit at p=0.5 needs them
@@ -90,6 +92,7 @@ def assert_same_as(out: Path, ref: Path) -> None:
     assert output_files(out) == output_files(ref)  # no missing, extra or partial shard
     assert manifest_shards(out) == manifest_shards(ref)  # one entry per shard, same hashes
     assert not temp_files(out)
+    assert not list((out / META_DIR / RUNS_DIR).glob("*"))  # no run holds the output
 
 
 def assert_whole(out: Path, ref: Path) -> None:
@@ -106,6 +109,7 @@ def kill_then_rerun(args, out: Path, ref: Path, point) -> None:
     assert_whole(out, ref)
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
+    assert "was killed; its lock is removed" in r.stderr  # the killed run's record, taken over
     assert_same_as(out, ref)
 
 
@@ -224,6 +228,7 @@ def test_kill_9_ray_driver_after_a_seeded_shard_then_rerun(
         time.sleep(0.2)
     r = run_cli(*args, env=env)
     assert r.returncode == 0, r.stderr
+    assert "was killed; its lock is removed" in r.stderr  # the killed driver's record
     assert_same_as(out, ref)
 
 
