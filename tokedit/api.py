@@ -93,6 +93,7 @@ def load_prior(
     backend: str = ModelOptions.backend,
     bos: str = ScoreOptions.bos,
     revision: str | None = ModelOptions.revision,
+    trust_remote_code: bool = ModelOptions.trust_remote_code,
     **score_fields,
 ) -> Prior:
     """Load a prior causal LM once, to score and edit with it as often as needed.
@@ -102,18 +103,26 @@ def load_prior(
     ``bos`` ("auto", "always", "never") and any other field of :class:`ScoreOptions` given
     here (``max_length``, ``top_k`` ...) are the defaults of every :meth:`Prior.score` and
     one-pass :func:`edit`; with ``backend="vllm"`` they also size the engine (its longest
-    window and its number of candidates).
+    window and its number of candidates). ``trust_remote_code=True`` lets the Python code a
+    model ships (an ``auto_map`` in its config) run, as you; otherwise such a model is refused
+    and none of its code runs.
     """
     from tokedit.scoring.hf import load_tokenizer, model_positions
     from tokedit.scoring.priors import PRIORS, fetch_prior
 
     if model in PRIORS:
         model = fetch_prior(model)["model_dir"]
-    model_options = ModelOptions(backend=backend, device=device, dtype=dtype, revision=revision)
+    model_options = ModelOptions(
+        backend=backend,
+        device=device,
+        dtype=dtype,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
     defaults = take(score_fields, ScoreOptions, ScoreOptions(bos=bos))
     refuse_unknown(score_fields, "load_prior", ModelOptions, ScoreOptions)
-    tokenizer = load_tokenizer(model, revision)
-    positions = model_positions(model, revision)
+    tokenizer = load_tokenizer(model, revision, trust_remote_code=trust_remote_code)
+    positions = model_positions(model, revision, trust_remote_code=trust_remote_code)
     backend_ = load_backend(model, model_options, defaults.resolved(positions))
     return Prior(model, model_options, defaults, tokenizer, backend_, positions)
 

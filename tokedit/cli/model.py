@@ -30,9 +30,15 @@ class ModelFlags:
         return ScoreOptions(**{k: v for k, v in self.windows.items() if v is not None}, **more)
 
 
-def _model_flags(backend, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision):  # fmt: skip
+def _model_flags(backend, max_length, overlap, batch_tokens, bos, no_bos, device, dtype, revision, trust_remote_code):  # fmt: skip
     return ModelFlags(
-        ModelOptions(backend=backend, device=device, dtype=dtype, revision=revision),
+        ModelOptions(
+            backend=backend,
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        ),
         {
             "max_length": max_length,
             "overlap": overlap,
@@ -42,7 +48,24 @@ def _model_flags(backend, max_length, overlap, batch_tokens, bos, no_bos, device
     )
 
 
-MODEL_FLAGS = ("backend", "max_length", "overlap", "batch_tokens", "bos", "no_bos", "device", "dtype", "revision")  # fmt: skip
+MODEL_FLAGS = ("backend", "max_length", "overlap", "batch_tokens", "bos", "no_bos", "device", "dtype", "revision", "trust_remote_code")  # fmt: skip
+
+TRUST_HELP = (
+    "Run the Python code a model ships (an auto_map in its config.json or "
+    "tokenizer_config.json: modeling_*.py files in its directory or hub repository). That "
+    "code runs as you, with access to your files and network: read it first. Without this "
+    "flag such a model is refused and none of its code runs."
+)
+
+
+def trust_remote_code_option(help_prefix: str = ""):
+    """``--trust-remote-code``: the commands that load a model (its default: ModelOptions')."""
+    return click.option(
+        "--trust-remote-code",
+        is_flag=True,
+        default=ModelOptions.trust_remote_code,
+        help=help_prefix + TRUST_HELP,
+    )
 
 
 def _backend_help(one_pass: bool) -> str:
@@ -70,6 +93,7 @@ def model_options(*, one_pass: bool = False):
     where they are ignored with ``--scores`` and ``--bos`` is checked against the scores."""
     only = "--model only. " if one_pass else ""
     backend_help, bos_help = _backend_help(one_pass), _bos_help(one_pass)
+    trust = trust_remote_code_option("--model, and the tokenizer of --scores. " if one_pass else "")
     return options(
         click.option(
             "--backend",
@@ -99,12 +123,7 @@ def model_options(*, one_pass: bool = False):
             help=only + "Padded tokens per forward batch (rows x longest window).  "
             f"[default: {ScoreOptions.batch_tokens}]",
         ),
-        click.option(
-            "--bos",
-            type=click.Choice(BOS_MODES),
-            default=None,
-            help=bos_help,
-        ),
+        click.option("--bos", type=click.Choice(BOS_MODES), default=None, help=bos_help),
         click.option("--no-bos", is_flag=True, hidden=True, help="Deprecated: --bos never."),
         click.option(
             "--device",
@@ -122,6 +141,7 @@ def model_options(*, one_pass: bool = False):
         click.option(
             "--revision", default=ModelOptions.revision, help=only + "Hub revision of the model."
         ),
+        trust,
         collect("model_flags", _model_flags, MODEL_FLAGS),
     )
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from tokedit.cli.model import trust_remote_code_option
 from tokedit.cli.options import friendly_errors, input_options, log_options, storage_option
 from tokedit.training.prior import PRESETS as MODEL_SIZES
 
@@ -24,6 +25,7 @@ from tokedit.training.prior import PRESETS as MODEL_SIZES
     default=None,
     help="Continue training this model (local directory or hub name).",
 )
+@trust_remote_code_option("--model only. ")
 @click.option(
     "--from-scratch",
     is_flag=True,
@@ -81,6 +83,7 @@ def train(
     data_dir,
     out_dir,
     model_path,
+    trust_remote_code,
     from_scratch,
     preset,
     vocab_size,
@@ -120,6 +123,7 @@ def train(
         out_dir,
         config=config,
         model_path=model_path,
+        trust_remote_code=trust_remote_code,
         from_scratch=from_scratch,
         vocab_size=vocab_size,
         text_column=text_column,

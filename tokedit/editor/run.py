@@ -111,6 +111,7 @@ class EditPlan:
     info: dict
     tokenizer: str  # what the step loads: the scores' model, --tokenizer, or --model
     tokenizer_revision: str | None = None
+    tokenizer_trust_remote_code: bool = False  # the tokenizer's own code may run
     tokenizer_hash: str | None = None  # scores mode: checked when the step loads it
     loaded_tokenizer: object = None  # already loaded here (one-pass, or a checked --tokenizer)
     scores_dir: str | None = None
@@ -128,12 +129,23 @@ class EditPlan:
             batch_rows=batch_rows,
             tokenizer=self.tokenizer,
             tokenizer_revision=self.tokenizer_revision,
+            tokenizer_trust_remote_code=self.tokenizer_trust_remote_code,
             tokenizer_hash=self.tokenizer_hash,
             scores_dir=self.scores_dir,
             scores_rows=self.scores_rows,
             model=self.model,
             model_options=self.model_options,
             score_options=self.score_options,
+        )
+
+
+def _refuse_a_backend(model_options: ModelOptions | None) -> None:
+    """With scores nothing is scored: a backend other than the default is a mistake."""
+    if model_options is not None and model_options.backend != "hf":
+        raise InputError(
+            f"{arg('backend', model_options.backend)} scores with {arg('model')}; with "
+            f"{arg('scores_dir')} nothing is scored",
+            remedy=f"leave {arg('backend')} out, or pass {arg('model')} instead of {arg('scores_dir')}",
         )
 
 
@@ -150,12 +162,7 @@ def plan_from_scores(
 ) -> EditPlan:
     """Edit from a scores directory: checked against the input, the thresholds, the columns
     given and (if asked) the tokenizer and ``--bos``."""
-    if model_options is not None and model_options.backend != "hf":
-        raise InputError(
-            f"{arg('backend', model_options.backend)} scores with {arg('model')}; with "
-            f"{arg('scores_dir')} nothing is scored",
-            remedy=f"leave {arg('backend')} out, or pass {arg('model')} instead of {arg('scores_dir')}",
-        )
+    _refuse_a_backend(model_options)
     smanifest = load_scores_manifest(scores_path, input_path, all_shards, options.ps)
     sopts = smanifest["options"]
     for name, given, stored in (
@@ -171,11 +178,12 @@ def plan_from_scores(
     tok_source = tokenizer or sopts.get("model")
     tok_revision = None if tokenizer else sopts.get("revision")
     thash = sopts.get("tokenizer_hash")
+    trust = model_options is not None and model_options.trust_remote_code
     # The scores' own tokenizer loads (and is checked against their hash) only when a shard
     # is edited: a resumed run with nothing left to do starts in well under 2 s.
     tok = None
     if tokenizer is not None or score_options is not None:
-        tok = load_checked_tokenizer(tok_source, tok_revision, thash, scores_path)
+        tok = load_checked_tokenizer(tok_source, tok_revision, thash, scores_path, trust)
     _check_scores_bos(scores_path, smanifest, tok, score_options)
     return EditPlan(
         mode="scores",
@@ -191,6 +199,7 @@ def plan_from_scores(
         info={"scores": str(scores_path.resolve())},
         tokenizer=tok_source,
         tokenizer_revision=tok_revision,
+        tokenizer_trust_remote_code=trust,
         tokenizer_hash=thash,
         loaded_tokenizer=tok,
         scores_dir=portable(scores_path.resolve()),
@@ -212,11 +221,12 @@ def plan_from_model(
     from tokedit.scoring.hf import load_tokenizer, model_positions, tokenizer_hash
 
     model_options = model_options or ModelOptions()
-    tok = load_tokenizer(model, model_options.revision)
+    revision, trust = model_options.revision, model_options.trust_remote_code
+    tok = load_tokenizer(model, revision, trust_remote_code=trust)
     rule = resolve_model_rule(options, model_options.backend)
     score_options = one_pass_options(
         score_options or ScoreOptions(), rule, model_options.backend, min(options.ps)
-    ).resolved(model_positions(model, model_options.revision))
+    ).resolved(model_positions(model, revision, trust_remote_code=trust))
     identity = {
         "mode": "model",
         "backend": model_options.backend,
@@ -239,6 +249,7 @@ def plan_from_model(
         info={"bos": score_options.bos},
         tokenizer=model,
         tokenizer_revision=model_options.revision,
+        tokenizer_trust_remote_code=trust,
         loaded_tokenizer=tok,
         model=model,
         model_options=model_options,

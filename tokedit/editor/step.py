@@ -38,11 +38,13 @@ from tokedit.scoring.run import load_backend
 from tokedit.scoring.scorer import bos_prepended
 
 
-def load_checked_tokenizer(source: str, revision: str | None, expected_hash, scores_dir):
+def load_checked_tokenizer(
+    source: str, revision: str | None, expected_hash, scores_dir, trust_remote_code: bool
+):
     """The tokenizer edits render with, refused unless it is the one the scores were made with."""
     from tokedit.scoring.hf import load_tokenizer, tokenizer_hash
 
-    tok = load_tokenizer(source, revision)
+    tok = load_tokenizer(source, revision, trust_remote_code=trust_remote_code)
     thash = tokenizer_hash(tok)
     if thash != expected_hash:
         raise InputError(
@@ -105,6 +107,7 @@ class ShardEditor(ShardStep):
     batch_rows: int
     tokenizer: str  # what load_tokenizer loads: the scores' model, --tokenizer, or --model
     tokenizer_revision: str | None = None
+    tokenizer_trust_remote_code: bool = False  # the tokenizer's own code may run
     tokenizer_hash: str | None = None  # with scores_dir: the scores' tokenizer, checked on load
     scores_dir: str | None = None
     scores_rows: dict[str, int | None] | None = None
@@ -146,14 +149,15 @@ class ShardEditor(ShardStep):
             return self
         from tokedit.scoring.hf import load_tokenizer
 
+        trust = self.tokenizer_trust_remote_code
         if tokenizer is not None:
             tok = tokenizer
         elif self.tokenizer_hash is not None:
             tok = load_checked_tokenizer(
-                self.tokenizer, self.tokenizer_revision, self.tokenizer_hash, self.scores_dir
+                self.tokenizer, self.tokenizer_revision, self.tokenizer_hash, self.scores_dir, trust
             )
         else:
-            tok = load_tokenizer(self.tokenizer, self.tokenizer_revision)
+            tok = load_tokenizer(self.tokenizer, self.tokenizer_revision, trust_remote_code=trust)
         rule, seed, p_min = self.options.rule, self.options.seed, min(self.ps)
         if self.scores_dir is not None:
             source = ScoresSource(

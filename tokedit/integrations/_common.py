@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from tokedit.api import Prior, edit_options, load_prior
 from tokedit.scoring.options import ModelOptions
 
-# one prior per (model, device, dtype, backend, revision) and process: a map worker, a
+# one prior per (model, device, dtype, backend, revision, trust) and process: a map worker, a
 # datatrove task or a forked process loads it on first use and keeps it for every batch
 _PRIORS: dict[PriorConfig, Prior] = {}
 _FORKED_AFTER_TORCH = [False]
@@ -36,6 +36,7 @@ class PriorConfig:
     dtype: str = ModelOptions.dtype
     backend: str = ModelOptions.backend
     revision: str | None = ModelOptions.revision
+    trust_remote_code: bool = ModelOptions.trust_remote_code
 
     def load(self) -> Prior:
         if _FORKED_AFTER_TORCH[0]:
@@ -51,6 +52,7 @@ class PriorConfig:
                 dtype=self.dtype,
                 backend=self.backend,
                 revision=self.revision,
+                trust_remote_code=self.trust_remote_code,
             )
         return prior
 

@@ -110,6 +110,7 @@ def edit_function(
     dtype: str = ModelOptions.dtype,
     backend: str = ModelOptions.backend,
     revision: str | None = ModelOptions.revision,
+    trust_remote_code: bool = ModelOptions.trust_remote_code,
     batch_rows: int = DEFAULT_BATCH_ROWS,
     edits: bool = False,
     **edit_kwargs,
@@ -121,8 +122,16 @@ def edit_function(
     ``temperature``, ``drop_below``, ``seed``, ``output_column``, ``provenance``,
     ``max_length``, ``overlap``, ``batch_tokens``, ``bos`` ...), checked here.
     ``edits``: add the ``tokedit_edits`` column too (see the module's note on features).
+    ``trust_remote_code``: as :func:`tokedit.load_prior`'s.
     """
-    config = PriorConfig(model, device=device, dtype=dtype, backend=backend, revision=revision)
+    config = PriorConfig(
+        model,
+        device=device,
+        dtype=dtype,
+        backend=backend,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+    )
     return EditFunction(
         config,
         text_column=text_column,

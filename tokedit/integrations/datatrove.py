@@ -45,7 +45,8 @@ def _batches(data: DocumentsPipeline, size: int) -> Iterator[list[Document]]:
 class _PriorStep(PipelineStep):
     """A step with a prior (loaded once per task, on its first batch) that reads
     ``batch_rows`` documents at a time. ``kwargs``: the prior's ``device``, ``dtype``,
-    ``backend`` and ``revision``; what is left is the step's own (``self.options``)."""
+    ``backend``, ``revision`` and ``trust_remote_code``; what is left is the step's own
+    (``self.options``)."""
 
     def __init__(self, model: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, **kwargs):
         super().__init__()
@@ -63,7 +64,8 @@ class _PriorStep(PipelineStep):
 class ToEditStep(_PriorStep):
     """Token-Level Editing of every document's text (``tokedit.edit`` with a prior).
 
-    Keywords: the prior's ``device``, ``dtype``, ``backend``, ``revision``, and those of
+    Keywords: the prior's ``device``, ``dtype``, ``backend``, ``revision``,
+    ``trust_remote_code``, and those of
     :func:`tokedit.edit` (``preset``, ``p``, ``top_k``,
     ``temperature``, ``drop_below``, ``seed``, ``max_length``, ``overlap``, ...).
     ``output_column``: keep ``Document.text`` and put the edited text in that metadata key.

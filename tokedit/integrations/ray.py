@@ -48,13 +48,19 @@ class RayEditor:
         dtype: str = ModelOptions.dtype,
         backend: str = ModelOptions.backend,
         revision: str | None = ModelOptions.revision,
+        trust_remote_code: bool = ModelOptions.trust_remote_code,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         **edit_kwargs,
     ):
         self.text_column, self.id_column, self.batch_rows = text_column, id_column, batch_rows
         self.edit_kwargs = check_edit_kwargs(edit_kwargs, "RayEditor")
         config = PriorConfig(
-            str(model), device=device, dtype=dtype, backend=backend, revision=revision
+            str(model),
+            device=device,
+            dtype=dtype,
+            backend=backend,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
         )
         self.prior = config.load()
 

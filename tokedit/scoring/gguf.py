@@ -204,8 +204,11 @@ def _load_gguf(gguf_path: Path, meta: dict):
 
     where, name = str(gguf_path.parent), gguf_path.name
     try:
-        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name)
-        loaded = AutoModelForCausalLM.from_pretrained(where, gguf_file=name, dtype=torch.float32)
+        # A GGUF file holds weights and metadata, never code: nothing to trust.
+        tokenizer = AutoTokenizer.from_pretrained(where, gguf_file=name, trust_remote_code=False)
+        loaded = AutoModelForCausalLM.from_pretrained(
+            where, gguf_file=name, dtype=torch.float32, trust_remote_code=False
+        )
     except Exception as e:
         raise InputError(
             f"{gguf_path}: transformers cannot load this GGUF file: {e}",
@@ -226,7 +229,9 @@ def _dequantized(loaded):
         del config.quantization_config
     config.dtype = torch.float32
     with torch.device("meta"):
-        plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        plain = AutoModelForCausalLM.from_config(
+            config, dtype=torch.float32, trust_remote_code=False
+        )
     plain.load_state_dict(loaded.state_dict(), strict=True, assign=True)
     plain.tie_weights()
     plain.eval()
@@ -259,7 +264,9 @@ def _probe_difference(loaded, saved_dir: Path, tokenizer) -> float:
     import torch
     from transformers import AutoModelForCausalLM
 
-    reloaded = AutoModelForCausalLM.from_pretrained(saved_dir, dtype=torch.float32).eval()
+    reloaded = AutoModelForCausalLM.from_pretrained(
+        saved_dir, dtype=torch.float32, trust_remote_code=False
+    ).eval()
     ids = torch.tensor([tokenizer(PROBE_TEXT)["input_ids"]])
     with torch.inference_mode():
         a = loaded.eval()(ids).logits

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tokedit.errors import InputError
+from tokedit.errors import InputError, arg
 from tokedit.scoring.gguf import resolve_model
 from tokedit.scoring.windows import Window, batch_layout
 
@@ -47,12 +48,13 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def load_tokenizer(model: str, revision: str | None = None):
+def load_tokenizer(model: str, revision: str | None = None, *, trust_remote_code: bool = False):
     """The fast tokenizer of ``model`` (loaded once per process: a 262k vocabulary takes
-    seconds to parse, and every command loads it several times). Callers must not mutate it."""
+    seconds to parse, and every command loads it several times). Callers must not mutate it.
+    ``trust_remote_code``: whether a tokenizer class the model ships as code may run."""
     _check_model_path(model)
     path = resolve_model(model)
-    return _load_tokenizer(path, revision, _tokenizer_stamp(path))
+    return _load_tokenizer(path, revision, bool(trust_remote_code), _tokenizer_stamp(path))
 
 
 def _tokenizer_stamp(path: str) -> tuple:
@@ -62,13 +64,18 @@ def _tokenizer_stamp(path: str) -> tuple:
 
 
 @functools.lru_cache(maxsize=8)
-def _load_tokenizer(model: str, revision: str | None, stamp: tuple):
+def _load_tokenizer(model: str, revision: str | None, trust_remote_code: bool, stamp: tuple):
     from transformers import AutoTokenizer
 
     try:
-        tok = AutoTokenizer.from_pretrained(model, revision=revision)
+        # trust_remote_code is always passed as a bool: left out (None), transformers asks
+        # on a terminal whether to run the model's code, and waits for the answer.
+        tok = AutoTokenizer.from_pretrained(
+            model, revision=revision, trust_remote_code=trust_remote_code
+        )
     except Exception as e:
-        raise InputError(f"cannot load the tokenizer of {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+        what = f"cannot load the tokenizer of {model!r}"
+        raise _load_error(what, model, e, trust_remote_code) from e
     if not getattr(tok, "is_fast", False):
         raise InputError(
             f"{model!r} has no fast tokenizer; tokedit needs character offsets",
@@ -80,6 +87,39 @@ def _load_tokenizer(model: str, revision: str | None, stamp: tuple):
 _LOAD_REMEDY = "pass a local directory saved with save_pretrained, a .gguf file (e.g. from `tokedit prior fetch gemma-3-270m`), or a hub name on a machine that can reach the hub"
 
 
+def _load_error(what: str, model: str, e: Exception, trusted: bool) -> InputError:
+    """The error of a failed load, in particular of a model that ships its own code and was
+    not trusted (transformers asks for ``trust_remote_code=True``) and of a pickled weights
+    file that holds more than tensors (``torch.load(weights_only=True)`` refused it)."""
+    if _unpickling_refused(e):
+        return InputError(
+            f"{what}: a .bin / .pt weights file there is a pickle that holds more than "
+            "tensors (code or other objects), so torch.load(weights_only=True) refused it; "
+            "nothing of it was run",
+            remedy="use a copy of the model with safetensors weights (model.safetensors); "
+            "tokedit never loads a pickle beyond plain tensors",
+        )
+    if trusted or "trust_remote_code" not in str(e):
+        return InputError(f"{what}: {e}", remedy=_LOAD_REMEDY)
+    return InputError(
+        f"{model!r} ships its own Python code (an auto_map in its config.json or "
+        "tokenizer_config.json), which tokedit runs only when asked; nothing of it was run",
+        remedy=f"read that code first; if you trust it, pass {arg('trust_remote_code', True)} "
+        "(it then runs with your permissions), or use a model of an architecture transformers "
+        "includes",
+    )
+
+
+def _unpickling_refused(e: BaseException | None) -> bool:
+    """Whether ``e`` (or an exception it was raised from) is torch's weights-only unpickler
+    refusing a pickle."""
+    while e is not None:
+        if isinstance(e, pickle.UnpicklingError):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
 def _check_model_path(model: str) -> None:
     # Hub names are "name" or "org/name"; anything else that does not exist is a bad path.
     looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
@@ -87,37 +127,51 @@ def _check_model_path(model: str) -> None:
         raise InputError(f"model path {model!r} does not exist", remedy=_LOAD_REMEDY)
 
 
-def load_causal_lm(model: str, revision: str | None = None, **kwargs):
+def load_causal_lm(
+    model: str, revision: str | None = None, *, trust_remote_code: bool = False, **kwargs
+):
     """``AutoModelForCausalLM.from_pretrained`` of a directory, hub name or GGUF prior."""
     from transformers import AutoModelForCausalLM
 
     _check_model_path(model)
     try:
         return AutoModelForCausalLM.from_pretrained(
-            resolve_model(model), revision=revision, **kwargs
+            resolve_model(model),
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            weights_only=True,  # a pickled .bin: tensors only, never the objects it names
+            **kwargs,
         )
     except Exception as e:
-        raise InputError(f"cannot load model {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+        raise _load_error(f"cannot load model {model!r}", model, e, trust_remote_code) from e
 
 
-def _model_config(model: str, revision: str | None = None):
+def _model_config(model: str, revision: str | None = None, trust_remote_code: bool = False):
     from transformers import AutoConfig
 
     _check_model_path(model)
     try:
-        return AutoConfig.from_pretrained(resolve_model(model), revision=revision)
+        return AutoConfig.from_pretrained(
+            resolve_model(model), revision=revision, trust_remote_code=trust_remote_code
+        )
     except Exception as e:
-        raise InputError(f"cannot load the config of {model!r}: {e}", remedy=_LOAD_REMEDY) from e
+        what = f"cannot load the config of {model!r}"
+        raise _load_error(what, model, e, trust_remote_code) from e
 
 
-def model_positions(model: str, revision: str | None = None) -> int | None:
+def model_positions(
+    model: str, revision: str | None = None, *, trust_remote_code: bool = False
+) -> int | None:
     """The model's number of positions, read from its config (no weights loaded)."""
-    return getattr(_model_config(model, revision), "max_position_embeddings", None)
+    config = _model_config(model, revision, trust_remote_code)
+    return getattr(config, "max_position_embeddings", None)
 
 
-def model_vocab_size(model: str, revision: str | None = None) -> int | None:
+def model_vocab_size(
+    model: str, revision: str | None = None, *, trust_remote_code: bool = False
+) -> int | None:
     """The size of the model's output vocabulary, read from its config (no weights loaded)."""
-    config = _model_config(model, revision)
+    config = _model_config(model, revision, trust_remote_code)
     config = getattr(config, "get_text_config", lambda: config)()
     return getattr(config, "vocab_size", None)
 
@@ -147,6 +201,7 @@ class HFBackend:
         device: str = "auto",
         dtype: str = "auto",
         revision: str | None = None,
+        trust_remote_code: bool = False,
         logit_chunk: int | None = None,
         pack: bool = True,
     ):
@@ -154,7 +209,7 @@ class HFBackend:
         dtype_ = resolve_dtype(dtype, device_)
         # The family's default attention (SDPA where the family supports it): forcing SDPA
         # makes some families (Gemma 2) refuse to load.
-        loaded = load_causal_lm(model, revision, dtype=dtype_)
+        loaded = load_causal_lm(model, revision, trust_remote_code=trust_remote_code, dtype=dtype_)
         self._setup(loaded, device_, model, logit_chunk, pack)
         self.revision = getattr(self.model.config, "_commit_hash", None) or revision
 

@@ -25,12 +25,16 @@ BOS_MODES = ("auto", "always", "never")
 
 @dataclass(frozen=True)
 class ModelOptions:
-    """How the prior runs: the backend, the device, the precision and the hub revision."""
+    """How the prior runs: the backend, the device, the precision, the hub revision, and
+    whether the model's own code may run."""
 
     backend: str = "hf"  # one of BACKENDS; vllm: a CUDA GPU or vLLM's CPU build
     device: str = "auto"  # auto (CUDA if there is one), cpu, cuda, cuda:1 ...
     dtype: str = "auto"  # one of DTYPES; auto: bfloat16 on CUDA, float32 on CPU
     revision: str | None = None  # hub revision of the model (a name or a directory: None)
+    # Run the Python code a model ships (an ``auto_map`` in its config.json or
+    # tokenizer_config.json). Off: such a model is refused, and its code is never imported.
+    trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:

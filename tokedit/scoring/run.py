@@ -119,10 +119,7 @@ def score_dataset(
     refuse_unknown(kwargs, "score_dataset", ScoreOptions, ModelOptions, RunOptions)
     shards = discover_shards(input_dir, num_shards=run.num_shards, shard_index=run.shard_index)
     check_unique_outputs(shards, scores_rel)
-    from tokedit.scoring.hf import load_tokenizer, model_positions
-
-    tokenizer = load_tokenizer(model, model_options.revision)
-    options = options.resolved(model_positions(model, model_options.revision))
+    tokenizer, options = _tokenizer_and_windows(model, model_options, options)
     checked = Scorer(None, tokenizer, options)  # checks the options before anything is written
     manifest = Manifest(
         out_dir,
@@ -150,6 +147,16 @@ def score_dataset(
         totals = directory_totals(manifest, shard_scorer)
         manifest.update(totals=totals)
     return _score_result(out_dir, counts, run_stats, totals, elapsed)
+
+
+def _tokenizer_and_windows(model: str, model_options: ModelOptions, options: ScoreOptions):
+    """The model's tokenizer and ``options`` resolved against its positions (read from its
+    config, the model's own code run only if ``model_options`` trust it)."""
+    from tokedit.scoring.hf import load_tokenizer, model_positions
+
+    revision, trust = model_options.revision, model_options.trust_remote_code
+    tokenizer = load_tokenizer(model, revision, trust_remote_code=trust)
+    return tokenizer, options.resolved(model_positions(model, revision, trust_remote_code=trust))
 
 
 def _score_result(
@@ -290,7 +297,10 @@ class ShardScorer(ShardStep):
         if self._scorer is None:
             from tokedit.scoring.hf import load_tokenizer
 
-            tokenizer = tokenizer or load_tokenizer(self.model, self.model_options.revision)
+            mo = self.model_options
+            tokenizer = tokenizer or load_tokenizer(
+                self.model, mo.revision, trust_remote_code=mo.trust_remote_code
+            )
             engine = load_backend(self.model, self.model_options, self.options)
             self._scorer = Scorer(engine, tokenizer, self.options)
         return self
@@ -336,7 +346,12 @@ def load_backend(model: str, model_options: ModelOptions, options: ScoreOptions 
     """The scoring backend of ``model_options`` (hf or vllm) for ``model``, loaded in this
     process (vllm sizes its engine to ``options``' windows and candidates)."""
     mo = model_options
-    kwargs = {"device": mo.device, "dtype": mo.dtype, "revision": mo.revision}
+    kwargs = {
+        "device": mo.device,
+        "dtype": mo.dtype,
+        "revision": mo.revision,
+        "trust_remote_code": mo.trust_remote_code,
+    }
     if mo.backend == "hf":
         from tokedit.scoring.hf import HFBackend
 

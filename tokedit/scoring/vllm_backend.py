@@ -203,13 +203,20 @@ def is_cpu_build() -> bool:
 
 
 def engine_args(
-    model: str, *, options: ScoreOptions, dtype: str, on_cpu: bool, revision: str | None = None
+    model: str,
+    *,
+    options: ScoreOptions,
+    dtype: str,
+    on_cpu: bool,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict:
     """The keyword arguments of ``vllm.LLM`` for ``model`` (the settings of the module docstring)."""
     max_len = options.max_length or 1024
     args = dict(
         model=model,
         revision=revision,
+        trust_remote_code=trust_remote_code,  # the model's own code runs only when asked
         dtype=dtype,
         max_model_len=max_len + 1,  # the window plus the one token vLLM must generate
         max_logprobs=options.top_k + 1,
@@ -270,14 +277,14 @@ def _check_device(device: str, on_cpu: bool) -> None:
         )
 
 
-def _check_model(model: str, options: ScoreOptions, revision: str | None) -> None:
+def _check_model(model: str, options: ScoreOptions, revision: str | None, trust: bool) -> None:
     """``--top-k`` and ``--max-length`` against the model's config (no weights loaded): vLLM
     returns at most the vocabulary per position, and generates one token past the window."""
     from tokedit.scoring.hf import model_positions, model_vocab_size
 
     max_len = options.max_length or 1024
-    positions = model_positions(model, revision)
-    vocab = model_vocab_size(model, revision)
+    positions = model_positions(model, revision, trust_remote_code=trust)
+    vocab = model_vocab_size(model, revision, trust_remote_code=trust)
     if vocab and options.top_k > vocab:
         raise InputError(
             f"{arg('top_k', options.top_k)}: vLLM returns at most the model's vocabulary of "
@@ -322,15 +329,23 @@ class VLLMBackend:
         device: str = "auto",
         dtype: str = "auto",
         revision: str | None = None,
+        trust_remote_code: bool = False,
     ) -> VLLMBackend:
         """Start vLLM for ``model`` with the settings in this module's docstring."""
         vllm = _import_vllm()
         on_cpu = is_cpu_build()
         _check_device(device, on_cpu)
-        _check_model(model, options, revision)
+        _check_model(model, options, revision, trust_remote_code)
         if dtype == "auto":
             dtype = "float32" if on_cpu else "bfloat16"
-        args = engine_args(model, options=options, dtype=dtype, on_cpu=on_cpu, revision=revision)
+        args = engine_args(
+            model,
+            options=options,
+            dtype=dtype,
+            on_cpu=on_cpu,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
         llm = vllm.LLM(**args)
         return cls(
             llm,

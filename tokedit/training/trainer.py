@@ -22,6 +22,7 @@ from transformers import TrainerCallback
 
 from tokedit.errors import InputError, arg
 from tokedit.io.read import read_ok_texts
+from tokedit.scoring.options import ModelOptions
 from tokedit.training.tce import per_token_cross_entropy
 
 logger = logging.getLogger(__name__)
@@ -225,12 +226,18 @@ def _tokenizer_and_model(
     model_path: str | None,
     vocab_size: int | None,
     log: Callable[[str], None],
+    trust_remote_code: bool,
 ):
-    """A new tokenizer and model of ``config.preset`` (no ``model_path``), else the saved ones."""
+    """A new tokenizer and model of ``config.preset`` (no ``model_path``), else the saved ones
+    (their own code run only if ``trust_remote_code``)."""
     if model_path is not None:
         from tokedit.scoring.hf import load_causal_lm, load_tokenizer
 
-        return load_tokenizer(model_path), load_causal_lm(model_path)
+        trust = trust_remote_code
+        return (
+            load_tokenizer(model_path, trust_remote_code=trust),
+            load_causal_lm(model_path, trust_remote_code=trust),
+        )
     from tokedit.training.prior import PRESETS, build_model, train_tokenizer
 
     vocab = vocab_size or PRESETS[config.preset]["vocab_size"]
@@ -318,6 +325,7 @@ def train_model(
     *,
     config: TrainConfig | None = None,
     model_path: str | None = None,
+    trust_remote_code: bool = ModelOptions.trust_remote_code,
     from_scratch: bool = False,
     vocab_size: int | None = None,
     text_column: str = "text",
@@ -326,18 +334,19 @@ def train_model(
     progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict:
-    """Train (from scratch, or continue ``model_path``) and save to ``out_dir``; returns a summary.
-
-    The documents are read from ``data_dir``, or given as ``texts`` (then ``data_dir`` is None).
-    Stage messages are logged (INFO, this module's logger), or passed to ``log`` if given.
-    """
+    """Train (from scratch, or continue ``model_path``, whose own code runs only if
+    ``trust_remote_code``) and save to ``out_dir``; returns a summary. The documents are read
+    from ``data_dir``, or given as ``texts`` (then ``data_dir`` is None). Stage messages are
+    logged (INFO, this module's logger), or passed to ``log`` if given."""
     config = config or TrainConfig()
     log = log or logger.info
     _check_sources(data_dir, texts, model_path, from_scratch)
     texts = texts if texts is not None else read_texts(data_dir, text_column, id_column)
     train_texts, held_texts = split_held_out(texts, config.eval_every_nth_doc)
     t0 = time.perf_counter()
-    tokenizer, model = _tokenizer_and_model(config, train_texts, model_path, vocab_size, log)
+    tokenizer, model = _tokenizer_and_model(
+        config, train_texts, model_path, vocab_size, log, trust_remote_code
+    )
     train_ids, train_labels = pack_texts(tokenizer, train_texts, config.block_size)
     held_ids, held_labels = _packed_held_out(tokenizer, held_texts, config.block_size)
     n_params = sum(p.numel() for p in model.parameters())
