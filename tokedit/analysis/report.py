@@ -511,9 +511,17 @@ def run_report(
 
 
 def load_report(out_dir: str | os.PathLike) -> Report:
-    """The :class:`Report` of a ``report.json`` (in ``out_dir``) that tokedit wrote."""
+    """The :class:`Report` of a ``report.json`` (in ``out_dir``) that tokedit wrote: JSON
+    only (never unpickled), refused naming the file if it is anything else."""
     path = as_path(out_dir) / "report.json"
-    return Report.from_json(json.loads(path.read_text()), str(path))
+    try:
+        data = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(
+            f"{path}: not a report.json tokedit wrote (not JSON: {e})",
+            remedy=f"make it again with `tokedit report ... --out {out_dir}`",
+        ) from e
+    return Report.from_json(data, str(path))
 
 
 def format_report_summary(result: dict) -> str:

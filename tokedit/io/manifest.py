@@ -119,13 +119,21 @@ def _read_json(path: Path) -> dict:
 
 
 def _parse_json(path, raw: bytes) -> dict:
+    """A manifest is JSON and only JSON (never unpickled, never evaluated): anything else
+    is refused, naming the file."""
     try:
-        return json.loads(raw)
+        data = json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        data, why = None, str(e)
+    else:
+        why = f"a JSON {type(data).__name__}, not an object"
+    if not isinstance(data, dict):
         raise OutputError(
-            f"{path}: corrupt manifest ({e})",
-            remedy=f"delete the output directory, or rerun with {arg('overwrite', True)}",
-        ) from e
+            f"{path}: corrupt manifest (not the JSON object tokedit writes: {why})",
+            remedy="tokedit cannot tell which files of that directory are its own: move the "
+            "directory aside (or delete it) and rerun the command that wrote it",
+        )
+    return data
 
 
 def read_manifest(
