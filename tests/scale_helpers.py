@@ -11,7 +11,9 @@ import gzip
 import hashlib
 import json
 import os
+import pickle
 import random
+import shutil
 import signal
 import socket
 import statistics
@@ -278,3 +280,59 @@ def kill_mid_run(args, progress, names, point, reset, env=None) -> str:
     todo = sorted(set(names) - done)
     assert done and todo, f"killed with {sorted(done)} done and {todo} not: nothing was tested"
     return f"killed after {after} + {delay:.2f} s with {sorted(done)} done and {todo} not"
+
+
+# ----------------------------------------------------------------- code that must never run
+
+
+class PickleBomb:
+    """Unpickled, it runs code: it appends to ``marker`` (``pickle`` calls ``exec``)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'a').write('unpickled\\n')",))
+
+
+def pickle_bomb_bytes(marker: Path, protocol: int = pickle.HIGHEST_PROTOCOL) -> bytes:
+    """Pickle bytes that write ``marker`` when unpickled (protocol 0 is ASCII, the rest binary)."""
+    return pickle.dumps({"weights": PickleBomb(marker)}, protocol=protocol)
+
+
+def write_custom_code_model(prior: Path, dest: Path, marker: Path) -> Path:
+    """``prior`` (a Llama directory) copied to ``dest`` as a model that ships its own code,
+    as hub models with an ``auto_map`` do: a config, a model and a tokenizer class of its
+    own (``configuration_custom.py``, ``modeling_custom.py``, ``tokenization_custom.py``),
+    subclasses of transformers' Llama and fast tokenizer with the same weights and
+    vocabulary. Each module appends its name to ``marker`` when imported."""
+    shutil.copytree(prior, dest)
+    config = json.loads((dest / "config.json").read_text())
+    config.update(
+        model_type="custom_llama",  # not a type transformers knows: only its code reads it
+        architectures=["CustomForCausalLM"],
+        auto_map={
+            "AutoConfig": "configuration_custom.CustomConfig",
+            "AutoModelForCausalLM": "modeling_custom.CustomForCausalLM",
+        },
+    )
+    (dest / "config.json").write_text(json.dumps(config, indent=2))
+    tok_config = json.loads((dest / "tokenizer_config.json").read_text())
+    tok_config.pop("tokenizer_class", None)
+    tok_config["auto_map"] = {"AutoTokenizer": [None, "tokenization_custom.CustomTokenizerFast"]}
+    (dest / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2))
+    ran = (
+        f"with open({str(marker)!r}, 'a') as f:\n    f.write(__name__.rsplit('.', 1)[-1] + '\\n')\n"
+    )
+    modules = {
+        "configuration_custom": "from transformers import LlamaConfig\n\n"
+        "class CustomConfig(LlamaConfig):\n    model_type = 'custom_llama'\n",
+        "modeling_custom": "from transformers import LlamaForCausalLM\n"
+        "from .configuration_custom import CustomConfig\n\n"
+        "class CustomForCausalLM(LlamaForCausalLM):\n    config_class = CustomConfig\n",
+        "tokenization_custom": "from transformers import PreTrainedTokenizerFast\n\n"
+        "class CustomTokenizerFast(PreTrainedTokenizerFast):\n    pass\n",
+    }
+    for name, code in modules.items():
+        (dest / f"{name}.py").write_text(ran + code)
+    return dest

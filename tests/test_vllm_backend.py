@@ -20,7 +20,7 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from scale_helpers import invoke
+from scale_helpers import invoke, write_custom_code_model
 
 from tokedit.editor import EditOptions, edit_dataset
 from tokedit.editor.rules import EditRule
@@ -382,6 +382,7 @@ def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypat
     assert llm["max_model_len"] == 101  # the window plus the generated token
     assert llm["max_num_batched_tokens"] >= llm["max_model_len"]
     assert llm["dtype"] == "bfloat16" and llm["gpu_memory_utilization"] <= 0.85
+    assert llm["trust_remote_code"] is False  # given, never left to vLLM's default
     backend._make_params(8)
     assert fake_vllm_module.created["params"] == {
         "max_tokens": 1,
@@ -390,6 +391,30 @@ def test_vllm_engine_settings_against_known_pitfalls(fake_vllm_module, monkeypat
         "temperature": 0.0,
         "flat_logprobs": True,
     }
+
+
+def test_vllm_runs_a_models_own_code_only_when_trusted(
+    fake_vllm_module, monkeypatch, tmp_path, tiny_prior
+):
+    """A model that ships its own code (an auto_map): refused before vLLM starts, none of its
+    code run, unless trusted; trusted, its code runs and vLLM is told to trust it too."""
+    import transformers.dynamic_module_utils as dmu
+
+    from tokedit.scoring.options import ModelOptions
+    from tokedit.scoring.run import load_backend
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    marker = tmp_path / "code-ran"
+    model = str(write_custom_code_model(tiny_prior, tmp_path / "custom-vllm", marker))
+    opts = ScoreOptions(max_length=64, top_k=8)
+    with pytest.raises(InputError, match="ships its own Python code") as e:
+        load_backend(model, ModelOptions(backend="vllm"), opts)
+    assert "trust_remote_code=True" in str(e.value) and model in str(e.value)
+    assert "llm" not in fake_vllm_module.created and not marker.exists()
+    load_backend(model, ModelOptions(backend="vllm", trust_remote_code=True), opts)
+    assert fake_vllm_module.created["llm"]["trust_remote_code"] is True
+    assert "configuration_custom" in marker.read_text().split()
 
 
 def test_vllm_cpu_build_gets_a_fixed_kv_cache(fake_vllm_module, monkeypatch, tiny_prior):
