@@ -255,12 +255,18 @@ def test_a_pickled_scores_shard_is_refused_naming_it_and_never_unpickled(
     assert not marker.exists()
 
 
+@pytest.fixture(scope="module")
+def report(root, scores) -> Path:
+    assert invoke("report", scores, "--out", root / "report", "-q").returncode == 0
+    return root / "report"
+
+
 @pytest.mark.parametrize("protocol", [0, pickle.HIGHEST_PROTOCOL])
-def test_a_pickled_report_json_is_refused_naming_it_and_never_unpickled(tmp_path, scores, protocol):
+def test_a_pickled_report_json_is_refused_naming_it_and_never_unpickled(tmp_path, report, protocol):
     from tokedit.analysis.report import load_report
 
     out = tmp_path / "report"
-    assert invoke("report", scores, "--out", out, "-q").returncode == 0
+    shutil.copytree(report, out)
     assert load_report(out).corpora  # the report as written reads back
     marker = tmp_path / "unpickled"
     (out / "report.json").write_bytes(pickle_bomb_bytes(marker, protocol))
