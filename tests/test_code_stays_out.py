@@ -154,6 +154,14 @@ def test_with_the_flag_the_models_code_runs_and_scores_like_its_weights(
     assert (tmp_path / "m" / "modeling_custom.py").is_file()  # the trained model keeps its code
 
 
+@pytest.mark.parametrize("command", ["score", "edit", "train"])
+def test_every_command_that_loads_a_model_has_the_flag_and_its_help_names_the_risk(command):
+    r = invoke(command, "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split())
+    assert "--trust-remote-code" in text and "runs as you" in text and "refused" in text, text
+
+
 def test_a_known_architecture_loads_with_transformers_code_and_ignores_the_files_beside_it(
     tmp_path, data, scores, tiny_prior
 ):
