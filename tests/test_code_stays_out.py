@@ -56,12 +56,15 @@ def untrusted(root, tiny_prior) -> tuple[Path, Path]:
     return write_custom_code_model(tiny_prior, root / "custom-untrusted", marker), marker
 
 
-@pytest.fixture
-def modules_cache(tmp_path, monkeypatch):
-    """transformers copies trusted model code into its modules cache: one of the test's own."""
+@pytest.fixture(scope="module", autouse=True)
+def modules_cache(root):
+    """transformers copies the code it runs into its modules cache: one of this module's own
+    (even where a broken tokedit ran the untrusted model's code)."""
     import transformers.dynamic_module_utils as dmu
 
-    monkeypatch.setattr(dmu, "HF_MODULES_CACHE", str(tmp_path / "hf-modules"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(dmu, "HF_MODULES_CACHE", str(root / "hf-modules"))
+        yield
 
 
 def refused(r, model: Path, marker: Path) -> None:
@@ -125,7 +128,7 @@ def test_each_loader_refuses_the_models_code_without_trust(tmp_path, data, untru
 
 
 def test_with_the_flag_the_models_code_runs_and_scores_like_its_weights(
-    tmp_path, data, scores, tiny_prior, modules_cache
+    tmp_path, data, scores, tiny_prior
 ):
     """``--trust-remote-code`` runs the model's config, model and tokenizer code; the custom
     classes are Llama's with the same weights, so the scores are the plain prior's bytes.
