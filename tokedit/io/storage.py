@@ -23,9 +23,10 @@ fsspec filesystem. This module holds only what fsspec and UPath lack:
   deleted. Object stores have no rename; a reader never sees a partial object, and a shard
   is complete only once its manifest entry exists (see :mod:`tokedit.io.manifest`).
 * Errors of the store (no bucket, no credentials, access denied, an endpoint that does not
-  answer) become an :class:`~tokedit.errors.InputError` that names the URL (exit 2):
-  :func:`storage_errors` around tokedit's own calls, :func:`command_storage_errors` around a
-  whole command.
+  answer, a store that keeps throttling, failing or closing connections through the
+  retries) become an :class:`~tokedit.errors.InputError` that names the URL (exit 2):
+  :func:`storage_errors` around tokedit's own calls (the ranges a streamed read fetches
+  included), :func:`command_storage_errors` around a whole command.
 
 The design: docs/architecture.md, "Where object stores differ".
 """
@@ -48,6 +49,7 @@ from tokedit.errors import InputError, arg
 KEY_SECRET = '{"key": "...", "secret": "..."}'
 ANON = '{"anon": true}'
 TIMEOUTS = '{"config_kwargs": {"connect_timeout": S, "read_timeout": S}}'
+RETRIES = '{"retries": 6, "config_kwargs": {"retries": {"max_attempts": 4}}}'
 PER_PROTOCOL = '\'{"s3": {...}, "hf": {...}}\''
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
 _LOCAL_SCHEMES = (None, "file", "local")
@@ -55,6 +57,9 @@ _S3 = ("s3", "s3a")
 
 # A bounded wait for an endpoint that does not answer: botocore's defaults are 60 s per
 # connection attempt and per read, retried; these apply unless the storage options set them.
+# botocore retries each request ("max_attempts" counts the retries: 3 tries) after a
+# throttling answer (503 SlowDown...), a server error (500, 502, 503, 504) or a dropped
+# connection, waiting a random time up to 1 s, then 2 s (exponential back-off with jitter).
 S3_DEFAULTS: dict[str, Any] = {
     "config_kwargs": {
         "connect_timeout": 10,
@@ -62,9 +67,11 @@ S3_DEFAULTS: dict[str, Any] = {
         "retries": {"max_attempts": 2, "mode": "standard"},
     }
 }
-# s3fs retries some errors itself (connection errors among them), with back-off; the
-# "retries" key of the s3 storage options sets how many times (s3fs has no such argument:
-# tokedit sets it on the filesystem, see _filesystem).
+# s3fs tries each call this many times when botocore's tries end in a throttling answer or
+# a dropped or cut connection (a streamed read cut mid-body included), waiting 0.1 s, then
+# 0.17 s, 0.29 s... between them; not after a server error (500: botocore's 3 tries). The
+# "retries" key of the s3 storage options sets it (s3fs has no such argument: tokedit sets
+# it on the filesystem, see _filesystem_ready).
 S3_RETRIES = 3
 # Protocols whose name may key per-protocol options ({"s3": {...}, "gs": {...}}).
 _KNOWN_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "hf", "az", "abfs", "memory", "http", "https"}
@@ -279,6 +286,47 @@ def _no_answer(e, names, text) -> bool:
     return bool(names & timeouts) or "Connect timeout" in text
 
 
+# Answers of a store that is overloaded or failing, and connections closed before their
+# answer was whole: retried (S3_DEFAULTS, S3_RETRIES), and reported once the tries are spent.
+_THROTTLED = {"SlowDown", "Throttling", "ThrottlingException", "RequestLimitExceeded"}
+_THROTTLED |= {"TooManyRequests", "TooManyRequestsException", "RequestThrottled"}
+_SERVER_ERRORS = {500, 502, 503, 504}
+_CUT = {"ConnectionClosedError", "ClientPayloadError", "ServerDisconnectedError"}
+_CUT |= {"IncompleteRead", "IncompleteReadError", "ResponseStreamingError"}
+
+
+def _answer(e: BaseException) -> tuple[str, int]:
+    """The error code and HTTP status of the store's answer in ``e``'s chain (``""``, 0 if
+    none: the error was not an answer)."""
+    for err in _chain(e):
+        response = getattr(err, "response", None)
+        if isinstance(response, dict) and isinstance(response.get("Error"), dict):
+            status = response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+            return str(response["Error"].get("Code") or ""), int(status)
+    return "", 0
+
+
+def _failing(e, names, text) -> bool:
+    code, status = _answer(e)
+    return code in _THROTTLED or status in _SERVER_ERRORS or bool(names & _CUT)
+
+
+def _failing_error(e: BaseException, url: str) -> InputError:
+    code, status = _answer(e)
+    said = e.strerror if isinstance(e, OSError) and e.strerror else _first_line(e)
+    if code in _THROTTLED or status == 503:
+        what = f"the storage kept throttling requests ({code or status}: {said})"
+    elif status in _SERVER_ERRORS:
+        what = f"the storage kept failing with server errors ({code or status}: {said})"
+    else:
+        what = f"the connection to the storage kept closing before the answer was complete ({said})"
+    return InputError(
+        f"{url}: {what}; tokedit retried with back-off and gave up",
+        remedy="rerun the same command when the storage answers again: it resumes, keeping "
+        f"the shards already complete; allow more retries with {arg('storage_options', RETRIES)}",
+    )
+
+
 def _denied(e, names, text) -> bool:
     words = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "Forbidden")
     return "PermissionError" in names or any(w in text for w in words)
@@ -317,6 +365,7 @@ _DESCRIPTIONS = (
             f"{arg('storage_options')}), or create the bucket",
         ),
     ),
+    (_failing, _failing_error),
     (
         _no_answer,
         lambda e, url: InputError(
@@ -457,10 +506,22 @@ _READAHEAD = {"cache_type": "readahead", "block_size": 8 << 20}
 
 def open_read(path):
     """A binary stream of ``path``: a local file, or a buffered range-reading remote file
-    (nothing is downloaded before the first bytes are used)."""
+    (nothing is downloaded before the first bytes are used). An error of the store while
+    it streams is an :class:`InputError` naming ``path``, which a reader does not take for
+    a corrupt file."""
     if is_remote(path):
         with storage_errors(path):
-            return path.open("rb", **_READAHEAD)
+            f = path.open("rb", **_READAHEAD)
+        cache = getattr(f, "cache", None)
+        fetch = getattr(cache, "fetcher", None)  # every range an fsspec file reads
+        if fetch is not None:
+
+            def fetcher(start, end):
+                with storage_errors(path):
+                    return fetch(start, end)
+
+            cache.fetcher = fetcher
+        return f
     return open(path, "rb")
 
 
@@ -503,7 +564,8 @@ def publish(local: Path, dest, temp_name: str) -> None:
 
     A crash before the copy leaves only the temporary key, which the next run removes
     (:func:`tokedit.io.write.remove_stale_temp_files`); a crash after it leaves a complete
-    object, which counts only once its manifest entry exists.
+    object, which counts only once its manifest entry exists. A failed upload or copy
+    removes the temporary key (if the store still answers) before it raises.
     """
     tmp = dest.with_name(temp_name)
     h = hashlib.sha256()
@@ -512,8 +574,13 @@ def publish(local: Path, dest, temp_name: str) -> None:
             h.update(block)
     with storage_errors(dest):
         fs = dest.fs
-        fs.put_file(str(local), _key(tmp))
-        fs.cp_file(_key(tmp), _key(dest))  # a server-side copy (s3: CopyObject)
+        try:
+            fs.put_file(str(local), _key(tmp))
+            fs.cp_file(_key(tmp), _key(dest))  # a server-side copy (s3: CopyObject)
+        except Exception:
+            with contextlib.suppress(Exception):  # the store may not answer either
+                fs.rm_file(_key(tmp))
+            raise
         with contextlib.suppress(FileNotFoundError):
             fs.rm_file(_key(tmp))
     _PUBLISHED_SHA256[str(dest)] = h.hexdigest()
