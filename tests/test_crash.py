@@ -107,8 +107,10 @@ def kill_then_rerun(args, out: Path, ref: Path, point) -> None:
     names = list(manifest_shards(ref))
     print(kill_mid_run(args, recorded_in(out), names, point, lambda: shutil.rmtree(out)))
     assert_whole(out, ref)
+    recorded = len(manifest_shards(out))
     r = invoke(*args)
     assert r.returncode == 0, r.stderr
+    assert f"{recorded} shard(s) already done" in r.stdout  # resumed, not redone
     assert "was killed; its lock is removed" in r.stderr  # the killed run's record, taken over
     assert_same_as(out, ref)
 

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import math
-import signal
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pyarrow as pa
@@ -15,7 +13,7 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
-from scale_helpers import cli_command, invoke, run_cli, score_args
+from scale_helpers import invoke, run_cli, score_args
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from tokedit.demo import write_demo_corpus
@@ -222,40 +220,6 @@ def small_corpus(tmp_path_factory, plays):
 
 def shard_bytes(out):
     return {p.name: p.read_bytes() for p in sorted(out.glob("*.parquet"))}
-
-
-def test_kill_9_then_rerun_gives_identical_bytes(tmp_path, corpus_dir, tiny_prior):
-    whole = tmp_path / "whole"
-    assert run_cli(*score_args(corpus_dir, whole, tiny_prior)).returncode == 0
-    crashed = tmp_path / "crashed"
-    log = tmp_path / "crashed.log"
-    proc = subprocess.Popen(
-        cli_command(*score_args(corpus_dir, crashed, tiny_prior)),
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("wb"),
-    )
-    # Kill once the first shard is recorded, mid-way through the next. The wait is bounded
-    # by the run itself (it exits, or 10 minutes on a machine that is very loaded), not by
-    # a guess of how long start-up takes.
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if (read_manifest(crashed) or {}).get("shards"):
-            break
-        time.sleep(0.02)
-    ended_by_itself = proc.poll()
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert ended_by_itself is None, (
-        f"the run ended before the kill (exit {ended_by_itself}): {log.read_text()[-2000:]}"
-    )
-    partial = read_manifest(crashed)["shards"]
-    assert 1 <= len(partial) < 4, f"recorded before the kill: {sorted(partial)}"
-    rerun = run_cli(*score_args(corpus_dir, crashed, tiny_prior))
-    assert rerun.returncode == 0, rerun.stderr
-    assert f"{len(partial)} shard(s) already done" in rerun.stdout
-    assert shard_bytes(crashed) == shard_bytes(whole)
-    assert read_manifest(crashed)["shards"] == read_manifest(whole)["shards"]
-    assert not [p for p in crashed.rglob("*") if p.name.endswith(".tmp")]
 
 
 def test_split_across_processes_equals_one_process(tmp_path, small_corpus, tiny_prior):
