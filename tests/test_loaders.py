@@ -21,7 +21,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from scale_helpers import cli_command, mixed_corpus, run_cli, temp_files
+from scale_helpers import cli_command, invoke, mixed_corpus, run_cli, temp_files
 
 from tokedit.io.manifest import find_manifest, legacy_manifest_path, manifest_path, read_manifest
 from tokedit.scoring.options import ScoreOptions
@@ -229,6 +229,25 @@ def test_output_format_rejects_colliding_shards(tmp_path, tiny_scores, corpus_di
     )  # fmt: skip
     assert r.returncode == 2
     assert "plays-01.jsonl.gz and plays-01.parquet would both write plays-01.parquet" in r.stderr
+
+
+def test_an_empty_json_lines_shard_converts_to_parquet_with_its_siblings_columns(
+    tmp_path, tiny_prior
+):
+    """A JSON lines shard without rows (an upstream filter kept none) edited with
+    ``--output-format parquet`` gives a zero-row parquet with the columns of the other
+    shards, so a loader reads the directory as one table. Catches: the empty shard's schema made
+    without the id column (the edit then refused the shard: "no id column 'id'")."""
+    data, scores, out = tmp_path / "data", tmp_path / "scores", tmp_path / "out"
+    data.mkdir()
+    (data / "a.jsonl").write_text(json.dumps({"id": "x", "text": "To be, or not to be."}) + "\n")
+    (data / "b.jsonl.gz").write_bytes(gzip.compress(b"", mtime=0))
+    score_dataset(str(data), str(scores), model=str(tiny_prior), id_column="id", progress=False)
+    r = invoke("edit", data, "--scores", scores, "--out", out, "--p", "0.5", "--output-format", "parquet", "-q")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert pq.read_table(out / "b.parquet").num_rows == 0
+    assert pq.read_schema(out / "b.parquet") == pq.read_schema(out / "a.parquet")
+    assert pl.scan_parquet(f"{out}/*.parquet").collect()["id"].to_list() == ["x"]
 
 
 # ----------------------------------------------------------------------------- killed run

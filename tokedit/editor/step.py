@@ -183,7 +183,7 @@ class ShardEditor(ShardStep):
         # JSON lines to parquet: the column types of the whole shard, read once beforehand
         # (one batch's inferred types would not hold for the next).
         self._table_schema = (
-            jsonl_table_schema(shard, self.batch_rows, self.text_column)
+            jsonl_table_schema(shard, self.batch_rows, self.text_column, self.id_column)
             if shard.fmt.startswith("jsonl") and not out_fmt.startswith("jsonl")
             else None
         )

@@ -226,11 +226,14 @@ def empty_batch(shard: Shard, table_schema: pa.Schema | None = None) -> RowBatch
     return RowBatch(shard, 0, table=schema.empty_table())
 
 
-def jsonl_table_schema(shard: Shard, batch_rows: int, text_column: str) -> pa.Schema:
+def jsonl_table_schema(
+    shard: Shard, batch_rows: int, text_column: str, id_column: str | None = None
+) -> pa.Schema:
     """The Arrow schema of a JSON lines shard as a whole: each column's type inferred over
     every row (a column that is null in the first rows and a string later is a string; ints
     and floats give floats). A column whose values have no common type cannot be a parquet
-    column: that is an error naming it."""
+    column: that is an error naming it. A shard without rows has the id column (if any) and
+    the text column, as strings."""
     schema: pa.Schema | None = None
     for batch in iter_batches(shard, batch_rows):
         fields = []
@@ -247,6 +250,8 @@ def jsonl_table_schema(shard: Shard, batch_rows: int, text_column: str) -> pa.Sc
             )
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
             raise not_tabular(shard, None, e) from e
+    if schema is None and id_column is not None:
+        schema = pa.schema([pa.field(id_column, pa.string())])
     if schema is None or text_column not in schema.names:
         schema = (schema or pa.schema([])).append(pa.field(text_column, pa.string()))
     return schema
