@@ -273,7 +273,8 @@ run_options = options(
         type=int,
         default=RunOptions.batch_rows,
         show_default=True,
-        help="Rows read (and scored, edited) at a time; bounds the memory.",
+        help="Rows read (and scored, edited) at a time; bounds the memory. Also the rows "
+        "of a parquet row group.",
     ),
     log_options,
     storage_option,

@@ -22,7 +22,10 @@ def check_engine(engine: str) -> None:
 class RunOptions:
     """How a sharded run runs: which slice of the shards this process takes, resume or
     overwrite, the engine, the rows read at a time, and a progress bar. None of these
-    changes the output bytes."""
+    changes the rows written or the bytes of a JSON lines output. ``batch_rows`` is also
+    the size of a parquet row group (Arrow record batch), so the bytes of those files follow
+    it, and scoring batches the windows of ``batch_rows`` rows together, so the log-probs'
+    float rounding follows it (docs/score.md)."""
 
     num_shards: int = 1  # split the shards into this many slices (e.g. one per Slurm task)
     shard_index: int = 0  # the slice this process handles (0-based)
