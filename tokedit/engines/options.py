@@ -22,10 +22,11 @@ def check_engine(engine: str) -> None:
 class RunOptions:
     """How a sharded run runs: which slice of the shards this process takes, resume or
     overwrite, the engine, the rows read at a time, and a progress bar. None of these
-    changes the rows written or the bytes of a JSON lines output. ``batch_rows`` is also
-    the size of a parquet row group (Arrow record batch), so the bytes of those files follow
-    it, and scoring batches the windows of ``batch_rows`` rows together, so the log-probs'
-    float rounding follows it (docs/score.md)."""
+    changes the rows written, or the bytes of an edited directory made from scores.
+    ``batch_rows`` is the size of a scores parquet row group, and scoring batches the windows
+    of ``batch_rows`` rows together, so the scores' bytes (their float rounding) follow it
+    (docs/score.md); edited parquet and Arrow shards have fixed row groups
+    (``io/edited_dir.py: ROW_GROUP_ROWS``)."""
 
     num_shards: int = 1  # split the shards into this many slices (e.g. one per Slurm task)
     shard_index: int = 0  # the slice this process handles (0-based)

@@ -49,6 +49,9 @@ PROVENANCE_COLUMNS_ALWAYS = tuple(c for c in PROVENANCE_COLUMNS if c != TOKEDIT_
 
 # ``mirror``: each shard in its input's format; otherwise every shard in this format.
 OUTPUT_FORMATS = ("mirror", "parquet", "jsonl.gz")
+# Rows per row group (record batch) of an edited parquet or Arrow shard: fixed, so that the
+# bytes do not follow --batch-rows (io/write.py: _TableShardWriter).
+ROW_GROUP_ROWS = 1024
 
 
 _FORMAT_SUFFIX = {"parquet": ".parquet", "jsonl.gz": ".jsonl.gz"}
@@ -198,7 +201,7 @@ class ShardOutput:
         if self.writer is None:
             self.schema = table.schema
             cls = ParquetShardWriter if self.fmt == "parquet" else ArrowStreamShardWriter
-            self.writer = cls(self.dest, self.schema)
+            self.writer = cls(self.dest, self.schema, ROW_GROUP_ROWS)
         elif table.schema != self.schema:
             table = table.cast(self.schema)
         self.writer.write(table)

@@ -187,16 +187,49 @@ class _ShardWriter:
 
 
 class _TableShardWriter(_ShardWriter):
-    """A shard written table by table through ``self._writer`` (parquet, Arrow IPC)."""
+    """A shard written table by table through ``self._writer`` (parquet, Arrow IPC).
 
-    def __init__(self, dest: str | os.PathLike, schema: pa.Schema):
+    With ``group_rows`` the file's row groups (record batches) hold ``group_rows`` rows each,
+    the last one the rest, whatever the tables written were: the bytes follow the rows, not
+    the batches they came in (at most ``group_rows`` rows are held). Without it each table
+    written is one row group."""
+
+    def __init__(self, dest: str | os.PathLike, schema: pa.Schema, group_rows: int | None = None):
         self._schema = schema
+        self._group_rows = group_rows
+        self._held: list[pa.Table] = []
         super().__init__(dest)
 
     def write(self, table: pa.Table) -> None:
-        with _write_errors(self._dest):
-            self._writer.write_table(table)
         self.rows += table.num_rows
+        if self._group_rows is None:
+            with _write_errors(self._dest):
+                self._writer.write_table(table)
+            return
+        if table.num_rows or not self._held:
+            self._held.append(table)  # an empty table only as a zero-row shard's schema
+        held = sum(t.num_rows for t in self._held)
+        if held < self._group_rows:
+            return
+        whole = pa.concat_tables(self._held)
+        cut = held - held % self._group_rows
+        for start in range(0, cut, self._group_rows):
+            self._write_group(whole.slice(start, self._group_rows))
+        self._held = [whole.slice(cut)] if cut < held else []
+
+    def _write_group(self, table: pa.Table) -> None:
+        # take() copies the rows into fresh arrays: one chunk, no slice offset, so the Arrow
+        # stream's buffers are the same however the rows arrived
+        table = table.take(pa.array(range(table.num_rows), pa.int64()))
+        with _write_errors(self._dest):
+            self._writer.write_table(table, max(table.num_rows, 1))
+
+    def close(self) -> None:
+        held = pa.concat_tables(self._held) if self._held else None
+        if held is not None and (held.num_rows or not self.rows):  # rows left, or none at all
+            self._write_group(held)
+        self._held = []
+        super().close()
 
 
 class ParquetShardWriter(_TableShardWriter):
