@@ -336,3 +336,18 @@ def write_custom_code_model(prior: Path, dest: Path, marker: Path) -> Path:
     for name, code in modules.items():
         (dest / f"{name}.py").write_text(ran + code)
     return dest
+
+
+def init_local_ray():
+    """A local Ray instance in this process, sized as tokedit sizes its own (cores + 1
+    CPUs), quiet; returns the ``ray`` module."""
+    import ray
+
+    ray.init(
+        address="local",
+        num_cpus=(os.cpu_count() or 1) + 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        logging_level="ERROR",
+    )
+    return ray

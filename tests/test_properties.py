@@ -21,7 +21,6 @@ import gzip
 import io
 import itertools
 import json
-import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -31,7 +30,7 @@ import pytest
 import zstandard
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
-from scale_helpers import manifest_shards, output_files, write_rows
+from scale_helpers import init_local_ray, manifest_shards, output_files, write_rows
 
 import tokedit
 from tokedit.io.manifest import read_manifest
@@ -91,16 +90,7 @@ def engine_ready():
 
     def ready(engine: str) -> str:
         if engine == "ray" and not started:
-            import ray
-
-            ray.init(
-                address="local",
-                num_cpus=(os.cpu_count() or 1) + 1,
-                include_dashboard=False,
-                log_to_driver=False,
-                logging_level="ERROR",
-            )
-            started.append(ray)
+            started.append(init_local_ray())
         return engine
 
     yield ready

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pickle
 import shutil
 import subprocess
@@ -21,6 +20,7 @@ pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'tokedi
 from scale_helpers import (  # noqa: E402
     edit_args,
     free_port,
+    init_local_ray,
     invoke,
     manifest_shards,
     mixed_corpus,
@@ -45,15 +45,7 @@ from tokedit.scoring.run import ShardScorer  # noqa: E402
 @pytest.fixture(scope="module")
 def ray_local():
     """One local Ray instance for the module, sized as tokedit sizes its own (cores + 1 CPUs)."""
-    import ray
-
-    ray.init(
-        address="local",
-        num_cpus=(os.cpu_count() or 1) + 1,
-        include_dashboard=False,
-        log_to_driver=False,
-        logging_level="ERROR",
-    )
+    ray = init_local_ray()
     yield ray
     ray.shutdown()
 
