@@ -100,10 +100,12 @@ def read_records(runs_dir) -> list[RunRecord]:
         else:
             try:
                 raw = path.read_bytes()
-            except FileNotFoundError:  # its run ended since the listing
-                continue
+            except FileNotFoundError:
+                raw = None
+        if raw is None:  # its run ended since the listing
+            continue
         try:
-            records.append(RunRecord(**json.loads(raw or b"")))
+            records.append(RunRecord(**json.loads(raw)))
         except (ValueError, TypeError):
             logger.warning("%s: not a run record, ignored", runs_dir / name)
     return records
